@@ -1,1 +1,54 @@
-//! kestrel host
+//! kestrel host: the `kestrel` command-line tool as a library (the binary only parses and calls [`run`]).
+//!
+//! Each subcommand lives in [`commands`]; shared glue (loading and batching images, progress bars) in [`images`] and
+//! [`progress`]. Errors are `anyhow` here, at the top; the typed errors of kestrel-vision decide the exit code.
+
+pub mod cli;
+pub mod commands;
+pub mod images;
+pub mod progress;
+
+use kestrel_vision::backbone::BackboneError;
+use kestrel_vision::dataset::DatasetError;
+use kestrel_vision::metrics::MetricsError;
+use kestrel_vision::model::ModelError;
+use kestrel_vision::preprocess::PreprocessError;
+
+/// Exit code: unexpected failure.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: bad input data (dataset layout, images, masks, maps, CSV).
+pub const EXIT_BAD_DATA: u8 = 3;
+/// Exit code: bad model directory or weights.
+pub const EXIT_BAD_MODEL: u8 = 4;
+
+/// Run a parsed command line.
+pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
+    use cli::Command;
+    match cli.command {
+        Command::Fit(a) => commands::fit::run(&a),
+        Command::Eval(a) => commands::eval::run(&a),
+        Command::Predict(a) => commands::predict::run(&a),
+        Command::Metrics(a) => commands::metrics::run(&a),
+        Command::Import(a) => commands::import::run(&a),
+        Command::Demo(a) => commands::demo::run(&a),
+    }
+}
+
+/// The documented exit code for an error (see `kestrel --help`).
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<DatasetError>() || cause.is::<MetricsError>() || cause.is::<PreprocessError>() {
+            return EXIT_BAD_DATA;
+        }
+        if cause.is::<BackboneError>() {
+            return EXIT_BAD_MODEL;
+        }
+        if let Some(m) = cause.downcast_ref::<ModelError>() {
+            return match m {
+                ModelError::InputShape { .. } => EXIT_BAD_DATA,
+                _ => EXIT_BAD_MODEL,
+            };
+        }
+    }
+    EXIT_FAILURE
+}

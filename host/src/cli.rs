@@ -1,0 +1,228 @@
+//! Command-line definition (clap derive). Parsing only: every command is validated and run in its own module.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// kestrel: visual inspection for production lines.
+///
+/// Fit an unsupervised anomaly detector on a product's good images, evaluate it against annotated defects, and
+/// predict heatmaps for new images. Start with `kestrel demo`, which does all of it on a synthetic product.
+///
+/// Exit codes: 0 success, 1 unexpected failure, 2 bad command line, 3 bad input data (dataset, images, masks,
+/// maps), 4 bad model or weights.
+#[derive(Debug, Parser)]
+#[command(name = "kestrel", version, propagate_version = true, max_term_width = 110)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Fit a detector (PaDiM or PatchCore) on the good training images of one product category.
+    ///
+    /// A tenth of the good training images (when there are at least 10) is held out to choose the reject threshold;
+    /// the test split is never used for fitting or thresholds. Writes a model directory: model.toml (readable; edit
+    /// `threshold.image` to move the threshold), backbone.safetensors and the detector state.
+    Fit(FitArgs),
+    /// Evaluate a fitted model on the test split: image AUROC, pixel AUROC, AUPRO, F1-max and its threshold.
+    ///
+    /// Maps are compared with masks at the model's input resolution (masks are resized with nearest neighbour), as
+    /// anomalib does. `--heatmaps DIR` writes `maps/<name>.npy`, `masks/<name>.png`, `overlays/<name>.png` and
+    /// `scores.csv`, which `kestrel metrics` reads back.
+    Eval(EvalArgs),
+    /// Score images with a fitted model and write heatmap overlays (PNG) and a scores CSV.
+    Predict(PredictArgs),
+    /// Compute metrics from anomaly maps made by any tool (`<name>.npy`) and masks (`<name>.png`).
+    ///
+    /// A map without a mask file is a good image. The image score is the map's maximum unless `--scores` gives a
+    /// CSV of `name,score`. Pixel metrics are exact (ties included) and run in bounded memory.
+    Metrics(MetricsArgs),
+    /// Convert torchvision-named backbone weights (.pth/.pt PyTorch checkpoint or .safetensors) into a checked
+    /// .safetensors file for `kestrel fit --weights`.
+    Import(ImportArgs),
+    /// Generate a synthetic product, fit PaDiM and PatchCore on its good images and evaluate both.
+    Demo(DemoArgs),
+}
+
+/// Dataset layouts.
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum LayoutArg {
+    /// Detect: MVTec AD, then VisA, then plain folders.
+    #[default]
+    Auto,
+    /// MVTec AD: <root>/<category>/{train/good, test/<type>, ground_truth/<type>}.
+    Mvtec,
+    /// VisA split CSV.
+    Visa,
+    /// <root>/good, <root>/defect, optional <root>/masks.
+    Folder,
+}
+
+/// Detectors.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum DetectorArg {
+    /// PaDiM: a Gaussian per feature-map position; Mahalanobis distance. Fast to fit, small.
+    Padim,
+    /// PatchCore: a coreset memory bank of patch features; nearest-neighbour distance. Usually more accurate.
+    Patchcore,
+}
+
+/// Options shared by commands that run a network.
+#[derive(Debug, Args, Clone)]
+pub struct ComputeArgs {
+    /// Compute device: `cpu`, or `cuda:N` in builds with the `cuda` feature.
+    #[arg(long, default_value = "cpu", env = "KESTREL_DEVICE", help_heading = "Compute")]
+    pub device: String,
+    /// Images per forward pass. Larger batches use more memory; on CPU they barely change throughput.
+    #[arg(long, default_value_t = 8, help_heading = "Compute")]
+    pub batch_size: usize,
+}
+
+/// `kestrel fit`.
+#[derive(Debug, Args)]
+pub struct FitArgs {
+    /// Dataset root (MVTec AD root or category folder, VisA root, or a folder with good/ and defect/).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Product category (required when the root holds several). `all` fits one model per category into
+    /// `<output>/<category>/`.
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Dataset layout.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
+    pub layout: LayoutArg,
+    /// Backbone architecture: resnet18, resnet34, resnet50, wide_resnet50_2, resnet18_narrow.
+    #[arg(long, default_value = "resnet18")]
+    pub arch: String,
+    /// Backbone weights (.safetensors from `kestrel import`/`kestrel pretrain`, or a torchvision .pth). Without it
+    /// the backbone is randomly initialised from `--seed` (works, but pretrained features are far better).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Seed for random initialisation, channel subsets, projections and splits.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Side of the square images are resized to.
+    #[arg(long, default_value_t = 256)]
+    pub image_size: u32,
+    /// Detector.
+    #[arg(long, value_enum, default_value_t = DetectorArg::Padim)]
+    pub detector: DetectorArg,
+    /// PatchCore: fraction of training patches kept in the memory bank.
+    #[arg(long, default_value_t = 0.1, help_heading = "PatchCore")]
+    pub coreset_ratio: f64,
+    /// PatchCore: neighbours for the re-weighted image score (1 = plain maximum).
+    #[arg(long, default_value_t = 9, help_heading = "PatchCore")]
+    pub num_neighbors: usize,
+    /// PatchCore: RAM budget (GiB) for training patch features before they spill to a temporary file.
+    #[arg(long, default_value_t = 2.0, help_heading = "PatchCore")]
+    pub ram_budget_gib: f64,
+    /// PaDiM: number of random embedding channels (default 100 for resnet18, 550 for wide_resnet50_2).
+    #[arg(long, help_heading = "PaDiM")]
+    pub n_features: Option<usize>,
+    /// Fraction of good training images held out to choose the threshold (used when at least 10 images).
+    #[arg(long, default_value_t = 0.1)]
+    pub validation_fraction: f64,
+    /// Output model directory.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+/// `kestrel eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Model directory from `kestrel fit` (or a directory of per-category model directories).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Dataset root.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Category to evaluate, or `all` for every category that has a model. Default: the model's category.
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Dataset layout.
+    #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
+    pub layout: LayoutArg,
+    /// Write maps (.npy), masks, overlays and scores.csv here (one sub-folder per category).
+    #[arg(long)]
+    pub heatmaps: Option<PathBuf>,
+    /// Print one JSON object per category (the keys of `kestrel metrics --json` plus `category`, `images_per_s`).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+/// `kestrel predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Model directory from `kestrel fit`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Images to score (files or folders).
+    #[arg(required = true)]
+    pub images: Vec<PathBuf>,
+    /// Output folder for `<name>_heatmap.png` overlays and `scores.csv`.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Print one JSON object per image (name, score, verdict) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+/// `kestrel metrics`.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Folder of `<name>.npy` anomaly maps (2-D float32 or float64).
+    #[arg(long)]
+    pub maps: PathBuf,
+    /// Folder of `<name>.png` masks (non-zero = anomalous); a map without a mask is a good image.
+    #[arg(long)]
+    pub masks: PathBuf,
+    /// CSV of `name,score` image scores (default: each map's maximum).
+    #[arg(long)]
+    pub scores: Option<PathBuf>,
+    /// Print one JSON object with image_auroc, pixel_auroc, aupro, f1_max, threshold, images, pixels.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `kestrel import`.
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// Architecture the checkpoint is for.
+    #[arg(long)]
+    pub arch: String,
+    /// Checkpoint (.pth/.pt/.bin PyTorch pickle or .safetensors), torchvision names; `module.`/`backbone.` prefixes
+    /// are stripped.
+    pub input: PathBuf,
+    /// Output .safetensors.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+}
+
+/// `kestrel demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Working folder for the synthetic dataset, models and heatmaps.
+    #[arg(long, default_value = "kestrel-demo")]
+    pub out: PathBuf,
+    /// Seed of the synthetic product and of the models.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Print JSON results.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}

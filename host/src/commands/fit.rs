@@ -1,0 +1,272 @@
+//! `kestrel fit`: fit a detector on a category's good images and choose its threshold on held-out images.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use kestrel_vision::backbone::{self, Arch, WeightSource};
+use kestrel_vision::dataset::{self, ConversionCounts, Dataset, OpenOptions};
+use kestrel_vision::detector::padim::PadimConfig;
+use kestrel_vision::detector::patchcore::PatchCoreConfig;
+use kestrel_vision::detector::DetectorKind;
+use kestrel_vision::device::parse_device;
+use kestrel_vision::metrics::f1_max;
+use kestrel_vision::model::{DataSpec, FitSettings, Fitter, Model, ThresholdSpec};
+use kestrel_vision::preprocess::PreprocessConfig;
+use serde::Serialize;
+
+use crate::cli::{DetectorArg, FitArgs};
+use crate::images;
+use crate::progress;
+
+/// Everything `fit_category` needs (a validated plan built from the command line, or by `demo`).
+#[derive(Debug, Clone)]
+pub struct FitPlan {
+    /// Dataset root.
+    pub data: PathBuf,
+    /// Dataset open options (category, layout).
+    pub open: OpenOptions,
+    /// Backbone.
+    pub arch: Arch,
+    /// Weights file, or random init.
+    pub weights: Option<PathBuf>,
+    /// Seed.
+    pub seed: u64,
+    /// Pre-processing.
+    pub preprocess: PreprocessConfig,
+    /// Detector.
+    pub kind: DetectorKind,
+    /// PaDiM channel count override.
+    pub n_features: Option<usize>,
+    /// PatchCore settings.
+    pub patchcore: PatchCoreConfig,
+    /// Validation hold-out fraction.
+    pub validation_fraction: f64,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Device spec.
+    pub device: String,
+    /// Hide progress bars.
+    pub quiet: bool,
+}
+
+/// What a fit produced, for printing.
+#[derive(Debug, Clone, Serialize)]
+pub struct FitSummary {
+    /// Category.
+    pub category: String,
+    /// Output directory.
+    pub model: PathBuf,
+    /// Detector.
+    pub detector: String,
+    /// Backbone.
+    pub arch: String,
+    /// Training images.
+    pub train_images: usize,
+    /// Validation images (good, defect).
+    pub validation_good: usize,
+    /// Validation defect images.
+    pub validation_defect: usize,
+    /// Threshold, when chosen.
+    pub threshold: Option<f32>,
+    /// Seconds spent.
+    pub seconds: f64,
+}
+
+/// Fit one category and save it to `out`.
+pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
+    let t0 = std::time::Instant::now();
+    let device = parse_device(&plan.device)?;
+    plan.preprocess.validate()?;
+    let mut ds: Dataset = dataset::open_with(&plan.data, &plan.open)?;
+    for w in &ds.warnings {
+        eprintln!("warning: {w}");
+    }
+    if ds.train.is_empty() {
+        anyhow::bail!(
+            "{}: no good training images found for category `{}`",
+            plan.data.display(),
+            ds.category
+        );
+    }
+    if ds.train.len() >= 10 && plan.validation_fraction > 0.0 {
+        ds.hold_out_validation(plan.validation_fraction, plan.seed)?;
+    }
+    let cfg = plan.arch.config();
+    let (weights, source) = match &plan.weights {
+        Some(p) => (backbone::read_weights(p)?, WeightSource::File { path: p.clone() }),
+        None => (
+            backbone::random_weights(&cfg, plan.seed, &candle_core::Device::Cpu)?,
+            WeightSource::Random { seed: plan.seed },
+        ),
+    };
+    let settings = FitSettings {
+        arch: plan.arch,
+        weights_source: source,
+        preprocess: plan.preprocess.clone(),
+        kind: plan.kind,
+        padim: plan.n_features.map(|n| PadimConfig {
+            n_features: n,
+            seed: plan.seed,
+            ridge: 0.01,
+        }),
+        patchcore: plan.patchcore.clone(),
+        blur_sigma: kestrel_vision::postprocess::DEFAULT_SIGMA,
+        data: DataSpec {
+            root: plan.data.clone(),
+            category: ds.category.clone(),
+        },
+    };
+    let mut fitter = Fitter::new(settings, weights, ds.train.len(), &device)?;
+    if fitter.spills_to_disk() {
+        eprintln!("note: training patch features exceed the RAM budget; spilling them to a temporary file");
+    }
+    let mut counts = ConversionCounts::default();
+    let pb = progress::bar(ds.train.len() as u64, "features", plan.quiet);
+    let paths: Vec<&Path> = ds.train.iter().map(|s| s.path.as_path()).collect();
+    for chunk in paths.chunks(plan.batch_size.max(1)) {
+        let prepared = images::prepare(chunk, &plan.preprocess, &mut counts)?;
+        let batch = images::to_batch(&prepared, &plan.preprocess, &device)?;
+        fitter.add_batch(&batch)?;
+        pb.inc(chunk.len() as u64);
+    }
+    pb.finish_and_clear();
+    let cpb = progress::bar(0, "coreset", plan.quiet || plan.kind != DetectorKind::Patchcore);
+    let mut model = fitter.finish(&|done, total| {
+        cpb.set_length(total as u64);
+        cpb.set_position(done as u64);
+    })?;
+    cpb.finish_and_clear();
+
+    // Threshold on the validation split only (anomalib's F1-adaptive rule; max good score without defects).
+    let threshold = choose_threshold(&model, &ds, plan, &mut counts)?;
+    model.set_threshold(threshold.clone());
+    if !plan.quiet {
+        images::report_conversions(&counts);
+    }
+    model
+        .save(out)
+        .with_context(|| format!("saving model to {}", out.display()))?;
+    Ok(FitSummary {
+        category: ds.category.clone(),
+        model: out.to_path_buf(),
+        detector: plan.kind.name().into(),
+        arch: plan.arch.name().into(),
+        train_images: ds.train.len(),
+        validation_good: threshold.as_ref().map(|t| t.validation_good).unwrap_or(0),
+        validation_defect: threshold.as_ref().map(|t| t.validation_defect).unwrap_or(0),
+        threshold: threshold.map(|t| t.image),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn choose_threshold(
+    model: &Model,
+    ds: &Dataset,
+    plan: &FitPlan,
+    counts: &mut ConversionCounts,
+) -> anyhow::Result<Option<ThresholdSpec>> {
+    if ds.validation.is_empty() {
+        return Ok(None);
+    }
+    let paths: Vec<&Path> = ds.validation.iter().map(|s| s.path.as_path()).collect();
+    let labels: Vec<bool> = ds.validation.iter().map(|s| !s.is_good()).collect();
+    let pb = progress::bar(paths.len() as u64, "validation", plan.quiet);
+    let mut scores = Vec::with_capacity(paths.len());
+    images::score_paths(model, &paths, plan.batch_size, counts, &pb, &mut |_, _, s| {
+        scores.push(s.score);
+        Ok(())
+    })?;
+    pb.finish_and_clear();
+    let f = f1_max(&scores, &labels)?;
+    let good = labels.iter().filter(|l| !**l).count();
+    let defect = labels.len() - good;
+    let method = if defect == 0 {
+        format!("maximum score of {good} held-out good training images (no validation defects given)")
+    } else {
+        format!("F1-max on a validation split of {good} good and {defect} defect images")
+    };
+    Ok(Some(ThresholdSpec {
+        image: f.threshold as f32,
+        method,
+        validation_good: good,
+        validation_defect: defect,
+    }))
+}
+
+/// `kestrel fit`.
+pub fn run(a: &FitArgs) -> anyhow::Result<()> {
+    let arch = Arch::parse(&a.arch)?;
+    if !(0.0..1.0).contains(&a.validation_fraction) {
+        anyhow::bail!("--validation-fraction must be in [0, 1), got {}", a.validation_fraction);
+    }
+    if !(a.ram_budget_gib > 0.0) {
+        anyhow::bail!("--ram-budget-gib must be positive");
+    }
+    let base = FitPlan {
+        data: a.data.clone(),
+        open: OpenOptions {
+            category: a.category.clone(),
+            layout: a.layout.into(),
+            ..OpenOptions::default()
+        },
+        arch,
+        weights: a.weights.clone(),
+        seed: a.seed,
+        preprocess: PreprocessConfig {
+            image_size: a.image_size,
+            ..PreprocessConfig::default()
+        },
+        kind: match a.detector {
+            DetectorArg::Padim => DetectorKind::Padim,
+            DetectorArg::Patchcore => DetectorKind::Patchcore,
+        },
+        n_features: a.n_features,
+        patchcore: PatchCoreConfig {
+            coreset_ratio: a.coreset_ratio,
+            num_neighbors: a.num_neighbors,
+            seed: a.seed,
+            ram_budget_bytes: (a.ram_budget_gib * (1u64 << 30) as f64) as u64,
+            ..PatchCoreConfig::default()
+        },
+        validation_fraction: a.validation_fraction,
+        batch_size: a.compute.batch_size,
+        device: a.compute.device.clone(),
+        quiet: a.json,
+    };
+    let cats: Vec<(Option<String>, PathBuf)> = if a.category.as_deref() == Some("all") {
+        dataset::categories(&a.data)?
+            .into_iter()
+            .map(|c| (Some(c.clone()), a.output.join(&c)))
+            .collect()
+    } else {
+        vec![(a.category.clone(), a.output.clone())]
+    };
+    for (cat, out) in cats {
+        let mut plan = base.clone();
+        plan.open.category = cat;
+        let s = fit_category(&plan, &out)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&s)?);
+        } else {
+            println!(
+                "fitted {} ({}, {}) on {} good images in {:.1}s → {}",
+                s.category,
+                s.detector,
+                s.arch,
+                s.train_images,
+                s.seconds,
+                s.model.display()
+            );
+            match s.threshold {
+                Some(t) => println!(
+                    "  threshold {t:.4} chosen on {} good + {} defect validation images",
+                    s.validation_good, s.validation_defect
+                ),
+                None => println!(
+                    "  no threshold: fewer than 10 training images to hold out; set threshold.image in model.toml"
+                ),
+            }
+        }
+    }
+    Ok(())
+}

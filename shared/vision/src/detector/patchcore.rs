@@ -1,0 +1,553 @@
+//! PatchCore (Roth et al. 2022) as anomalib implements it.
+//!
+//! * Patch features: stages c2 and c3, each locally aggregated with a 3×3 average (stride 1, zero padding counted,
+//!   like `AvgPool2d(3, 1, 1)`), c3 bilinearly upsampled (align_corners=False) to the c2 grid, concatenated.
+//! * Memory bank: greedy k-center coreset (Sener & Savarese) of all training patches, run on a sparse random
+//!   projection (Johnson–Lindenstrauss dimension for ε = 0.9) of the features, keeping the original features of the
+//!   selected patches. The first centre is a seeded random patch and is part of the coreset.
+//! * Score: each test patch's L2 distance to its nearest bank entry; the image score is anomalib's re-weighted
+//!   maximum with `num_neighbors` (default 9) support samples.
+//!
+//! Memory: full-dimensional training patches are kept in RAM only while they fit a budget (default 2 GiB); beyond
+//! that they are spilled to an unnamed temporary file and only the selected rows are read back, so fitting WRN-50 on
+//! hundreds of images does not need every patch feature in RAM (only the low-dimensional projection).
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use candle_core::{DType, Device, Tensor, D};
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{DetectorError, PatchMap};
+
+/// PatchCore hyper-parameters (stored in model.toml).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PatchCoreConfig {
+    /// Fraction of training patches kept in the memory bank (anomalib default 0.1).
+    pub coreset_ratio: f64,
+    /// Support samples for the re-weighted image score (anomalib default 9; 1 = plain maximum).
+    pub num_neighbors: usize,
+    /// ε of the Johnson–Lindenstrauss projection used only for coreset selection (anomalib 0.9).
+    pub projection_eps: f64,
+    /// Seed of the projection and of the first coreset centre.
+    pub seed: u64,
+    /// RAM budget in bytes for full-dimensional training patches before spilling to a temporary file.
+    #[serde(default = "default_ram_budget")]
+    pub ram_budget_bytes: u64,
+}
+
+fn default_ram_budget() -> u64 {
+    2 << 30
+}
+
+impl Default for PatchCoreConfig {
+    fn default() -> Self {
+        Self {
+            coreset_ratio: 0.1,
+            num_neighbors: 9,
+            projection_eps: 0.9,
+            seed: 0,
+            ram_budget_bytes: default_ram_budget(),
+        }
+    }
+}
+
+/// The stages PatchCore reads (1-based).
+pub const PATCHCORE_STAGES: [usize; 2] = [2, 3];
+
+/// Locally aware patch features (N, C, h, w) from c2 and c3 (`stages[1]`, `stages[2]`).
+pub fn embed(stages: &[Tensor]) -> candle_core::Result<Tensor> {
+    let pool = |t: &Tensor| -> candle_core::Result<Tensor> {
+        t.pad_with_zeros(D::Minus1, 1, 1)?
+            .pad_with_zeros(D::Minus2, 1, 1)?
+            .avg_pool2d_with_stride(3, 1)
+    };
+    let c2 = pool(&stages[1])?;
+    let (_, _, h, w) = c2.dims4()?;
+    let c3 = pool(&stages[2])?.upsample_bilinear2d(h, w, false)?;
+    Tensor::cat(&[c2, c3], 1)
+}
+
+/// (N, C, h, w) → (N·h·w, C) rows ordered image, row, column.
+fn to_rows(e: &Tensor) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = e.dims4()?;
+    e.reshape((n, c, h * w))?
+        .permute((0, 2, 1))?
+        .reshape((n * h * w, c))?
+        .contiguous()
+}
+
+/// Johnson–Lindenstrauss minimum dimension, as scikit-learn's `johnson_lindenstrauss_min_dim`.
+pub fn jl_min_dim(n_samples: usize, eps: f64) -> usize {
+    let denom = eps * eps / 2.0 - eps * eps * eps / 3.0;
+    (4.0 * (n_samples.max(2) as f64).ln() / denom) as usize
+}
+
+/// Sparse random projection matrix (C, k) with density 1/√C and entries ±√(1/density)/√k, as scikit-learn's
+/// `SparseRandomProjection` (stored dense; it is only used once per fit).
+fn sparse_projection(c: usize, k: usize, seed: u64) -> Vec<f32> {
+    let density = 1.0 / (c as f64).sqrt();
+    let v = ((1.0 / density).sqrt() / (k as f64).sqrt()) as f32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    (0..c * k)
+        .map(|_| {
+            let u: f64 = rng.gen();
+            if u < density / 2.0 {
+                -v
+            } else if u < density {
+                v
+            } else {
+                0.0
+            }
+        })
+        .collect()
+}
+
+/// Full-dimensional patch rows, in RAM or spilled to a temporary file.
+enum PatchStore {
+    Memory(Vec<f32>),
+    Spill(std::fs::File),
+}
+
+/// Streaming PatchCore fit.
+pub struct PatchCoreFit {
+    config: PatchCoreConfig,
+    dim: usize,
+    grid: (usize, usize),
+    expected_patches: usize,
+    proj: Option<(Vec<f32>, usize)>,
+    projected: Vec<f32>,
+    store: PatchStore,
+    rows: usize,
+}
+
+impl PatchCoreFit {
+    /// Start fitting. `dim` is the patch feature dimension (c2 + c3 channels); `expected_images` and `grid` size the
+    /// projection (JL dimension depends on the number of patches).
+    pub fn new(
+        config: PatchCoreConfig,
+        dim: usize,
+        grid: (usize, usize),
+        expected_images: usize,
+    ) -> Result<Self, DetectorError> {
+        if !(config.coreset_ratio > 0.0 && config.coreset_ratio <= 1.0) {
+            return Err(DetectorError::Config(format!(
+                "coreset ratio must be in (0, 1], got {}",
+                config.coreset_ratio
+            )));
+        }
+        if config.num_neighbors == 0 {
+            return Err(DetectorError::Config("num_neighbors must be at least 1".into()));
+        }
+        let expected_patches = expected_images * grid.0 * grid.1;
+        let k = jl_min_dim(expected_patches, config.projection_eps);
+        // A projection only helps if it is smaller than the features themselves (sklearn refuses otherwise).
+        let proj = (k < dim).then(|| (sparse_projection(dim, k, config.seed), k));
+        let full_bytes = (expected_patches * dim * 4) as u64;
+        let store = if full_bytes > config.ram_budget_bytes {
+            PatchStore::Spill(tempfile::tempfile().map_err(DetectorError::Io)?)
+        } else {
+            PatchStore::Memory(Vec::with_capacity(expected_patches * dim))
+        };
+        Ok(Self {
+            config,
+            dim,
+            grid,
+            expected_patches,
+            proj,
+            projected: Vec::new(),
+            store,
+            rows: 0,
+        })
+    }
+
+    /// Whether training patches are being spilled to disk (for the CLI to say so).
+    pub fn spills(&self) -> bool {
+        matches!(self.store, PatchStore::Spill(_))
+    }
+
+    /// Add a batch of stages (c1..c3) of good images.
+    pub fn add(&mut self, stages: &[Tensor]) -> Result<(), DetectorError> {
+        let e = embed(stages)?;
+        let (_, c, h, w) = e.dims4()?;
+        if c != self.dim || (h, w) != self.grid {
+            return Err(DetectorError::Config(format!(
+                "patch features {c}×{h}×{w} differ from the expected {}×{}×{}",
+                self.dim, self.grid.0, self.grid.1
+            )));
+        }
+        let rows = to_rows(&e)?;
+        let n = rows.dims2()?.0;
+        match &self.proj {
+            Some((p, k)) => {
+                let pt = Tensor::from_slice(p, (self.dim, *k), rows.device())?;
+                let pr: Vec<f32> = rows.matmul(&pt)?.flatten_all()?.to_vec1()?;
+                self.projected.extend(pr);
+            }
+            None => {}
+        }
+        let flat: Vec<f32> = rows.flatten_all()?.to_vec1()?;
+        if self.proj.is_none() {
+            self.projected.extend_from_slice(&flat);
+        }
+        match &mut self.store {
+            PatchStore::Memory(v) => v.extend_from_slice(&flat),
+            PatchStore::Spill(f) => {
+                let bytes: Vec<u8> = flat.iter().flat_map(|v| v.to_le_bytes()).collect();
+                f.write_all(&bytes).map_err(DetectorError::Io)?;
+            }
+        }
+        self.rows += n;
+        Ok(())
+    }
+
+    /// Select the coreset and build the memory bank. `progress` is called with (done, total) selections.
+    pub fn finish(self, progress: &dyn Fn(usize, usize)) -> Result<PatchCore, DetectorError> {
+        let n = self.rows;
+        if n == 0 {
+            return Err(DetectorError::NotEnoughImages { needed: 1, got: 0 });
+        }
+        let _ = self.expected_patches;
+        let k = self.proj.as_ref().map(|(_, k)| *k).unwrap_or(self.dim);
+        let target = ((n as f64 * self.config.coreset_ratio) as usize).clamp(1, n);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.config.seed);
+        let start = rng.gen_range(0..n);
+        let mut idx = greedy_k_center(&self.projected, k, start, target, progress);
+        idx.sort_unstable();
+        let d = self.dim;
+        let mut bank = vec![0f32; idx.len() * d];
+        match self.store {
+            PatchStore::Memory(v) => {
+                for (r, &i) in idx.iter().enumerate() {
+                    bank[r * d..(r + 1) * d].copy_from_slice(&v[i * d..(i + 1) * d]);
+                }
+            }
+            PatchStore::Spill(mut f) => {
+                let mut buf = vec![0u8; d * 4];
+                for (r, &i) in idx.iter().enumerate() {
+                    f.seek(SeekFrom::Start((i * d * 4) as u64)).map_err(DetectorError::Io)?;
+                    f.read_exact(&mut buf).map_err(DetectorError::Io)?;
+                    for (o, ch) in bank[r * d..(r + 1) * d].iter_mut().zip(buf.chunks_exact(4)) {
+                        *o = f32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]);
+                    }
+                }
+            }
+        }
+        let bank = Tensor::from_vec(bank, (idx.len(), d), &Device::Cpu)?;
+        Ok(PatchCore::new(self.config, self.grid, n / (self.grid.0 * self.grid.1), bank)?)
+    }
+}
+
+/// Greedy k-center selection over `n` rows of dimension `k` (row-major `x`): start from `start`, then repeatedly add
+/// the row farthest (L2) from the selected set. Returns `target` distinct indices including `start`.
+///
+/// One fused, parallel pass per step computes the distance to the newest centre, updates the running minimum and
+/// finds the arg-max, so each step reads the data once (the algorithm is memory-bound).
+pub fn greedy_k_center(
+    x: &[f32],
+    k: usize,
+    start: usize,
+    target: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Vec<usize> {
+    let n = x.len() / k;
+    let target = target.min(n);
+    let mut min_d = vec![f32::INFINITY; n];
+    let mut selected = Vec::with_capacity(target);
+    let mut centre = start;
+    const CHUNK: usize = 4096;
+    while selected.len() < target {
+        selected.push(centre);
+        if selected.len() == target {
+            break;
+        }
+        let c = &x[centre * k..(centre + 1) * k];
+        let (best, _) = min_d
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .map(|(ci, md)| {
+                let base = ci * CHUNK;
+                let mut best = (usize::MAX, f32::NEG_INFINITY);
+                for (j, m) in md.iter_mut().enumerate() {
+                    let row = &x[(base + j) * k..(base + j + 1) * k];
+                    let mut d = 0f32;
+                    for (a, b) in row.iter().zip(c) {
+                        let t = a - b;
+                        d += t * t;
+                    }
+                    if d < *m {
+                        *m = d;
+                    }
+                    if *m > best.1 {
+                        best = (base + j, *m);
+                    }
+                }
+                best
+            })
+            .reduce(
+                || (usize::MAX, f32::NEG_INFINITY),
+                |a, b| if b.1 > a.1 || (b.1 == a.1 && b.0 < a.0) { b } else { a },
+            );
+        if best == usize::MAX || min_d[best] <= 0.0 {
+            // Every remaining row duplicates a centre: more centres add nothing.
+            break;
+        }
+        centre = best;
+        if selected.len() % 256 == 0 {
+            progress(selected.len(), target);
+        }
+    }
+    progress(selected.len(), target);
+    selected
+}
+
+/// A fitted PatchCore model.
+#[derive(Debug, Clone)]
+pub struct PatchCore {
+    /// Hyper-parameters.
+    pub config: PatchCoreConfig,
+    /// Patch grid (h, w).
+    pub grid: (usize, usize),
+    /// Number of training images.
+    pub images: usize,
+    /// Memory bank (M, C).
+    pub bank: Tensor,
+    /// `[b, ‖b‖²]ᵀ`, (C+1, M): folds the norms into one matmul for nearest-neighbour search.
+    bank_aug_t: Tensor,
+}
+
+/// Bank columns per matmul chunk in nearest-neighbour search (bounds the (queries × chunk) distance block).
+const NN_CHUNK: usize = 8192;
+
+impl PatchCore {
+    /// Build from a bank (precomputes the augmented transposed bank).
+    pub fn new(
+        config: PatchCoreConfig,
+        grid: (usize, usize),
+        images: usize,
+        bank: Tensor,
+    ) -> candle_core::Result<Self> {
+        let bank = bank.to_dtype(DType::F32)?;
+        let norms = bank.sqr()?.sum_keepdim(1)?;
+        let bank_aug_t = Tensor::cat(&[&bank, &norms], 1)?.t()?.contiguous()?;
+        Ok(Self {
+            config,
+            grid,
+            images,
+            bank,
+            bank_aug_t,
+        })
+    }
+
+    /// Nearest bank entry for each query row: (squared distance, index). Uses `‖q‖² − 2q·b + ‖b‖²` as one matmul
+    /// of `[−2q, 1]` with `[b, ‖b‖²]ᵀ` per bank chunk.
+    pub fn nearest(&self, q: &Tensor) -> candle_core::Result<(Vec<f32>, Vec<u32>)> {
+        let dev = q.device();
+        let (m, _) = q.dims2()?;
+        let q_aug = Tensor::cat(&[(q * -2.0)?, Tensor::ones((m, 1), DType::F32, dev)?], 1)?;
+        let qn: Vec<f32> = q.sqr()?.sum(1)?.to_vec1()?;
+        let bank_t = self.bank_aug_t.to_device(dev)?;
+        let total = bank_t.dims2()?.1;
+        let mut best_d = vec![f32::INFINITY; m];
+        let mut best_i = vec![0u32; m];
+        let mut s = 0;
+        while s < total {
+            let len = NN_CHUNK.min(total - s);
+            let prod = q_aug.matmul(&bank_t.narrow(1, s, len)?)?;
+            let mins: Vec<f32> = prod.min(1)?.to_vec1()?;
+            let args: Vec<u32> = prod.argmin(1)?.to_vec1()?;
+            for r in 0..m {
+                if mins[r] < best_d[r] {
+                    best_d[r] = mins[r];
+                    best_i[r] = args[r] + s as u32;
+                }
+            }
+            s += len;
+        }
+        for (d, n) in best_d.iter_mut().zip(qn) {
+            *d = (*d + n).max(0.0);
+        }
+        Ok((best_d, best_i))
+    }
+
+    /// Patch maps and re-weighted image scores for a batch of stages (c1..c3).
+    pub fn score(&self, stages: &[Tensor]) -> candle_core::Result<Vec<(PatchMap, f32)>> {
+        let e = embed(stages)?;
+        let (n, c, h, w) = e.dims4()?;
+        if (h, w) != self.grid {
+            candle_core::bail!(
+                "patch grid {h}×{w} differs from the fitted {}×{} (different image size?)",
+                self.grid.0,
+                self.grid.1
+            );
+        }
+        let rows = to_rows(&e)?;
+        let (d2, nn) = self.nearest(&rows)?;
+        let feats: Vec<f32> = rows.flatten_all()?.to_vec1()?;
+        let bank: Vec<f32> = self.bank.flatten_all()?.to_vec1()?;
+        let p = h * w;
+        let mut out = Vec::with_capacity(n);
+        for img in 0..n {
+            let dist: Vec<f32> = d2[img * p..(img + 1) * p].iter().map(|v| v.sqrt()).collect();
+            let (arg, &s_star) = dist
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(&a.0)))
+                .expect("non-empty grid");
+            let score = if self.config.num_neighbors <= 1 {
+                s_star
+            } else {
+                let m_test = &feats[(img * p + arg) * c..(img * p + arg + 1) * c];
+                let nn_idx = nn[img * p + arg] as usize;
+                self.reweight(s_star, m_test, nn_idx, &bank, c)
+            };
+            out.push((PatchMap { w, h, data: dist }, score));
+        }
+        Ok(out)
+    }
+
+    /// anomalib's re-weighting: `(1 − softmax(d)₀) · s*`, with `d` the distances from the test patch to the
+    /// `num_neighbors` bank entries nearest to its own nearest bank entry `m*` (which is one of them, at index 0).
+    fn reweight(&self, s_star: f32, m_test: &[f32], nn_idx: usize, bank: &[f32], c: usize) -> f32 {
+        let m = bank.len() / c;
+        let b = self.config.num_neighbors.min(m);
+        let m_star = &bank[nn_idx * c..(nn_idx + 1) * c];
+        let dist = |a: &[f32], b: &[f32]| -> f32 {
+            a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>()
+        };
+        let mut cand: Vec<(f32, usize)> = (0..m)
+            .map(|j| (dist(m_star, &bank[j * c..(j + 1) * c]), j))
+            .collect();
+        cand.select_nth_unstable_by(b - 1, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        cand.truncate(b);
+        cand.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        // m* itself is at distance 0; make sure it is first even with duplicate bank rows.
+        if let Some(pos) = cand.iter().position(|&(_, j)| j == nn_idx) {
+            cand.swap(0, pos);
+        }
+        let d: Vec<f32> = cand
+            .iter()
+            .map(|&(_, j)| dist(m_test, &bank[j * c..(j + 1) * c]).sqrt())
+            .collect();
+        let mx = d.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let exps: Vec<f32> = d.iter().map(|v| (v - mx).exp()).collect();
+        let w = 1.0 - exps[0] / exps.iter().sum::<f32>();
+        w * s_star
+    }
+
+    /// Tensors to persist.
+    pub fn tensors(&self) -> Vec<(String, Tensor)> {
+        vec![("bank".into(), self.bank.clone())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jl_dim_matches_sklearn() {
+        // sklearn.random_projection.johnson_lindenstrauss_min_dim(204800, eps=0.9) == 301
+        assert_eq!(jl_min_dim(204_800, 0.9), 301);
+    }
+
+    #[test]
+    fn greedy_k_center_picks_farthest_points() {
+        // 1-D points 0, 1, 2, 10, 11, 50 starting from 0: the farthest is 50; then 11 (11 from 0, 39 from 50); then 2
+        // (2 from 0, 9 from 11) beats 1 and 10 (both 1 away from a centre).
+        let x = [0.0f32, 1.0, 2.0, 10.0, 11.0, 50.0];
+        let sel = greedy_k_center(&x, 1, 0, 4, &|_, _| {});
+        assert_eq!(sel, vec![0, 5, 4, 2]);
+    }
+
+    #[test]
+    fn greedy_stops_on_duplicates() {
+        let x = [1.0f32, 1.0, 1.0];
+        let sel = greedy_k_center(&x, 1, 1, 3, &|_, _| {});
+        assert_eq!(sel, vec![1]);
+    }
+
+    #[test]
+    fn nearest_matches_brute_force() {
+        let dev = Device::Cpu;
+        let bank = Tensor::randn(0f32, 1.0, (300, 7), &dev).unwrap();
+        let pc = PatchCore::new(PatchCoreConfig::default(), (1, 1), 1, bank.clone()).unwrap();
+        let q = Tensor::randn(0f32, 1.0, (20, 7), &dev).unwrap();
+        let (d2, idx) = pc.nearest(&q).unwrap();
+        let b: Vec<Vec<f32>> = bank.to_vec2().unwrap();
+        let qv: Vec<Vec<f32>> = q.to_vec2().unwrap();
+        for (r, qr) in qv.iter().enumerate() {
+            let (bi, bd) = b
+                .iter()
+                .enumerate()
+                .map(|(i, br)| (i, qr.iter().zip(br).map(|(a, c)| (a - c) * (a - c)).sum::<f32>()))
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            assert_eq!(idx[r] as usize, bi);
+            assert!((d2[r] - bd).abs() < 1e-4);
+        }
+    }
+
+    #[test]
+    fn reweighting_with_one_neighbour_is_plain_max() {
+        let dev = Device::Cpu;
+        let stages = vec![
+            Tensor::zeros((2, 1, 8, 8), DType::F32, &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, (2, 3, 4, 4), &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, (2, 2, 2, 2), &dev).unwrap(),
+        ];
+        let mut fit = PatchCoreFit::new(
+            PatchCoreConfig {
+                coreset_ratio: 0.5,
+                num_neighbors: 1,
+                ..Default::default()
+            },
+            5,
+            (4, 4),
+            2,
+        )
+        .unwrap();
+        fit.add(&stages).unwrap();
+        let model = fit.finish(&|_, _| {}).unwrap();
+        assert_eq!(model.bank.dims(), &[16, 5]);
+        let test = vec![
+            stages[0].clone(),
+            (&stages[1] * 3.0).unwrap(),
+            stages[2].clone(),
+        ];
+        for (map, score) in model.score(&test).unwrap() {
+            let mx = map.data.iter().cloned().fold(0.0, f32::max);
+            assert_eq!(score, mx);
+        }
+    }
+
+    #[test]
+    fn spilled_and_in_memory_fits_agree() {
+        let dev = Device::Cpu;
+        let stages = vec![
+            Tensor::zeros((3, 1, 8, 8), DType::F32, &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, (3, 4, 4, 4), &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, (3, 4, 2, 2), &dev).unwrap(),
+        ];
+        let fit = |budget| {
+            let mut f = PatchCoreFit::new(
+                PatchCoreConfig {
+                    ram_budget_bytes: budget,
+                    coreset_ratio: 0.25,
+                    ..Default::default()
+                },
+                8,
+                (4, 4),
+                3,
+            )
+            .unwrap();
+            assert_eq!(f.spills(), budget == 0);
+            f.add(&stages).unwrap();
+            f.finish(&|_, _| {}).unwrap()
+        };
+        let a: Vec<f32> = fit(0).bank.flatten_all().unwrap().to_vec1().unwrap();
+        let b: Vec<f32> = fit(1 << 30).bank.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(a, b);
+    }
+}
