@@ -108,7 +108,8 @@ pub fn evaluate(
         let mut csv = std::fs::File::create(dir.join("scores.csv"))?;
         writeln!(csv, "name,score")?;
         for (s, v) in ds.test.iter().zip(&score_list) {
-            writeln!(csv, "{},{}", s.name, v)?;
+            // Written as the exact f64 value of the f32 score, so `kestrel metrics --scores` reproduces eval.
+            writeln!(csv, "{},{}", s.name, *v as f64)?;
         }
     }
     Ok(EvalRow {

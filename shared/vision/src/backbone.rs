@@ -25,7 +25,7 @@ pub enum BackboneError {
     #[error("unknown backbone architecture `{0}`; known: {known}", known = Arch::NAMES.join(", "))]
     UnknownArch(String),
     /// The weights file does not exist or cannot be read.
-    #[error("cannot read weights {path}: {source}")]
+    #[error("cannot read weights {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -34,7 +34,7 @@ pub enum BackboneError {
     },
     /// A tensor the architecture needs is missing or has the wrong shape.
     #[error(
-        "weights {path} do not fit a {arch}: {source}\n  hint: check `--arch` matches the checkpoint (the file has {count} tensors{sample})"
+        "weights {path} do not fit a {arch}: {detail}\n  hint: check `--arch` matches the checkpoint (the file has {count} tensors{sample})"
     )]
     Mismatch {
         /// The weights file.
@@ -45,8 +45,8 @@ pub enum BackboneError {
         count: usize,
         /// A few tensor names from the file, to help tell which model it came from.
         sample: String,
-        /// The underlying error (names the tensor).
-        source: candle_core::Error,
+        /// What did not fit (names the tensor).
+        detail: String,
     },
     /// The file extension is neither `.safetensors` nor `.pth`/`.pt`/`.bin`.
     #[error("{0}: unsupported weights format; use .safetensors or a PyTorch .pth/.pt checkpoint")]
@@ -557,13 +557,21 @@ pub fn resnet_from_weights(
         .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
         .collect::<candle_core::Result<_>>()?;
     let vb = VarBuilder::from_tensors(weights, DType::F32, device);
-    ResNet::new(config, vb).map_err(|source| BackboneError::Mismatch {
+    ResNet::new(config, vb).map_err(|e| BackboneError::Mismatch {
         path: origin.to_path_buf(),
         arch: arch_label.to_string(),
         count,
         sample: sample_txt,
-        source,
+        detail: without_backtrace(e).to_string(),
     })
+}
+
+/// candle attaches a backtrace to errors when `RUST_BACKTRACE` is set; users need the message, not the trace.
+pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
+        e => e,
+    }
 }
 
 /// Convert a checkpoint (safetensors or `.pth`) to a safetensors file holding exactly the tensors `config` needs

@@ -34,7 +34,7 @@ pub enum ModelError {
     #[error(transparent)]
     Detector(#[from] DetectorError),
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         /// File.
         path: PathBuf,
@@ -50,7 +50,7 @@ pub enum ModelError {
         detail: String,
     },
     /// A tensor file is missing or inconsistent.
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Tensors {
         /// File.
         path: PathBuf,
