@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::{Deserialize, Serialize};
 
 /// kestrel: visual inspection for production lines.
 ///
@@ -12,7 +14,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Exit codes: 0 success, 1 unexpected failure, 2 bad command line, 3 bad input data (dataset, images, masks,
 /// maps), 4 bad model or weights.
 #[derive(Debug, Parser)]
-#[command(name = "kestrel", version, propagate_version = true, max_term_width = 110)]
+#[command(
+    name = "kestrel",
+    version,
+    propagate_version = true,
+    max_term_width = 110
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -49,7 +56,8 @@ pub enum Command {
 }
 
 /// Dataset layouts.
-#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, ValueEnum, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LayoutArg {
     /// Detect: MVTec AD, then VisA, then plain folders.
     #[default]
@@ -63,7 +71,8 @@ pub enum LayoutArg {
 }
 
 /// Detectors.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DetectorArg {
     /// PaDiM: a Gaussian per feature-map position; Mahalanobis distance. Fast to fit, small.
     Padim,
@@ -72,10 +81,15 @@ pub enum DetectorArg {
 }
 
 /// Options shared by commands that run a network.
-#[derive(Debug, Args, Clone)]
+#[derive(Debug, Args, Clone, Serialize, Deserialize)]
 pub struct ComputeArgs {
     /// Compute device: `cpu`, or `cuda:N` in builds with the `cuda` feature.
-    #[arg(long, default_value = "cpu", env = "KESTREL_DEVICE", help_heading = "Compute")]
+    #[arg(
+        long,
+        default_value = "cpu",
+        env = "KESTREL_DEVICE",
+        help_heading = "Compute"
+    )]
     pub device: String,
     /// Images per forward pass. Larger batches use more memory; on CPU they barely change throughput.
     #[arg(long, default_value_t = 8, help_heading = "Compute")]
@@ -83,8 +97,13 @@ pub struct ComputeArgs {
 }
 
 /// `kestrel fit`.
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Serialize, Deserialize)]
 pub struct FitArgs {
+    /// TOML file of fit settings: keys are the long option names (`image_size = 224`, `detector = "patchcore"`,
+    /// `coreset_ratio = 0.01`, ...), at the top level or under `[fit]`. Options given on the command line win.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Dataset root (MVTec AD root or category folder, VisA root, or a folder with good/ and defect/).
     #[arg(long)]
     pub data: PathBuf,
@@ -133,6 +152,7 @@ pub struct FitArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    #[serde(flatten)]
     pub compute: ComputeArgs,
 }
 
@@ -225,4 +245,62 @@ pub struct DemoArgs {
     pub json: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
+}
+
+/// Parse the process arguments, layering `kestrel fit --config FILE` under the command line.
+pub fn parse() -> anyhow::Result<Cli> {
+    let matches = Cli::command().get_matches();
+    from_matches(&matches)
+}
+
+/// [`parse`] on given matches (separate for tests).
+pub fn from_matches(matches: &ArgMatches) -> anyhow::Result<Cli> {
+    let mut cli = Cli::from_arg_matches(matches).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let (Command::Fit(fit), Some(("fit", sub))) = (&mut cli.command, matches.subcommand()) {
+        if let Some(path) = fit.config.clone() {
+            *fit = layer_fit_config(fit, sub, &path)?;
+        }
+    }
+    Ok(cli)
+}
+
+/// Settings precedence: command line > config file > built-in defaults.
+fn layer_fit_config(
+    fit: &FitArgs,
+    sub: &ArgMatches,
+    path: &std::path::Path,
+) -> anyhow::Result<FitArgs> {
+    use anyhow::Context;
+    let txt = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
+    let mut file: toml::Table =
+        toml::from_str(&txt).with_context(|| format!("parsing config {}", path.display()))?;
+    if let Some(toml::Value::Table(t)) = file.remove("fit") {
+        file.extend(t);
+    }
+    let mut merged = toml::Table::try_from(fit)
+        .context("internal: fit settings are not representable in TOML")?;
+    let known: Vec<String> = merged
+        .keys()
+        .cloned()
+        .chain(["weights".into(), "category".into(), "n_features".into()])
+        .collect();
+    for (key, value) in file {
+        let key = key.replace('-', "_");
+        if key == "config" || !known.contains(&key) {
+            anyhow::bail!(
+                "{}: unknown setting `{key}`; valid keys are the long options of `kestrel fit`: {}",
+                path.display(),
+                known.join(", ")
+            );
+        }
+        if sub.value_source(&key) != Some(ValueSource::CommandLine) {
+            merged.insert(key, value);
+        }
+    }
+    let mut out: FitArgs = merged
+        .try_into()
+        .with_context(|| format!("{}: a setting has the wrong type", path.display()))?;
+    out.config = Some(path.to_path_buf());
+    Ok(out)
 }

@@ -40,7 +40,11 @@ pub fn prepare(
 }
 
 /// Stack prepared inputs into a batch tensor.
-pub fn to_batch(prepared: &[Prepared], cfg: &PreprocessConfig, model_device: &candle_core::Device) -> anyhow::Result<Tensor> {
+pub fn to_batch(
+    prepared: &[Prepared],
+    cfg: &PreprocessConfig,
+    model_device: &candle_core::Device,
+) -> anyhow::Result<Tensor> {
     let inputs: Vec<Vec<f32>> = prepared.iter().map(|p| p.input.clone()).collect();
     Ok(batch_tensor(&inputs, cfg.output_size(), model_device)?)
 }
@@ -95,7 +99,10 @@ pub fn expand_image_paths(inputs: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         }
     }
     if out.is_empty() {
-        anyhow::bail!("no images found (looked for extensions {})", exts.join(", "));
+        anyhow::bail!(
+            "no images found (looked for extensions {})",
+            exts.join(", ")
+        );
     }
     Ok(out)
 }

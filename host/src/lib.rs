@@ -37,7 +37,8 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
 /// The documented exit code for an error (see `kestrel --help`).
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if cause.is::<DatasetError>() || cause.is::<MetricsError>() || cause.is::<PreprocessError>() {
+        if cause.is::<DatasetError>() || cause.is::<MetricsError>() || cause.is::<PreprocessError>()
+        {
             return EXIT_BAD_DATA;
         }
         if cause.is::<BackboneError>() {

@@ -1,9 +1,13 @@
 //! `kestrel` binary: parse, run, map errors to documented exit codes (see `kestrel --help`).
 
-use clap::Parser;
-
 fn main() -> std::process::ExitCode {
-    let cli = kestrel_host::cli::Cli::parse();
+    let cli = match kestrel_host::cli::parse() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     match kestrel_host::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -79,7 +79,10 @@ fn fit_eval_metrics_round_trip_for_both_detectors() {
         fit(&data, &model, detector);
         let toml = std::fs::read_to_string(model.join("model.toml")).unwrap();
         assert!(toml.contains(&format!("kind = \"{detector}\"")), "{toml}");
-        assert!(toml.contains("[threshold]"), "threshold chosen on held-out images:\n{toml}");
+        assert!(
+            toml.contains("[threshold]"),
+            "threshold chosen on held-out images:\n{toml}"
+        );
 
         let heat = tmp.path().join(format!("heat-{detector}"));
         let out = ok(&kestrel(&[
@@ -130,7 +133,10 @@ fn fit_eval_metrics_round_trip_for_both_detectors() {
         for key in ["image_auroc", "pixel_auroc", "aupro", "f1_max", "threshold"] {
             let a = v[key].as_f64().unwrap();
             let b = m[key].as_f64().unwrap();
-            assert!((a - b).abs() < 1e-9, "{detector} {key}: eval {a} vs metrics {b}");
+            assert!(
+                (a - b).abs() < 1e-9,
+                "{detector} {key}: eval {a} vs metrics {b}"
+            );
         }
         assert!(cat.join("overlays").read_dir().unwrap().count() == 20);
     }
@@ -153,10 +159,16 @@ fn predict_writes_overlays_and_verdicts() {
         out_dir.to_str().unwrap(),
         "--json",
     ]));
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 8);
     for l in &lines {
-        assert!(["pass", "reject"].contains(&l["verdict"].as_str().unwrap()), "{l}");
+        assert!(
+            ["pass", "reject"].contains(&l["verdict"].as_str().unwrap()),
+            "{l}"
+        );
         assert!(Path::new(l["heatmap"].as_str().unwrap()).is_file());
     }
     let csv = std::fs::read_to_string(out_dir.join("scores.csv")).unwrap();
@@ -165,7 +177,13 @@ fn predict_writes_overlays_and_verdicts() {
 
 #[test]
 fn missing_dataset_is_a_data_error_naming_the_folder() {
-    let out = kestrel(&["fit", "--data", "/nonexistent/kestrel-data", "-o", "/tmp/unused-kestrel-model"]);
+    let out = kestrel(&[
+        "fit",
+        "--data",
+        "/nonexistent/kestrel-data",
+        "-o",
+        "/tmp/unused-kestrel-model",
+    ]);
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/nonexistent/kestrel-data"), "{err}");
@@ -173,10 +191,21 @@ fn missing_dataset_is_a_data_error_naming_the_folder() {
 
 #[test]
 fn unknown_architecture_is_refused_with_the_known_list() {
-    let out = kestrel(&["fit", "--data", ".", "--arch", "vgg16", "-o", "/tmp/unused-kestrel-model"]);
+    let out = kestrel(&[
+        "fit",
+        "--data",
+        ".",
+        "--arch",
+        "vgg16",
+        "-o",
+        "/tmp/unused-kestrel-model",
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("vgg16") && err.contains("wide_resnet50_2"), "{err}");
+    assert!(
+        err.contains("vgg16") && err.contains("wide_resnet50_2"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -219,13 +248,72 @@ fn import_round_trips_safetensors_and_rejects_garbage() {
     assert!(dst.is_file());
 
     // Wrong architecture: a model error that names the missing tensor.
-    let bad = kestrel(&["import", "--arch", "resnet50", src.to_str().unwrap(), "-o", dst.to_str().unwrap()]);
+    let bad = kestrel(&[
+        "import",
+        "--arch",
+        "resnet50",
+        src.to_str().unwrap(),
+        "-o",
+        dst.to_str().unwrap(),
+    ]);
     assert_eq!(bad.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("conv1.weight"));
 
     let junk = tmp.path().join("junk.pth");
     std::fs::write(&junk, b"not a pickle").unwrap();
-    let bad = kestrel(&["import", "--arch", "resnet18", junk.to_str().unwrap(), "-o", dst.to_str().unwrap()]);
+    let bad = kestrel(&[
+        "import",
+        "--arch",
+        "resnet18",
+        junk.to_str().unwrap(),
+        "-o",
+        dst.to_str().unwrap(),
+    ]);
     assert_eq!(bad.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("junk.pth"));
+}
+
+#[test]
+fn fit_config_file_is_layered_under_the_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = product(tmp.path());
+    let cfg = tmp.path().join("fit.toml");
+    std::fs::write(
+        &cfg,
+        "[fit]\narch = \"resnet18_narrow\"\nimage_size = 64\ndetector = \"patchcore\"\ncoreset_ratio = 0.5\nnum_neighbors = 3\n",
+    )
+    .unwrap();
+    let model = tmp.path().join("m");
+    ok(&kestrel(&[
+        "fit",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--num-neighbors",
+        "1",
+        "-o",
+        model.to_str().unwrap(),
+    ]));
+    let toml = std::fs::read_to_string(model.join("model.toml")).unwrap();
+    assert!(toml.contains("kind = \"patchcore\""), "{toml}");
+    assert!(toml.contains("coreset_ratio = 0.5"), "{toml}");
+    assert!(
+        toml.contains("num_neighbors = 1"),
+        "command line wins: {toml}"
+    );
+    assert!(toml.contains("image_size = 64"), "{toml}");
+
+    std::fs::write(&cfg, "coreset_ration = 0.5\n").unwrap();
+    let out = kestrel(&[
+        "fit",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data",
+        ".",
+        "-o",
+        "/tmp/unused-kestrel-m",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting `coreset_ration`"));
 }

@@ -95,7 +95,8 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
 fn prepare_data(data: &Path, seed: u64) -> anyhow::Result<()> {
     if data.exists() {
         if data.join(MARKER).is_file() {
-            std::fs::remove_dir_all(data).with_context(|| format!("removing old demo data {}", data.display()))?;
+            std::fs::remove_dir_all(data)
+                .with_context(|| format!("removing old demo data {}", data.display()))?;
         } else if std::fs::read_dir(data)?.next().is_some() {
             anyhow::bail!(
                 "{} exists and was not made by `kestrel demo`; choose another folder with --out",

@@ -57,40 +57,47 @@ pub fn evaluate(
     let mut scores: HashMap<String, f64> = HashMap::new();
     let mut score_list = Vec::with_capacity(paths.len());
     let t0 = std::time::Instant::now();
-    images::score_paths(model, &paths, batch_size, &mut counts, &pb, &mut |i, prep, scored| {
-        let sample = &ds.test[i];
-        let (w, h) = prep.image.image.dimensions();
-        let mask = match sample.load_mask(w, h)? {
-            Some(m) => Some(resize_mask_nearest(&m, size, size)?),
-            None => None,
-        };
-        if let Some(dir) = heatmaps {
-            write_npy_file(
-                &dir.join("maps").join(format!("{}.npy", sample.name)),
-                &Array2::new(size as usize, size as usize, scored.map.clone())?,
-            )?;
-            if let Some(m) = &mask {
-                m.to_image()
-                    .save(dir.join("masks").join(format!("{}.png", sample.name)))
-                    .with_context(|| format!("writing mask for {}", sample.name))?;
+    images::score_paths(
+        model,
+        &paths,
+        batch_size,
+        &mut counts,
+        &pb,
+        &mut |i, prep, scored| {
+            let sample = &ds.test[i];
+            let (w, h) = prep.image.image.dimensions();
+            let mask = match sample.load_mask(w, h)? {
+                Some(m) => Some(resize_mask_nearest(&m, size, size)?),
+                None => None,
+            };
+            if let Some(dir) = heatmaps {
+                write_npy_file(
+                    &dir.join("maps").join(format!("{}.npy", sample.name)),
+                    &Array2::new(size as usize, size as usize, scored.map.clone())?,
+                )?;
+                if let Some(m) = &mask {
+                    m.to_image()
+                        .save(dir.join("masks").join(format!("{}.png", sample.name)))
+                        .with_context(|| format!("writing mask for {}", sample.name))?;
+                }
+                let full = resize_map_bilinear(&scored.map, size, size, w, h)?;
+                let (lo, hi) = overlay_range(threshold, &scored.map);
+                overlay_heatmap(&prep.image.image, &full, lo, hi)?
+                    .save(dir.join("overlays").join(format!("{}.png", sample.name)))
+                    .with_context(|| format!("writing overlay for {}", sample.name))?;
             }
-            let full = resize_map_bilinear(&scored.map, size, size, w, h)?;
-            let (lo, hi) = overlay_range(threshold, &scored.map);
-            overlay_heatmap(&prep.image.image, &full, lo, hi)?
-                .save(dir.join("overlays").join(format!("{}.png", sample.name)))
-                .with_context(|| format!("writing overlay for {}", sample.name))?;
-        }
-        scores.insert(sample.name.clone(), scored.score as f64);
-        score_list.push(scored.score);
-        maps.push(AnomalyMap::new(
-            sample.name.clone(),
-            size as usize,
-            size as usize,
-            scored.map,
-            mask.map(|m| m.data),
-        )?);
-        Ok(())
-    })?;
+            scores.insert(sample.name.clone(), scored.score as f64);
+            score_list.push(scored.score);
+            maps.push(AnomalyMap::new(
+                sample.name.clone(),
+                size as usize,
+                size as usize,
+                scored.map,
+                mask.map(|m| m.data),
+            )?);
+            Ok(())
+        },
+    )?;
     let elapsed = t0.elapsed().as_secs_f64();
     pb.finish_and_clear();
     if !quiet {
@@ -138,7 +145,14 @@ pub fn print_table(rows: &[EvalRow]) {
     use super::fmt_opt;
     println!(
         "{:<20} {:>11} {:>11} {:>8} {:>8} {:>10} {:>8} {:>9}",
-        "category", "image AUROC", "pixel AUROC", "AUPRO", "F1-max", "threshold", "images", "images/s"
+        "category",
+        "image AUROC",
+        "pixel AUROC",
+        "AUPRO",
+        "F1-max",
+        "threshold",
+        "images",
+        "images/s"
     );
     for r in rows {
         println!(
@@ -156,7 +170,10 @@ pub fn print_table(rows: &[EvalRow]) {
 }
 
 /// Models to evaluate: `(category, model dir)`.
-fn models_to_run(model: &Path, category: Option<&str>) -> anyhow::Result<Vec<(Option<String>, PathBuf)>> {
+fn models_to_run(
+    model: &Path,
+    category: Option<&str>,
+) -> anyhow::Result<Vec<(Option<String>, PathBuf)>> {
     if model.join("model.toml").is_file() {
         if category == Some("all") {
             anyhow::bail!("{} holds a single model; `--category all` needs a folder of per-category models (from `kestrel fit --category all`)", model.display());
@@ -164,7 +181,10 @@ fn models_to_run(model: &Path, category: Option<&str>) -> anyhow::Result<Vec<(Op
         return Ok(vec![(category.map(str::to_string), model.to_path_buf())]);
     }
     if !model.is_dir() {
-        anyhow::bail!("{}: not a model directory (no model.toml); fit one with `kestrel fit -o DIR`", model.display());
+        anyhow::bail!(
+            "{}: not a model directory (no model.toml); fit one with `kestrel fit -o DIR`",
+            model.display()
+        );
     }
     let mut subs: Vec<(Option<String>, PathBuf)> = std::fs::read_dir(model)?
         .filter_map(|e| e.ok())
@@ -179,7 +199,9 @@ fn models_to_run(model: &Path, category: Option<&str>) -> anyhow::Result<Vec<(Op
             .into_iter()
             .find(|(n, _)| n.as_deref() == Some(c))
             .map(|s| vec![s])
-            .ok_or_else(|| anyhow::anyhow!("no model for category `{c}` under {}", model.display())),
+            .ok_or_else(|| {
+                anyhow::anyhow!("no model for category `{c}` under {}", model.display())
+            }),
         None => anyhow::bail!("{}: not a model directory (no model.toml)", model.display()),
     }
 }

@@ -93,7 +93,10 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
     }
     let cfg = plan.arch.config();
     let (weights, source) = match &plan.weights {
-        Some(p) => (backbone::read_weights(p)?, WeightSource::File { path: p.clone() }),
+        Some(p) => (
+            backbone::read_weights(p)?,
+            WeightSource::File { path: p.clone() },
+        ),
         None => (
             backbone::random_weights(&cfg, plan.seed, &candle_core::Device::Cpu)?,
             WeightSource::Random { seed: plan.seed },
@@ -130,7 +133,11 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    let cpb = progress::bar(0, "coreset", plan.quiet || plan.kind != DetectorKind::Patchcore);
+    let cpb = progress::bar(
+        0,
+        "coreset",
+        plan.quiet || plan.kind != DetectorKind::Patchcore,
+    );
     let mut model = fitter.finish(&|done, total| {
         cpb.set_length(total as u64);
         cpb.set_position(done as u64);
@@ -172,16 +179,25 @@ fn choose_threshold(
     let labels: Vec<bool> = ds.validation.iter().map(|s| !s.is_good()).collect();
     let pb = progress::bar(paths.len() as u64, "validation", plan.quiet);
     let mut scores = Vec::with_capacity(paths.len());
-    images::score_paths(model, &paths, plan.batch_size, counts, &pb, &mut |_, _, s| {
-        scores.push(s.score);
-        Ok(())
-    })?;
+    images::score_paths(
+        model,
+        &paths,
+        plan.batch_size,
+        counts,
+        &pb,
+        &mut |_, _, s| {
+            scores.push(s.score);
+            Ok(())
+        },
+    )?;
     pb.finish_and_clear();
     let f = f1_max(&scores, &labels)?;
     let good = labels.iter().filter(|l| !**l).count();
     let defect = labels.len() - good;
     let method = if defect == 0 {
-        format!("maximum score of {good} held-out good training images (no validation defects given)")
+        format!(
+            "maximum score of {good} held-out good training images (no validation defects given)"
+        )
     } else {
         format!("F1-max on a validation split of {good} good and {defect} defect images")
     };
@@ -197,7 +213,10 @@ fn choose_threshold(
 pub fn run(a: &FitArgs) -> anyhow::Result<()> {
     let arch = Arch::parse(&a.arch)?;
     if !(0.0..1.0).contains(&a.validation_fraction) {
-        anyhow::bail!("--validation-fraction must be in [0, 1), got {}", a.validation_fraction);
+        anyhow::bail!(
+            "--validation-fraction must be in [0, 1), got {}",
+            a.validation_fraction
+        );
     }
     if !(a.ram_budget_gib > 0.0) {
         anyhow::bail!("--ram-budget-gib must be positive");

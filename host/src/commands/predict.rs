@@ -30,45 +30,57 @@ pub struct Prediction {
 /// `kestrel predict`.
 pub fn run(a: &PredictArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.compute.device)?;
-    let model = Model::load(&a.model, &device).with_context(|| format!("loading model {}", a.model.display()))?;
+    let model = Model::load(&a.model, &device)
+        .with_context(|| format!("loading model {}", a.model.display()))?;
     let files = images::expand_image_paths(&a.images)?;
-    std::fs::create_dir_all(&a.output).with_context(|| format!("creating {}", a.output.display()))?;
+    std::fs::create_dir_all(&a.output)
+        .with_context(|| format!("creating {}", a.output.display()))?;
     let size = model.spec().preprocess.output_size();
     let threshold = model.spec().threshold.as_ref().map(|t| t.image);
     let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let mut counts = ConversionCounts::default();
     let pb = progress::bar(paths.len() as u64, "scoring", a.json);
     let mut preds = Vec::with_capacity(paths.len());
-    images::score_paths(&model, &paths, a.compute.batch_size, &mut counts, &pb, &mut |i, prep, s| {
-        let path = paths[i];
-        let (w, h) = prep.image.image.dimensions();
-        let full = resize_map_bilinear(&s.map, size, size, w, h)?;
-        let (lo, hi) = match threshold {
-            Some(t) if t > 0.0 => (0.5 * t, 1.5 * t),
-            _ => (0.0, s.score.max(1e-6)),
-        };
-        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| format!("image{i}"));
-        let out = a.output.join(format!("{stem}_heatmap.png"));
-        overlay_heatmap(&prep.image.image, &full, lo, hi)?
-            .save(&out)
-            .with_context(|| format!("writing {}", out.display()))?;
-        let verdict = match threshold {
-            Some(t) if s.score >= t => "reject",
-            Some(_) => "pass",
-            None => "unknown",
-        };
-        let p = Prediction {
-            image: path.display().to_string(),
-            score: s.score,
-            verdict,
-            heatmap: out.display().to_string(),
-        };
-        if a.json {
-            println!("{}", serde_json::to_string(&p)?);
-        }
-        preds.push(p);
-        Ok(())
-    })?;
+    images::score_paths(
+        &model,
+        &paths,
+        a.compute.batch_size,
+        &mut counts,
+        &pb,
+        &mut |i, prep, s| {
+            let path = paths[i];
+            let (w, h) = prep.image.image.dimensions();
+            let full = resize_map_bilinear(&s.map, size, size, w, h)?;
+            let (lo, hi) = match threshold {
+                Some(t) if t > 0.0 => (0.5 * t, 1.5 * t),
+                _ => (0.0, s.score.max(1e-6)),
+            };
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("image{i}"));
+            let out = a.output.join(format!("{stem}_heatmap.png"));
+            overlay_heatmap(&prep.image.image, &full, lo, hi)?
+                .save(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
+            let verdict = match threshold {
+                Some(t) if s.score >= t => "reject",
+                Some(_) => "pass",
+                None => "unknown",
+            };
+            let p = Prediction {
+                image: path.display().to_string(),
+                score: s.score,
+                verdict,
+                heatmap: out.display().to_string(),
+            };
+            if a.json {
+                println!("{}", serde_json::to_string(&p)?);
+            }
+            preds.push(p);
+            Ok(())
+        },
+    )?;
     pb.finish_and_clear();
     let mut csv = std::fs::File::create(a.output.join("scores.csv"))?;
     writeln!(csv, "image,score,verdict")?;
