@@ -6,8 +6,13 @@
 //! anomaly map → [`postprocess`] upsamples and blurs it into a full-resolution heatmap and an image score →
 //! [`metrics`] compares heatmaps and scores with ground truth.
 
+pub mod backbone;
 pub mod dataset;
+pub mod detector;
+pub mod device;
 pub mod metrics;
+pub mod model;
 pub mod npy;
+pub mod postprocess;
 pub mod preprocess;
 pub mod synthetic;
