@@ -110,7 +110,12 @@ impl PadimFit {
         let (n, d, h, w) = e.dims4()?;
         self.grid = (h, w);
         // (P, N, d): positions first, so per-position statistics are batched matmuls.
-        let x = e.reshape((n, d, h * w))?.permute((2, 0, 1))?.contiguous()?;
+        // Detached: statistics are constants, and accumulating tracked tensors would chain every batch's graph.
+        let x = e
+            .reshape((n, d, h * w))?
+            .permute((2, 0, 1))?
+            .contiguous()?
+            .detach();
         if self.shift.is_none() {
             self.shift = Some(x.mean(1)?);
         }
@@ -154,7 +159,8 @@ impl PadimFit {
                 let mut cov = vec![0f64; d * d];
                 for i in 0..d {
                     for j in 0..=i {
-                        let c = (ss[i * d + j] as f64 - s[i] as f64 * s[j] as f64 / nf) / (nf - 1.0);
+                        let c =
+                            (ss[i * d + j] as f64 - s[i] as f64 * s[j] as f64 / nf) / (nf - 1.0);
                         cov[i * d + j] = c;
                         cov[j * d + i] = c;
                     }
@@ -262,9 +268,7 @@ impl Padim {
         let d2 = z.sqr()?.sum(2)?; // (P, N)
         let dist = d2.relu()?.sqrt()?.t()?.contiguous()?; // (N, P)
         let v: Vec<Vec<f32>> = dist.to_vec2()?;
-        Ok(v.into_iter()
-            .map(|data| PatchMap { w, h, data })
-            .collect())
+        Ok(v.into_iter().map(|data| PatchMap { w, h, data }).collect())
     }
 
     /// Tensors to persist.
@@ -343,7 +347,11 @@ mod tests {
         // Fake "stages": c1 (N,3,2,2), c2 (N,2,1,1), c3 (N,1,1,1) → 6 channels, keep all.
         let n = 12;
         let mk = |c, s| Tensor::randn(0f32, 1.0, (n, c, s, s), &dev).unwrap();
-        let stages = vec![mk(3, 2), (mk(2, 1) * 2.0).unwrap(), (mk(1, 1) + 5.0).unwrap()];
+        let stages = vec![
+            mk(3, 2),
+            (mk(2, 1) * 2.0).unwrap(),
+            (mk(1, 1) + 5.0).unwrap(),
+        ];
         let cfg = PadimConfig {
             n_features: 6,
             seed: 3,
@@ -359,12 +367,18 @@ mod tests {
         let maps = model.score(&stages).unwrap();
 
         // Direct: per position, mean/cov in f64, solve with the same ridge.
-        let e = embed(&stages, &Tensor::new(model.channel_idx.as_slice(), &dev).unwrap()).unwrap();
+        let e = embed(
+            &stages,
+            &Tensor::new(model.channel_idx.as_slice(), &dev).unwrap(),
+        )
+        .unwrap();
         let v: Vec<f32> = e.flatten_all().unwrap().to_vec1().unwrap();
         let (d, p) = (6, 4);
         let at = |img: usize, ch: usize, pos: usize| v[img * d * p + ch * p + pos] as f64;
         for pos in 0..p {
-            let mean: Vec<f64> = (0..d).map(|c| (0..n).map(|i| at(i, c, pos)).sum::<f64>() / n as f64).collect();
+            let mean: Vec<f64> = (0..d)
+                .map(|c| (0..n).map(|i| at(i, c, pos)).sum::<f64>() / n as f64)
+                .collect();
             let mut cov = vec![0f64; d * d];
             for a in 0..d {
                 for b in 0..d {
@@ -407,7 +421,10 @@ mod tests {
                 }
                 let expect = m2.max(0.0).sqrt();
                 let got = map.data[pos] as f64;
-                assert!((got - expect).abs() < 1e-3 * expect.max(1.0), "pos {pos} img {img}: {got} vs {expect}");
+                assert!(
+                    (got - expect).abs() < 1e-3 * expect.max(1.0),
+                    "pos {pos} img {img}: {got} vs {expect}"
+                );
             }
         }
     }
