@@ -47,7 +47,10 @@ mod tests {
     fn parses_cpu_and_rejects_garbage() {
         assert!(parse_device("cpu").unwrap().is_cpu());
         assert!(matches!(parse_device("tpu"), Err(DeviceError::Unknown(_))));
-        assert!(matches!(parse_device("cuda:x"), Err(DeviceError::Unknown(_))));
+        assert!(matches!(
+            parse_device("cuda:x"),
+            Err(DeviceError::Unknown(_))
+        ));
     }
 
     #[cfg(not(feature = "cuda"))]

@@ -422,8 +422,14 @@ impl Model {
             detail: e.to_string(),
         })?;
         let header = "# kestrel model: written by `kestrel fit`. Edit `threshold.image` to move the reject threshold.\n";
-        write_atomic(&dir.join("model.toml"), format!("{header}{toml_txt}").as_bytes())?;
-        save_tensors(&self.weights.clone().into_iter().collect::<Vec<_>>(), &dir.join("backbone.safetensors"))?;
+        write_atomic(
+            &dir.join("model.toml"),
+            format!("{header}{toml_txt}").as_bytes(),
+        )?;
+        save_tensors(
+            &self.weights.clone().into_iter().collect::<Vec<_>>(),
+            &dir.join("backbone.safetensors"),
+        )?;
         let (name, tensors) = match &self.fitted {
             Fitted::Padim(p) => ("padim.safetensors", p.tensors()?),
             Fitted::PatchCore(p) => ("patchcore.safetensors", p.tensors()),
@@ -470,7 +476,11 @@ impl Model {
             DetectorKind::Padim => {
                 let p = dir.join("padim.safetensors");
                 let t = load_tensors(&p)?;
-                let cfg = spec.detector.padim.clone().ok_or_else(|| missing("padim"))?;
+                let cfg = spec
+                    .detector
+                    .padim
+                    .clone()
+                    .ok_or_else(|| missing("padim"))?;
                 let get = |n: &str| {
                     t.get(n)
                         .cloned()

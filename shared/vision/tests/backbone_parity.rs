@@ -19,7 +19,12 @@ fn config(name: &str) -> ResNetConfig {
     let txt = std::fs::read_to_string(fixture_dir().join(format!("{name}.json"))).unwrap();
     let v: serde_json::Value = serde_json::from_str(&txt).unwrap();
     let arr4 = |k: &str| -> [usize; 4] {
-        let a: Vec<usize> = v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect();
+        let a: Vec<usize> = v[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
         [a[0], a[1], a[2], a[3]]
     };
     ResNetConfig {
@@ -57,17 +62,30 @@ fn check(name: &str, weights_file: &str, fold: bool) {
     if fold {
         net = net.fold_batch_norm().unwrap();
     }
-    let io = candle_core::safetensors::load(fixture_dir().join(format!("{name}_io.safetensors")), &dev).unwrap();
+    let io =
+        candle_core::safetensors::load(fixture_dir().join(format!("{name}_io.safetensors")), &dev)
+            .unwrap();
     let outs = net.stages(&io["input"], 4, false).unwrap();
     for (i, out) in outs.iter().enumerate() {
         let key = format!("c{}", i + 1);
         let reference = &io[&key];
         assert_eq!(out.dims(), reference.dims(), "{name} {key} shape");
         let d = max_abs_diff(out, reference);
-        let scale = reference.abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
+        let scale = reference
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         // Reported with `cargo test -- --nocapture`; the bound is f32 accumulation error relative to the scale.
         println!("{name} ({weights_file}, fold={fold}) {key}: max |diff| = {d:.3e} (max |ref| = {scale:.3})");
-        assert!(d <= 1e-4 * scale.max(1.0), "{name} {key}: max abs diff {d} vs PyTorch");
+        assert!(
+            d <= 1e-4 * scale.max(1.0),
+            "{name} {key}: max abs diff {d} vs PyTorch"
+        );
     }
 }
 
@@ -94,8 +112,13 @@ fn import_writes_a_loadable_checked_safetensors() {
     let cfg = config("narrow_bottleneck");
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("w.safetensors");
-    let n = backbone::import_weights(&cfg, "narrow_bottleneck", &fixture_dir().join("narrow_bottleneck.pth"), &out)
-        .unwrap();
+    let n = backbone::import_weights(
+        &cfg,
+        "narrow_bottleneck",
+        &fixture_dir().join("narrow_bottleneck.pth"),
+        &out,
+    )
+    .unwrap();
     // Every backbone tensor, no classifier head.
     assert_eq!(n, 100, "fc.weight and fc.bias dropped");
     let w = backbone::read_weights(&out).unwrap();

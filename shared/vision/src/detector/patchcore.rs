@@ -138,7 +138,9 @@ impl PatchCoreFit {
             )));
         }
         if config.num_neighbors == 0 {
-            return Err(DetectorError::Config("num_neighbors must be at least 1".into()));
+            return Err(DetectorError::Config(
+                "num_neighbors must be at least 1".into(),
+            ));
         }
         let expected_patches = expected_images * grid.0 * grid.1;
         let k = jl_min_dim(expected_patches, config.projection_eps);
@@ -226,7 +228,8 @@ impl PatchCoreFit {
             PatchStore::Spill(mut f) => {
                 let mut buf = vec![0u8; d * 4];
                 for (r, &i) in idx.iter().enumerate() {
-                    f.seek(SeekFrom::Start((i * d * 4) as u64)).map_err(DetectorError::Io)?;
+                    f.seek(SeekFrom::Start((i * d * 4) as u64))
+                        .map_err(DetectorError::Io)?;
                     f.read_exact(&mut buf).map_err(DetectorError::Io)?;
                     for (o, ch) in bank[r * d..(r + 1) * d].iter_mut().zip(buf.chunks_exact(4)) {
                         *o = f32::from_le_bytes([ch[0], ch[1], ch[2], ch[3]]);
@@ -235,7 +238,12 @@ impl PatchCoreFit {
             }
         }
         let bank = Tensor::from_vec(bank, (idx.len(), d), &Device::Cpu)?;
-        Ok(PatchCore::new(self.config, self.grid, n / (self.grid.0 * self.grid.1), bank)?)
+        Ok(PatchCore::new(
+            self.config,
+            self.grid,
+            n / (self.grid.0 * self.grid.1),
+            bank,
+        )?)
     }
 }
 
@@ -287,7 +295,13 @@ pub fn greedy_k_center(
             })
             .reduce(
                 || (usize::MAX, f32::NEG_INFINITY),
-                |a, b| if b.1 > a.1 || (b.1 == a.1 && b.0 < a.0) { b } else { a },
+                |a, b| {
+                    if b.1 > a.1 || (b.1 == a.1 && b.0 < a.0) {
+                        b
+                    } else {
+                        a
+                    }
+                },
             );
         if best == usize::MAX || min_d[best] <= 0.0 {
             // Every remaining row duplicates a centre: more centres add nothing.
@@ -389,7 +403,10 @@ impl PatchCore {
         let p = h * w;
         let mut out = Vec::with_capacity(n);
         for img in 0..n {
-            let dist: Vec<f32> = d2[img * p..(img + 1) * p].iter().map(|v| v.sqrt()).collect();
+            let dist: Vec<f32> = d2[img * p..(img + 1) * p]
+                .iter()
+                .map(|v| v.sqrt())
+                .collect();
             let (arg, &s_star) = dist
                 .iter()
                 .enumerate()
@@ -481,7 +498,15 @@ mod tests {
             let (bi, bd) = b
                 .iter()
                 .enumerate()
-                .map(|(i, br)| (i, qr.iter().zip(br).map(|(a, c)| (a - c) * (a - c)).sum::<f32>()))
+                .map(|(i, br)| {
+                    (
+                        i,
+                        qr.iter()
+                            .zip(br)
+                            .map(|(a, c)| (a - c) * (a - c))
+                            .sum::<f32>(),
+                    )
+                })
                 .min_by(|a, b| a.1.total_cmp(&b.1))
                 .unwrap();
             assert_eq!(idx[r] as usize, bi);
