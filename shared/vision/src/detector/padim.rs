@@ -151,7 +151,7 @@ impl PadimFit {
         let shift_v: Vec<f32> = shift.flatten_all()?.to_vec1()?;
         let nf = n as f64;
         let ridge = self.config.ridge;
-        let results: Vec<Result<(Vec<f32>, Vec<f32>), usize>> = (0..p)
+        let results: Vec<PositionResult> = (0..p)
             .into_par_iter()
             .map(|pos| {
                 let s = &sum_v[pos * d..(pos + 1) * d];
@@ -193,6 +193,9 @@ impl PadimFit {
         })
     }
 }
+
+/// Per grid position: (mean, whitening matrix), or the position whose covariance is not positive definite.
+type PositionResult = Result<(Vec<f32>, Vec<f32>), usize>;
 
 /// Cholesky factorisation in place (lower triangle), then returns `L⁻¹` row-major as f32.
 /// `None` if the matrix is not positive definite.

@@ -181,13 +181,10 @@ impl PatchCoreFit {
         }
         let rows = to_rows(&e)?;
         let n = rows.dims2()?.0;
-        match &self.proj {
-            Some((p, k)) => {
-                let pt = Tensor::from_slice(p, (self.dim, *k), rows.device())?;
-                let pr: Vec<f32> = rows.matmul(&pt)?.flatten_all()?.to_vec1()?;
-                self.projected.extend(pr);
-            }
-            None => {}
+        if let Some((p, k)) = &self.proj {
+            let pt = Tensor::from_slice(p, (self.dim, *k), rows.device())?;
+            let pr: Vec<f32> = rows.matmul(&pt)?.flatten_all()?.to_vec1()?;
+            self.projected.extend(pr);
         }
         let flat: Vec<f32> = rows.flatten_all()?.to_vec1()?;
         if self.proj.is_none() {
