@@ -51,7 +51,9 @@ pub enum NpyError {
     #[error("not an .npy file: bad magic bytes")]
     BadMagic,
     /// The data ends before a part that the header promises.
-    #[error("truncated .npy data: the {part} needs {needed} bytes but only {available} are present")]
+    #[error(
+        "truncated .npy data: the {part} needs {needed} bytes but only {available} are present"
+    )]
     Truncated {
         /// Which part was cut short (preamble, header, data).
         part: &'static str,
@@ -105,7 +107,9 @@ pub enum NpyError {
         expected: &'static str,
     },
     /// A dtype other than little/big-endian float32/float64.
-    #[error("unsupported dtype {0}: only float32 and float64 ('<f4', '>f4', '<f8', '>f8') can be read")]
+    #[error(
+        "unsupported dtype {0}: only float32 and float64 ('<f4', '>f4', '<f8', '>f8') can be read"
+    )]
     UnsupportedDtype(String),
     /// The array is not 2-D.
     #[error("expected a 2-D array, found shape {0:?}")]
@@ -760,7 +764,10 @@ mod tests {
         assert!(header.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"));
         assert!(header.ends_with('\n'));
         assert_eq!(bytes.len(), 10 + header_len + 6 * 4);
-        assert_eq!(&bytes[10 + header_len..10 + header_len + 4], &1.0f32.to_le_bytes());
+        assert_eq!(
+            &bytes[10 + header_len..10 + header_len + 4],
+            &1.0f32.to_le_bytes()
+        );
     }
 
     #[test]
@@ -778,7 +785,10 @@ mod tests {
     #[test]
     fn reads_little_endian_f32_c_order_and_python2_longs() {
         let header = "{\"descr\": \"<f4\", \"fortran_order\": False, \"shape\": (1L, 2L)}";
-        let payload: Vec<u8> = [0.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let payload: Vec<u8> = [0.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let a = parse_npy(&npy_with_header(header, &payload)).unwrap();
         assert_eq!(a.data(), &[0.5, -2.0]);
     }
@@ -803,7 +813,8 @@ mod tests {
     #[test]
     fn rejects_each_malformed_input_with_a_typed_error() {
         let ok_payload = [0u8; 8];
-        let cases: Vec<(Vec<u8>, fn(&NpyError) -> bool)> = vec![
+        type Case = (Vec<u8>, fn(&NpyError) -> bool);
+        let cases: Vec<Case> = vec![
             (b"\x93NUM".to_vec(), |e| matches!(e, NpyError::Truncated { .. })),
             (b"PK\x03\x04zipfile".to_vec(), |e| matches!(e, NpyError::BadMagic)),
             (b"\x93NUMPY\x04\x00\x00\x00".to_vec(), |e| {
@@ -864,9 +875,15 @@ mod tests {
                 Ok(a) => panic!("case {i}: accepted malformed input as {a:?}"),
             }
         }
-        let mut latin1 = npy_with_header("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2)}", &ok_payload);
+        let mut latin1 = npy_with_header(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2)}",
+            &ok_payload,
+        );
         latin1[12] = 0xE9;
-        assert!(matches!(parse_npy(&latin1), Err(NpyError::HeaderEncoding(_))));
+        assert!(matches!(
+            parse_npy(&latin1),
+            Err(NpyError::HeaderEncoding(_))
+        ));
         assert!(matches!(
             Array2::new(2, 2, vec![0.0; 3]),
             Err(NpyError::ShapeMismatch { .. })

@@ -73,7 +73,10 @@ impl MapDirs {
 }
 
 impl PixelSource for MapDirs {
-    fn visit(&self, f: &mut dyn FnMut(&MapView<'_>) -> Result<(), MetricsError>) -> Result<(), MetricsError> {
+    fn visit(
+        &self,
+        f: &mut dyn FnMut(&MapView<'_>) -> Result<(), MetricsError>,
+    ) -> Result<(), MetricsError> {
         for entry in &self.entries {
             let map = npy::read_npy_file(&entry.map).map_err(|source| MetricsError::Npy {
                 path: entry.map.clone(),
@@ -96,7 +99,11 @@ impl PixelSource for MapDirs {
 }
 
 /// Evaluates `maps` against `masks` with the default [`PixelMetricsOptions`]; see [`evaluate_dirs_with`].
-pub fn evaluate_dirs(maps: &Path, masks: &Path, scores_csv: Option<&Path>) -> Result<MetricsReport, MetricsError> {
+pub fn evaluate_dirs(
+    maps: &Path,
+    masks: &Path,
+    scores_csv: Option<&Path>,
+) -> Result<MetricsReport, MetricsError> {
     evaluate_dirs_with(maps, masks, scores_csv, &PixelMetricsOptions::default())
 }
 
@@ -139,7 +146,11 @@ pub fn evaluate_dirs_with(
                     });
                 }
             }
-            Some(rows.into_iter().map(|(name, row)| (name, row.score)).collect())
+            Some(
+                rows.into_iter()
+                    .map(|(name, row)| (name, row.score))
+                    .collect(),
+            )
         }
     };
     evaluate(&dirs, scores.as_ref(), options)
@@ -188,7 +199,12 @@ fn read_scores_csv(path: &Path) -> Result<BTreeMap<String, CsvRow>, MetricsError
         let score: f64 = match score_text.parse() {
             Ok(score) => score,
             Err(_) if first_content => continue, // a header such as `name,score`
-            Err(_) => return Err(syntax(line, format!("score {score_text:?} is not a number"))),
+            Err(_) => {
+                return Err(syntax(
+                    line,
+                    format!("score {score_text:?} is not a number"),
+                ))
+            }
         };
         if score.is_nan() {
             return Err(syntax(line, "score is NaN".into()));
@@ -210,7 +226,10 @@ fn read_scores_csv(path: &Path) -> Result<BTreeMap<String, CsvRow>, MetricsError
 }
 
 /// Files `dir/*.<extension>` (case-insensitive extension) keyed by stem.
-fn list_with_extension(dir: &Path, extension: &str) -> Result<BTreeMap<String, PathBuf>, MetricsError> {
+fn list_with_extension(
+    dir: &Path,
+    extension: &str,
+) -> Result<BTreeMap<String, PathBuf>, MetricsError> {
     let io_error = |path: &Path, source| MetricsError::Io {
         path: path.to_path_buf(),
         source,
@@ -227,7 +246,10 @@ fn list_with_extension(dir: &Path, extension: &str) -> Result<BTreeMap<String, P
         let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
             return Err(io_error(
                 &path,
-                std::io::Error::new(std::io::ErrorKind::InvalidData, "file name is not valid UTF-8"),
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "file name is not valid UTF-8",
+                ),
             ));
         };
         files.insert(stem.to_owned(), path.clone());
@@ -236,7 +258,12 @@ fn list_with_extension(dir: &Path, extension: &str) -> Result<BTreeMap<String, P
 }
 
 /// Reads a PNG mask as one byte per pixel (1 = anomalous), checking its size against the map's.
-fn read_mask(path: &Path, map: &Path, width: usize, height: usize) -> Result<Vec<u8>, MetricsError> {
+fn read_mask(
+    path: &Path,
+    map: &Path,
+    width: usize,
+    height: usize,
+) -> Result<Vec<u8>, MetricsError> {
     let file = fs::File::open(path).map_err(|source| MetricsError::Io {
         path: path.to_path_buf(),
         source,
@@ -258,7 +285,11 @@ fn read_mask(path: &Path, map: &Path, width: usize, height: usize) -> Result<Vec
         });
     }
     Ok(match image {
-        DynamicImage::ImageLuma8(gray) => gray.into_raw().into_iter().map(|v| u8::from(v != 0)).collect(),
+        DynamicImage::ImageLuma8(gray) => gray
+            .into_raw()
+            .into_iter()
+            .map(|v| u8::from(v != 0))
+            .collect(),
         // 16-bit or colour masks: any non-zero colour channel; alpha is dropped by the conversion.
         other => other
             .to_rgb16()
@@ -282,7 +313,12 @@ mod tests {
         assert_eq!(rows["c"].score, 1e-3);
         assert_eq!(rows["c"].line, 4);
 
-        for (text, line) in [("a,1\nb,x\n", 2), ("a,1\nnocomma\n", 2), ("a,nan\n", 1), (",1\n", 1)] {
+        for (text, line) in [
+            ("a,1\nb,x\n", 2),
+            ("a,1\nnocomma\n", 2),
+            ("a,nan\n", 1),
+            (",1\n", 1),
+        ] {
             fs::write(&path, text).unwrap();
             match read_scores_csv(&path) {
                 Err(MetricsError::CsvSyntax { line: l, .. }) => assert_eq!(l, line, "{text:?}"),
@@ -292,7 +328,11 @@ mod tests {
         fs::write(&path, "a,1\na,2\n").unwrap();
         assert!(matches!(
             read_scores_csv(&path),
-            Err(MetricsError::CsvDuplicate { line: 2, first_line: 1, .. })
+            Err(MetricsError::CsvDuplicate {
+                line: 2,
+                first_line: 1,
+                ..
+            })
         ));
     }
 }

@@ -28,7 +28,10 @@ pub struct F1Max {
 /// score is a threshold and the area is taken with the trapezoid rule, so tied scores count half.
 ///
 /// Errors: length mismatch, empty input, a NaN score, or only one class present ([`MetricsError::SingleClass`]).
-pub fn image_auroc<S: Copy + Into<f64>>(scores: &[S], labels: &[bool]) -> Result<f64, MetricsError> {
+pub fn image_auroc<S: Copy + Into<f64>>(
+    scores: &[S],
+    labels: &[bool],
+) -> Result<f64, MetricsError> {
     let sorted = sorted_desc(scores, labels)?;
     let positives = labels.iter().filter(|&&l| l).count() as u64;
     let negatives = labels.len() as u64 - positives;
@@ -116,7 +119,10 @@ fn f1_score(tp: u64, fp: u64, positives: u64) -> f64 {
 }
 
 /// Validates the inputs and returns `(score, label)` sorted by descending score, with `-0.0` folded into `0.0`.
-fn sorted_desc<S: Copy + Into<f64>>(scores: &[S], labels: &[bool]) -> Result<Vec<(f64, bool)>, MetricsError> {
+fn sorted_desc<S: Copy + Into<f64>>(
+    scores: &[S],
+    labels: &[bool],
+) -> Result<Vec<(f64, bool)>, MetricsError> {
     if scores.len() != labels.len() {
         return Err(MetricsError::LengthMismatch {
             scores: scores.len(),
@@ -207,18 +213,31 @@ mod tests {
     fn errors() {
         assert!(matches!(
             image_auroc(&[1.0, 2.0], &[true]),
-            Err(MetricsError::LengthMismatch { scores: 2, labels: 1 })
+            Err(MetricsError::LengthMismatch {
+                scores: 2,
+                labels: 1
+            })
         ));
-        assert!(matches!(image_auroc::<f64>(&[], &[]), Err(MetricsError::Empty)));
+        assert!(matches!(
+            image_auroc::<f64>(&[], &[]),
+            Err(MetricsError::Empty)
+        ));
         assert!(matches!(
             image_auroc(&[1.0, 2.0], &[true, true]),
-            Err(MetricsError::SingleClass { positives: 2, negatives: 0, .. })
+            Err(MetricsError::SingleClass {
+                positives: 2,
+                negatives: 0,
+                ..
+            })
         ));
         assert!(matches!(
             image_auroc(&[1.0, f64::NAN], &[true, false]),
             Err(MetricsError::NanScore { index: 1, .. })
         ));
-        assert!(matches!(f1_max(&[f32::NAN], &[true]), Err(MetricsError::NanScore { .. })));
+        assert!(matches!(
+            f1_max(&[f32::NAN], &[true]),
+            Err(MetricsError::NanScore { .. })
+        ));
     }
 
     #[test]

@@ -52,8 +52,8 @@ pub use dirs::{evaluate_dirs, evaluate_dirs_with, MapDirs, MapEntry};
 pub use error::MetricsError;
 pub use image::{f1_max, image_auroc, F1Max};
 pub use pixel::{
-    aupro, pixel_auroc, pixel_metrics, ImageSummary, PixelMetrics, PixelMetricsOptions, DEFAULT_FPR_LIMIT,
-    DEFAULT_MEMORY_BUDGET, MIN_MEMORY_BUDGET,
+    aupro, pixel_auroc, pixel_metrics, ImageSummary, PixelMetrics, PixelMetricsOptions,
+    DEFAULT_FPR_LIMIT, DEFAULT_MEMORY_BUDGET, MIN_MEMORY_BUDGET,
 };
 pub use regions::{connected_components, Components};
 pub use source::{AnomalyMap, MapView, PixelSource};
@@ -191,7 +191,10 @@ mod tests {
         ));
         let mut nan = scores.clone();
         nan.insert("a".into(), f64::NAN);
-        assert!(matches!(evaluate(&maps, Some(&nan), &opts), Err(MetricsError::NanImageScore(_))));
+        assert!(matches!(
+            evaluate(&maps, Some(&nan), &opts),
+            Err(MetricsError::NanImageScore(_))
+        ));
         let dup = vec![maps[0].clone(), maps[0].clone()];
         assert!(matches!(
             evaluate(&dup, Some(&scores), &opts),

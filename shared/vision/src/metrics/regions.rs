@@ -47,8 +47,12 @@ impl Components {
 ///
 /// Errors: [`MetricsError::MapShape`] if the mask length is not `width * height`, or if the image has `u32::MAX`
 /// pixels or more (labels are `u32`).
-pub fn connected_components(mask: &[u8], width: usize, height: usize) -> Result<Components, MetricsError> {
-    let expected = width.checked_mul(height).unwrap_or(usize::MAX);
+pub fn connected_components(
+    mask: &[u8],
+    width: usize,
+    height: usize,
+) -> Result<Components, MetricsError> {
+    let expected = width.saturating_mul(height);
     if mask.len() != expected || expected >= u32::MAX as usize {
         return Err(MetricsError::MapShape {
             name: "(connected components)".into(),

@@ -26,7 +26,7 @@ pub struct MapView<'a> {
 impl MapView<'_> {
     /// Checks that the scores and mask match the declared size.
     pub fn validate(&self) -> Result<(), MetricsError> {
-        let expected = self.width.checked_mul(self.height).unwrap_or(usize::MAX);
+        let expected = self.width.saturating_mul(self.height);
         let shape_error = |what, actual| MetricsError::MapShape {
             name: self.name.to_owned(),
             width: self.width,
@@ -53,11 +53,17 @@ impl MapView<'_> {
 /// pixel metrics check the per-pass pixel counts and report [`MetricsError::SourceChanged`] if they disagree.
 pub trait PixelSource {
     /// Calls `f` once for every image, stopping at and returning the first error (from `f` or from the source).
-    fn visit(&self, f: &mut dyn FnMut(&MapView<'_>) -> Result<(), MetricsError>) -> Result<(), MetricsError>;
+    fn visit(
+        &self,
+        f: &mut dyn FnMut(&MapView<'_>) -> Result<(), MetricsError>,
+    ) -> Result<(), MetricsError>;
 }
 
 impl<T: PixelSource + ?Sized> PixelSource for &T {
-    fn visit(&self, f: &mut dyn FnMut(&MapView<'_>) -> Result<(), MetricsError>) -> Result<(), MetricsError> {
+    fn visit(
+        &self,
+        f: &mut dyn FnMut(&MapView<'_>) -> Result<(), MetricsError>,
+    ) -> Result<(), MetricsError> {
         (**self).visit(f)
     }
 }
@@ -121,13 +127,19 @@ impl std::fmt::Debug for AnomalyMap {
 }
 
 impl PixelSource for [AnomalyMap] {
-    fn visit(&self, f: &mut dyn FnMut(&MapView<'_>) -> Result<(), MetricsError>) -> Result<(), MetricsError> {
+    fn visit(
+        &self,
+        f: &mut dyn FnMut(&MapView<'_>) -> Result<(), MetricsError>,
+    ) -> Result<(), MetricsError> {
         self.iter().try_for_each(|m| f(&m.view()))
     }
 }
 
 impl PixelSource for Vec<AnomalyMap> {
-    fn visit(&self, f: &mut dyn FnMut(&MapView<'_>) -> Result<(), MetricsError>) -> Result<(), MetricsError> {
+    fn visit(
+        &self,
+        f: &mut dyn FnMut(&MapView<'_>) -> Result<(), MetricsError>,
+    ) -> Result<(), MetricsError> {
         self.as_slice().visit(f)
     }
 }
