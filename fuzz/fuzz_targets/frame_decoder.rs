@@ -13,7 +13,9 @@ use kestrel_wire::{encode_frame, EdgeAuthenticator, FrameDecoder, Msg, UnitKey, 
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split, body)) = data.split_first() else { return };
+    let Some((&split, body)) = data.split_first() else {
+        return;
+    };
     let piece = usize::from(split).max(1);
     let mut dec = FrameDecoder::new();
     let mut auth = EdgeAuthenticator::new(UnitKey::from_bytes([0x42; 32]), "fuzz");
@@ -25,7 +27,9 @@ fuzz_target!(|data: &[u8]| {
             let mut frame = Vec::new();
             encode_frame(&env, &mut frame).expect("a decoded envelope fits a frame");
             let again = FrameDecoder::new().push(&frame);
-            let [Ok(back)] = again.as_slice() else { panic!("re-encoded frame did not decode: {again:?}") };
+            let [Ok(back)] = again.as_slice() else {
+                panic!("re-encoded frame did not decode: {again:?}")
+            };
             assert_eq!(frame_of(back), frame_of(&env));
             if let Msg::Verdict(v) | Msg::Replayed(v) = &env.msg {
                 if let Some(mask) = &v.mask {
