@@ -69,7 +69,10 @@ impl PreprocessConfig {
         if self.image_size == 0 || self.image_size > MAX_IMAGE_SIZE {
             return Err(PreprocessError::InvalidConfig {
                 field: "image_size",
-                reason: format!("must be between 1 and {MAX_IMAGE_SIZE}, got {}", self.image_size),
+                reason: format!(
+                    "must be between 1 and {MAX_IMAGE_SIZE}, got {}",
+                    self.image_size
+                ),
             });
         }
         if let Some(c) = self.center_crop {
@@ -150,7 +153,11 @@ pub enum PreprocessError {
 
 fn check_nonempty(what: &'static str, width: u32, height: u32) -> Result<(), PreprocessError> {
     if width == 0 || height == 0 {
-        Err(PreprocessError::EmptySize { what, width, height })
+        Err(PreprocessError::EmptySize {
+            what,
+            width,
+            height,
+        })
     } else {
         Ok(())
     }
@@ -199,7 +206,9 @@ impl AxisWeights {
             let center = scale * (i as f64 + 0.5);
             // `as i64` truncates toward zero like the C++ `int64_t` cast the reference uses.
             let xmin = ((center - support + 0.5) as i64).clamp(0, input as i64 - 1) as usize;
-            let xmax = ((center + support + 0.5) as i64).min(input as i64).max(xmin as i64 + 1) as usize;
+            let xmax = ((center + support + 0.5) as i64)
+                .min(input as i64)
+                .max(xmin as i64 + 1) as usize;
             let taps: Vec<f64> = (xmin..xmax)
                 .map(|j| {
                     let x = (j as f64 - center + 0.5) * inv;
@@ -207,7 +216,11 @@ impl AxisWeights {
                 })
                 .collect();
             let total: f64 = taps.iter().sum();
-            w.push(xmin, taps.iter().map(|t| if total > 0.0 { t / total } else { 0.0 }));
+            w.push(
+                xmin,
+                taps.iter()
+                    .map(|t| if total > 0.0 { t / total } else { 0.0 }),
+            );
         }
         w
     }
@@ -249,7 +262,10 @@ impl AxisWeights {
     }
 
     fn taps(&self, i: usize) -> (usize, &[f32]) {
-        (self.start[i], &self.weights[self.offset[i]..self.offset[i] + self.len[i]])
+        (
+            self.start[i],
+            &self.weights[self.offset[i]..self.offset[i] + self.len[i]],
+        )
     }
 
     fn outputs(&self) -> usize {
@@ -397,7 +413,14 @@ pub fn resize_map_bilinear(
     check_len("map", map.len(), width, height, 1)?;
     let xw = AxisWeights::linear(width as usize, new_width as usize);
     let yw = AxisWeights::linear(height as usize, new_height as usize);
-    Ok(resample_planes(1, width as usize, height as usize, &xw, &yw, |_, i| map[i]))
+    Ok(resample_planes(
+        1,
+        width as usize,
+        height as usize,
+        &xw,
+        &yw,
+        |_, i| map[i],
+    ))
 }
 
 /// The jet colour map (dark blue → blue → cyan → yellow → red → dark red) at `t ∈ [0, 1]`; `t` is clamped and
@@ -437,21 +460,30 @@ pub fn colorize(
 ) -> Result<RgbImage, PreprocessError> {
     check_nonempty("map", width, height)?;
     check_len("map", map.len(), width, height, 1)?;
-    let data: Vec<u8> = map.iter().flat_map(|&v| jet(normalise(v, lo, hi))).collect();
+    let data: Vec<u8> = map
+        .iter()
+        .flat_map(|&v| jet(normalise(v, lo, hi)))
+        .collect();
     Ok(RgbImage::from_raw(width, height, data).unwrap_or_else(|| RgbImage::new(width, height)))
 }
 
 /// Blend a jet-coloured `map` (same size as `img`, row-major) 50 % over `img`, values normalised between `lo`
 /// and `hi`. Typical use: `lo`/`hi` = the detector's normal score range, or 0 and the threshold × 2.
-pub fn overlay_heatmap(img: &RgbImage, map: &[f32], lo: f32, hi: f32) -> Result<RgbImage, PreprocessError> {
+pub fn overlay_heatmap(
+    img: &RgbImage,
+    map: &[f32],
+    lo: f32,
+    hi: f32,
+) -> Result<RgbImage, PreprocessError> {
     let heat = colorize(map, img.width(), img.height(), lo, hi)?;
     let data: Vec<u8> = img
         .as_raw()
         .iter()
         .zip(heat.as_raw())
-        .map(|(&a, &b)| ((u16::from(a) + u16::from(b) + 1) / 2) as u8)
+        .map(|(&a, &b)| (u16::from(a) + u16::from(b)).div_ceil(2) as u8)
         .collect();
-    Ok(RgbImage::from_raw(img.width(), img.height(), data).unwrap_or_else(|| RgbImage::new(img.width(), img.height())))
+    Ok(RgbImage::from_raw(img.width(), img.height(), data)
+        .unwrap_or_else(|| RgbImage::new(img.width(), img.height())))
 }
 
 #[cfg(test)]
@@ -477,7 +509,9 @@ mod tests {
             (0.0 - IMAGENET_MEAN[2]) / IMAGENET_STD[2],
         ];
         for c in 0..3 {
-            assert!(out[c * 256..(c + 1) * 256].iter().all(|v| (v - expect[c]).abs() < 1e-5));
+            assert!(out[c * 256..(c + 1) * 256]
+                .iter()
+                .all(|v| (v - expect[c]).abs() < 1e-5));
         }
     }
 
@@ -500,7 +534,11 @@ mod tests {
         };
         let out = preprocess(&img, &cfg).unwrap();
         assert_eq!(out.len(), 12);
-        assert!(close(&out[..4], &[50.0 / 255.0, 100.0 / 255.0, 50.0 / 255.0, 100.0 / 255.0], 1e-6));
+        assert!(close(
+            &out[..4],
+            &[50.0 / 255.0, 100.0 / 255.0, 50.0 / 255.0, 100.0 / 255.0],
+            1e-6
+        ));
     }
 
     #[test]
@@ -536,7 +574,11 @@ mod tests {
         ));
         assert!(matches!(
             preprocess_rgb8(&[0; 5], 2, 1, &PreprocessConfig::default()),
-            Err(PreprocessError::BufferSize { expected: 6, got: 5, .. })
+            Err(PreprocessError::BufferSize {
+                expected: 6,
+                got: 5,
+                ..
+            })
         ));
     }
 
@@ -562,7 +604,10 @@ mod tests {
         for i in 0..7 {
             let eval = |w: &AxisWeights| {
                 let (s, ws) = w.taps(i);
-                ws.iter().enumerate().map(|(k, wt)| wt * src[s + k]).sum::<f32>()
+                ws.iter()
+                    .enumerate()
+                    .map(|(k, wt)| wt * src[s + k])
+                    .sum::<f32>()
             };
             assert!((eval(&a) - eval(&l)).abs() < 1e-5, "output {i}");
         }
@@ -586,7 +631,8 @@ mod tests {
                 center_crop: None,
             };
             let ours = preprocess(&img, &cfg).unwrap();
-            let theirs = image::imageops::resize(&img, size, size, image::imageops::FilterType::Triangle);
+            let theirs =
+                image::imageops::resize(&img, size, size, image::imageops::FilterType::Triangle);
             let n = (size * size) as usize;
             for (i, p) in theirs.pixels().enumerate() {
                 for c in 0..3 {
@@ -668,5 +714,33 @@ mod tests {
         assert_eq!(o.get_pixel(0, 0).0, [50, 50, 114]);
         assert_eq!(o.get_pixel(1, 0).0, [114, 50, 50]);
         assert!(overlay_heatmap(&img, &[0.0], 0.0, 1.0).is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn resampling_stays_within_input_range(
+            w in 1u32..24, h in 1u32..24, nw in 1u32..48, nh in 1u32..48,
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let map: Vec<f32> = (0..w * h)
+                .map(|i| ((seed.wrapping_mul(u64::from(i) + 1) >> 40) % 1000) as f32 / 7.0)
+                .collect();
+            let (lo, hi) = map.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+            let out = resize_map_bilinear(&map, w, h, nw, nh).unwrap();
+            proptest::prop_assert_eq!(out.len(), (nw * nh) as usize);
+            proptest::prop_assert!(out.iter().all(|&v| v >= lo - 1e-3 && v <= hi + 1e-3));
+
+            let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([map[(y * w + x) as usize] as u8; 3]));
+            let cfg = PreprocessConfig { image_size: nw, mean: [0.0; 3], std: [1.0 / 255.0; 3], center_crop: None };
+            let x = preprocess(&img, &cfg).unwrap();
+            proptest::prop_assert_eq!(x.len(), cfg.output_len());
+            let (ilo, ihi) = img.pixels().fold((255f32, 0f32), |(a, b), p| (a.min(f32::from(p.0[0])), b.max(f32::from(p.0[0]))));
+            proptest::prop_assert!(x.iter().all(|&v| v >= ilo - 1e-2 && v <= ihi + 1e-2));
+
+            let mask = Mask { width: w, height: h, data: map.iter().map(|&v| u8::from(v > 70.0)).collect() };
+            let m = resize_mask_nearest(&mask, nw, nh).unwrap();
+            proptest::prop_assert_eq!(m.data.len(), (nw * nh) as usize);
+            proptest::prop_assert!(m.data.iter().all(|&v| v <= 1));
+        }
     }
 }

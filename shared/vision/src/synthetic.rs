@@ -41,18 +41,18 @@ pub const MAX_SIZE: u32 = 4096;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DefectKind {
-    /// A thin light or dark line along a gentle curve.
-    Scratch,
-    /// A brownish blob with an irregular outline.
-    Stain,
     /// A small dark disk.
     Hole,
     /// An elliptical patch where the weave is gone (flat mean colour).
     MissingTexture,
+    /// A thin light or dark line along a gentle curve.
+    Scratch,
+    /// A brownish blob with an irregular outline.
+    Stain,
 }
 
 impl DefectKind {
-    /// All kinds, in folder-name order.
+    /// All kinds, in folder-name (and `Ord`) order.
     pub const ALL: [DefectKind; 4] = [
         DefectKind::Hole,
         DefectKind::MissingTexture,
@@ -103,7 +103,7 @@ pub struct SyntheticSpec {
     pub n_train_good: usize,
     /// Good test images (`test/good`). Default 16.
     pub n_test_good: usize,
-    /// Defective test images, spread round-robin over `defect_kinds`. Default 24.
+    /// Defective test images, spread round-robin over `defect_kinds` (duplicates ignored). Default 24.
     pub n_test_defect: usize,
     /// Seed of the product look and of every image.
     pub seed: u64,
@@ -133,8 +133,8 @@ pub struct SyntheticSummary {
     pub train_good: usize,
     /// Images in `test/good`.
     pub test_good: usize,
-    /// Images per defect kind in `test/<kind>` (each with a mask in `ground_truth/<kind>`), kinds with zero
-    /// images omitted.
+    /// Images per defect kind in `test/<kind>` (each with a mask in `ground_truth/<kind>`), sorted by kind;
+    /// kinds with zero images omitted.
     pub test_defects: Vec<(DefectKind, usize)>,
     /// Files written, images and masks.
     pub files_written: usize,
@@ -191,7 +191,10 @@ fn mix64(mut z: u64) -> u64 {
 
 /// Uniform value in `[0, 1)` at integer lattice point `(ix, iy)`.
 fn lattice(ix: i64, iy: i64, seed: u64) -> f32 {
-    let h = mix64(seed ^ (ix as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (iy as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f));
+    let h = mix64(
+        seed ^ (ix as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (iy as u64).wrapping_mul(0xc2b2_ae3d_27d4_eb4f),
+    );
     (h >> 40) as f32 / (1u64 << 24) as f32
 }
 
@@ -214,7 +217,12 @@ fn value_noise(x: f32, y: f32, seed: u64) -> f32 {
 fn fbm(x: f32, y: f32, seed: u64, octaves: u32) -> f32 {
     let (mut sum, mut norm, mut amp, mut freq) = (0.0, 0.0, 1.0, 1.0);
     for o in 0..octaves {
-        sum += amp * value_noise(x * freq, y * freq, seed.wrapping_add(u64::from(o) * 0x51_7cc1));
+        sum += amp
+            * value_noise(
+                x * freq,
+                y * freq,
+                seed.wrapping_add(u64::from(o) * 0x51_7cc1),
+            );
         norm += amp;
         amp *= 0.5;
         freq *= 2.0;
@@ -223,7 +231,11 @@ fn fbm(x: f32, y: f32, seed: u64, octaves: u32) -> f32 {
 }
 
 fn lerp3(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
-    [a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t, a[2] + (b[2] - a[2]) * t]
+    [
+        a[0] + (b[0] - a[0]) * t,
+        a[1] + (b[1] - a[1]) * t,
+        a[2] + (b[2] - a[2]) * t,
+    ]
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -337,7 +349,10 @@ impl Product {
         let n = self.size as usize;
         let s = self.scale();
         let period = self.look.period * s;
-        let (dx, dy) = (rng.gen_range(0.0..2.0 * period), rng.gen_range(0.0..2.0 * period));
+        let (dx, dy) = (
+            rng.gen_range(0.0..2.0 * period),
+            rng.gen_range(0.0..2.0 * period),
+        );
         let angle: f32 = rng.gen_range(-1.5f32..1.5).to_radians();
         let (sin, cos) = angle.sin_cos();
         let gain = rng.gen_range(0.96..1.04);
@@ -531,7 +546,10 @@ fn validate(category: &str, spec: &SyntheticSpec) -> Result<(), SyntheticError> 
     if !(MIN_SIZE..=MAX_SIZE).contains(&spec.size) {
         return bad(
             "size",
-            format!("must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {}", spec.size),
+            format!(
+                "must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {}",
+                spec.size
+            ),
         );
     }
     if spec.n_train_good == 0 {
@@ -619,8 +637,12 @@ pub fn write_mvtec_category(
         }
     }
 
-    let mut kinds: Vec<DefectKind> = spec.defect_kinds.clone();
-    kinds.dedup();
+    let mut kinds: Vec<DefectKind> = Vec::new();
+    for k in &spec.defect_kinds {
+        if !kinds.contains(k) {
+            kinds.push(*k);
+        }
+    }
     let mut per_kind: Vec<(DefectKind, usize)> = Vec::new();
     let mut assignments = Vec::with_capacity(spec.n_test_defect);
     for j in 0..spec.n_test_defect {
@@ -664,7 +686,10 @@ pub fn write_mvtec_category(
         });
     }
     for (j, &(kind, k)) in assignments.iter().enumerate() {
-        let total = per_kind.iter().find(|(p, _)| *p == kind).map_or(0, |(_, n)| *n);
+        let total = per_kind
+            .iter()
+            .find(|(p, _)| *p == kind)
+            .map_or(0, |(_, n)| *n);
         let name = file_name(k, total);
         let stem = name.trim_end_matches(".png");
         jobs.push(Job::Defect {
@@ -741,7 +766,10 @@ mod tests {
     fn texture_has_structure_and_variation() {
         let p = Product::new(128, 0).unwrap();
         let img = p.good(0);
-        let lum: Vec<f32> = img.pixels().map(|px| px.0.iter().map(|&v| f32::from(v)).sum::<f32>() / 3.0).collect();
+        let lum: Vec<f32> = img
+            .pixels()
+            .map(|px| px.0.iter().map(|&v| f32::from(v)).sum::<f32>() / 3.0)
+            .collect();
         let mean = lum.iter().sum::<f32>() / lum.len() as f32;
         let var = lum.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / lum.len() as f32;
         assert!(var.sqrt() > 10.0, "texture too flat: std {}", var.sqrt());
@@ -761,15 +789,24 @@ mod tests {
                 let base = p.texture(&mut rng).to_image();
                 let area = mask.count();
                 assert!(area >= 10, "{kind} #{index}: mask too small ({area} px)");
-                assert!(area < 128 * 128 / 8, "{kind} #{index}: mask too large ({area} px)");
+                assert!(
+                    area < 128 * 128 / 8,
+                    "{kind} #{index}: mask too large ({area} px)"
+                );
                 for (i, (a, b)) in img.pixels().zip(base.pixels()).enumerate() {
                     if mask.data[i] == 0 {
                         assert_eq!(a, b, "{kind} #{index}: pixel {i} outside the mask changed");
                     }
                 }
                 let d = mean_abs_diff_inside(&img, &base, &mask);
-                assert!(d > 12.0, "{kind} #{index}: defect barely visible (mean diff {d})");
-                assert!(d < 200.0, "{kind} #{index}: defect too extreme (mean diff {d})");
+                assert!(
+                    d > 12.0,
+                    "{kind} #{index}: defect barely visible (mean diff {d})"
+                );
+                assert!(
+                    d < 200.0,
+                    "{kind} #{index}: defect too extreme (mean diff {d})"
+                );
             }
         }
     }
@@ -786,9 +823,27 @@ mod tests {
     fn rejects_bad_specs() {
         let dir = std::env::temp_dir();
         let cases = [
-            ("ok", SyntheticSpec { size: 8, ..Default::default() }),
-            ("ok", SyntheticSpec { n_train_good: 0, ..Default::default() }),
-            ("ok", SyntheticSpec { defect_kinds: vec![], ..Default::default() }),
+            (
+                "ok",
+                SyntheticSpec {
+                    size: 8,
+                    ..Default::default()
+                },
+            ),
+            (
+                "ok",
+                SyntheticSpec {
+                    n_train_good: 0,
+                    ..Default::default()
+                },
+            ),
+            (
+                "ok",
+                SyntheticSpec {
+                    defect_kinds: vec![],
+                    ..Default::default()
+                },
+            ),
             ("../x", SyntheticSpec::default()),
             ("", SyntheticSpec::default()),
         ];

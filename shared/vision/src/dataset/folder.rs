@@ -9,7 +9,14 @@ use super::{folder_category_name, Dataset, DatasetError, DatasetWarning, Layout,
 /// Sub-folders of a folder-layout root that the layout reads.
 const KNOWN: &[&str] = &["good", "defect", "masks", "validation"];
 /// Names that are never folder-layout categories (they belong to a broken MVTec tree instead).
-const NOT_CATEGORIES: &[&str] = &["train", "test", "ground_truth", "validation", "defect", "masks"];
+const NOT_CATEGORIES: &[&str] = &[
+    "train",
+    "test",
+    "ground_truth",
+    "validation",
+    "defect",
+    "masks",
+];
 /// Defect type of images directly in `defect/`.
 const FLAT_DEFECT_TYPE: &str = "defect";
 
@@ -17,17 +24,23 @@ pub(crate) fn looks_like(root: &Path, category: Option<&str>) -> bool {
     if is_dir(&root.join("good")) {
         return true;
     }
-    match category {
-        Some(c) => is_dir(&root.join(c).join("good")),
-        None => category_dirs(root).map(|v| !v.is_empty()).unwrap_or(false),
+    // With a category that does not exist, still claim the root if it holds other categories, so the user
+    // gets "category not found (available: …)" rather than "unrecognised layout".
+    if let Some(c) = category {
+        if is_dir(&root.join(c).join("good")) {
+            return true;
+        }
     }
+    category_dirs(root).map(|v| !v.is_empty()).unwrap_or(false)
 }
 
 fn category_dirs(root: &Path) -> Result<Vec<PathBuf>, DatasetError> {
     Ok(list_dir(root)?
         .subdirs
         .into_iter()
-        .filter(|d| is_dir(&d.join("good")) && !NOT_CATEGORIES.contains(&scan::dir_name(d).as_str()))
+        .filter(|d| {
+            is_dir(&d.join("good")) && !NOT_CATEGORIES.contains(&scan::dir_name(d).as_str())
+        })
         .collect())
 }
 
@@ -35,7 +48,10 @@ pub(crate) fn categories(root: &Path) -> Result<Vec<String>, DatasetError> {
     if is_dir(&root.join("good")) {
         return Ok(vec![folder_category_name(root)]);
     }
-    Ok(category_dirs(root)?.iter().map(|d| scan::dir_name(d)).collect())
+    Ok(category_dirs(root)?
+        .iter()
+        .map(|d| scan::dir_name(d))
+        .collect())
 }
 
 fn resolve(root: &Path, category: Option<&str>) -> Result<(PathBuf, String), DatasetError> {
@@ -160,7 +176,11 @@ fn defect_samples(
                 c.without_mask.push(path.clone());
             }
             out.push(Sample {
-                name: format!("{prefix}{}_{}", scan::sanitize(&defect), scan::sanitize(&stem)),
+                name: format!(
+                    "{prefix}{}_{}",
+                    scan::sanitize(&defect),
+                    scan::sanitize(&stem)
+                ),
                 path,
                 defect_type: Some(defect.clone()),
                 mask,
@@ -209,7 +229,12 @@ pub(crate) fn open(
     let masks = dir.join("masks");
     let defect_dir = dir.join("defect");
     if is_dir(&defect_dir) {
-        test.extend(defect_samples(&defect_dir, std::slice::from_ref(&masks), "", &mut c)?);
+        test.extend(defect_samples(
+            &defect_dir,
+            std::slice::from_ref(&masks),
+            "",
+            &mut c,
+        )?);
     }
     test.sort_by(|a, b| a.path.cmp(&b.path));
 
@@ -229,7 +254,12 @@ pub(crate) fn open(
         }
         if is_dir(&val_dir.join("defect")) {
             let roots = [val_dir.join("masks"), masks.clone()];
-            validation.extend(defect_samples(&val_dir.join("defect"), &roots, "val_", &mut c)?);
+            validation.extend(defect_samples(
+                &val_dir.join("defect"),
+                &roots,
+                "val_",
+                &mut c,
+            )?);
         }
         validation.sort_by(|a, b| a.path.cmp(&b.path));
     }

@@ -194,7 +194,12 @@ impl Mask {
 
     /// Whether pixel `(x, y)` is anomalous; out-of-range coordinates are normal.
     pub fn get(&self, x: u32, y: u32) -> bool {
-        x < self.width && y < self.height && self.data[y as usize * self.width as usize + x as usize] != 0
+        x < self.width
+            && y < self.height
+            && self
+                .data
+                .get(y as usize * self.width as usize + x as usize)
+                .is_some_and(|&v| v != 0)
     }
 
     /// Number of anomalous pixels.
@@ -209,7 +214,11 @@ impl Mask {
 
     /// The mask as an 8-bit grayscale image with MVTec's encoding (0 normal, 255 anomalous), for writing to disk.
     pub fn to_image(&self) -> image::GrayImage {
-        let data = self.data.iter().map(|&v| if v != 0 { 255 } else { 0 }).collect();
+        let data = self
+            .data
+            .iter()
+            .map(|&v| if v != 0 { 255 } else { 0 })
+            .collect();
         image::GrayImage::from_raw(self.width, self.height, data)
             .unwrap_or_else(|| image::GrayImage::new(self.width, self.height))
     }
@@ -224,7 +233,9 @@ pub(crate) struct ImageHeader {
     pub bit_depth: u8,
 }
 
-fn open_reader(path: &Path) -> Result<ImageReader<std::io::BufReader<std::fs::File>>, DatasetError> {
+fn open_reader(
+    path: &Path,
+) -> Result<ImageReader<std::io::BufReader<std::fs::File>>, DatasetError> {
     // Guess the format from the content, falling back to the extension: a JPEG saved as `.png` is common in
     // hand-assembled datasets and decodes fine this way.
     ImageReader::open(path)
@@ -297,7 +308,11 @@ pub fn load_rgb(path: &Path) -> Result<LoadedImage, DatasetError> {
 ///
 /// Any non-zero value in any colour channel (alpha ignored) marks an anomalous pixel, whatever the bit depth.
 /// A size mismatch is an error ([`DatasetError::MaskSizeMismatch`]) rather than a silent resize.
-pub fn load_mask(path: &Path, expected_width: u32, expected_height: u32) -> Result<Mask, DatasetError> {
+pub fn load_mask(
+    path: &Path,
+    expected_width: u32,
+    expected_height: u32,
+) -> Result<Mask, DatasetError> {
     load_mask_for(path, None, expected_width, expected_height)
 }
 
@@ -352,7 +367,10 @@ mod tests {
         assert_eq!(c.images, 4);
         let lines = c.describe();
         assert_eq!(lines.len(), 3);
-        assert_eq!(lines[0], "converted 2 grayscale images to RGB by channel replication");
+        assert_eq!(
+            lines[0],
+            "converted 2 grayscale images to RGB by channel replication"
+        );
         assert!(lines[1].contains("1 RGBA image "));
         assert!(lines[2].contains("reduced 1 image"));
     }

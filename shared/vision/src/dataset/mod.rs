@@ -64,7 +64,7 @@ pub use scan::IMAGE_EXTENSIONS;
 pub const DEFAULT_FOLDER_TEST_FRACTION: f64 = 0.2;
 
 /// Default seed for the folder layout's train/test split.
-pub const DEFAULT_SPLIT_SEED: u64 = 0x6b65_7374_7265_6c; // "kestrel"
+pub const DEFAULT_SPLIT_SEED: u64 = 0x006b_6573_7472_656c; // "kestrel" in ASCII
 
 /// Relative path of the VisA split CSV used when none is given.
 pub const VISA_DEFAULT_CSV: &str = "split_csv/1cls.csv";
@@ -183,7 +183,11 @@ pub enum DatasetWarning {
 }
 
 fn list_examples(paths: &[PathBuf]) -> String {
-    let mut s: Vec<String> = paths.iter().take(3).map(|p| p.display().to_string()).collect();
+    let mut s: Vec<String> = paths
+        .iter()
+        .take(3)
+        .map(|p| p.display().to_string())
+        .collect();
     if paths.len() > 3 {
         s.push("…".into());
     }
@@ -264,7 +268,11 @@ impl Dataset {
 
     /// The defect types present in the test set, sorted.
     pub fn defect_types(&self) -> Vec<String> {
-        let mut t: Vec<String> = self.test.iter().filter_map(|s| s.defect_type.clone()).collect();
+        let mut t: Vec<String> = self
+            .test
+            .iter()
+            .filter_map(|s| s.defect_type.clone())
+            .collect();
         t.sort();
         t.dedup();
         t
@@ -507,7 +515,10 @@ fn describe_entries(v: &[String]) -> String {
 }
 
 fn describe_paths(v: &[PathBuf]) -> String {
-    v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" or ")
+    v.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" or ")
 }
 
 fn describe_image(image: &Option<PathBuf>) -> String {
@@ -565,7 +576,11 @@ impl Default for OpenOptions {
 ///
 /// `category` picks a category when the root holds several (MVTec root, VisA CSV, folder root with
 /// `<category>/good`). Only directories (and the VisA CSV) are read; use [`Dataset::inspect`] to check headers.
-pub fn open(root: &Path, category: Option<&str>, layout: LayoutChoice) -> Result<Dataset, DatasetError> {
+pub fn open(
+    root: &Path,
+    category: Option<&str>,
+    layout: LayoutChoice,
+) -> Result<Dataset, DatasetError> {
     open_with(
         root,
         &OpenOptions {
@@ -593,7 +608,11 @@ pub fn open_with(root: &Path, opts: &OpenOptions) -> Result<Dataset, DatasetErro
     };
     let mut ds = match layout {
         Layout::Mvtec => mvtec::open(root, category)?,
-        Layout::Visa => visa::open(root, category, &visa_csv_path(root, opts.visa_csv.as_deref()))?,
+        Layout::Visa => visa::open(
+            root,
+            category,
+            &visa_csv_path(root, opts.visa_csv.as_deref()),
+        )?,
         Layout::Folder => folder::open(root, category, opts.folder_test_fraction, opts.split_seed)?,
     };
     scan::make_names_unique(&mut [&mut ds.train, &mut ds.validation, &mut ds.test]);
@@ -618,7 +637,11 @@ pub fn detect_layout(root: &Path, category: Option<&str>) -> Result<Layout, Data
     detect(root, category, None)
 }
 
-fn detect(root: &Path, category: Option<&str>, visa_csv: Option<&Path>) -> Result<Layout, DatasetError> {
+fn detect(
+    root: &Path,
+    category: Option<&str>,
+    visa_csv: Option<&Path>,
+) -> Result<Layout, DatasetError> {
     if visa_csv.is_some() {
         return Ok(Layout::Visa);
     }
@@ -682,4 +705,36 @@ pub(crate) fn folder_category_name(root: &Path) -> String {
 
 pub(crate) fn examples(paths: &[PathBuf]) -> Vec<PathBuf> {
     paths.iter().take(5).cloned().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync_static<T: Send + Sync + 'static>() {}
+
+    #[test]
+    fn errors_can_cross_threads_and_into_anyhow() {
+        send_sync_static::<DatasetError>();
+        send_sync_static::<crate::preprocess::PreprocessError>();
+        send_sync_static::<crate::synthetic::SyntheticError>();
+    }
+
+    #[test]
+    fn layout_choice_serde_names() {
+        let v: Vec<LayoutChoice> =
+            serde_json::from_str(r#"["auto","mvtec","visa","folder"]"#).unwrap();
+        assert_eq!(
+            v,
+            [
+                LayoutChoice::Auto,
+                LayoutChoice::Mvtec,
+                LayoutChoice::Visa,
+                LayoutChoice::Folder
+            ]
+        );
+        let o: OpenOptions = serde_json::from_str(r#"{"category":"bottle"}"#).unwrap();
+        assert_eq!(o.folder_test_fraction, DEFAULT_FOLDER_TEST_FRACTION);
+        assert_eq!(o.layout, LayoutChoice::Auto);
+    }
 }

@@ -13,10 +13,14 @@ pub(crate) fn looks_like(root: &Path, category: Option<&str>) -> bool {
     if is_dir(&train_good(root)) {
         return true;
     }
-    match category {
-        Some(c) => is_dir(&train_good(&root.join(c))),
-        None => category_dirs(root).map(|v| !v.is_empty()).unwrap_or(false),
+    // With a category that does not exist, still claim the root if it holds other categories, so the user
+    // gets "category not found (available: …)" rather than "unrecognised layout".
+    if let Some(c) = category {
+        if is_dir(&train_good(&root.join(c))) {
+            return true;
+        }
     }
+    category_dirs(root).map(|v| !v.is_empty()).unwrap_or(false)
 }
 
 fn category_dirs(root: &Path) -> Result<Vec<PathBuf>, DatasetError> {
@@ -31,7 +35,10 @@ pub(crate) fn categories(root: &Path) -> Result<Vec<String>, DatasetError> {
     if is_dir(&train_good(root)) {
         return Ok(vec![folder_category_name(root)]);
     }
-    Ok(category_dirs(root)?.iter().map(|d| scan::dir_name(d)).collect())
+    Ok(category_dirs(root)?
+        .iter()
+        .map(|d| scan::dir_name(d))
+        .collect())
 }
 
 /// Find the category folder and name.
@@ -112,7 +119,11 @@ pub(crate) fn open(root: &Path, category: Option<&str>) -> Result<Dataset, Datas
         })
         .collect();
     if let Ok(l) = list_dir(&dir.join("train")) {
-        ignored.extend(l.subdirs.into_iter().filter(|d| scan::dir_name(d) != "good"));
+        ignored.extend(
+            l.subdirs
+                .into_iter()
+                .filter(|d| scan::dir_name(d) != "good"),
+        );
         skipped.extend(l.images);
         skipped.extend(l.skipped);
     }

@@ -58,11 +58,15 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Listing, DatasetError> {
 }
 
 pub(crate) fn file_stem(p: &Path) -> String {
-    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 pub(crate) fn dir_name(p: &Path) -> String {
-    p.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Mask files of one folder, keyed by the stem of the image they belong to: `<stem>_mask.<ext>` (MVTec) or
@@ -129,7 +133,13 @@ pub(crate) fn unused_masks<'a>(
 pub(crate) fn sanitize(s: &str) -> String {
     let out: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if out.is_empty() {
         "image".to_string()
@@ -203,7 +213,11 @@ pub(crate) fn hold_out(samples: Vec<Sample>, k: usize, seed: u64) -> (Vec<Sample
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let name = s.path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+            let name = s
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default();
             (split_key(seed, &name), i)
         })
         .collect();

@@ -82,7 +82,10 @@ fn read_rows(csv: &Path) -> Result<Vec<Row>, DatasetError> {
         .map(|(i, l)| (i + 1, l))
         .filter(|(_, l)| !l.trim().is_empty());
     let Some((header_line, header)) = lines.next() else {
-        return Err(err(1, "the file is empty; expected a header object,split,label,image,mask".into()));
+        return Err(err(
+            1,
+            "the file is empty; expected a header object,split,label,image,mask".into(),
+        ));
     };
     let header: Vec<String> = split_fields(header)
         .map_err(|m| err(header_line, m))?
@@ -138,7 +141,11 @@ enum Split {
     Test,
 }
 
-pub(crate) fn open(root: &Path, category: Option<&str>, csv: &Path) -> Result<Dataset, DatasetError> {
+pub(crate) fn open(
+    root: &Path,
+    category: Option<&str>,
+    csv: &Path,
+) -> Result<Dataset, DatasetError> {
     let rows = read_rows(csv)?;
     let available: Vec<String> = rows
         .iter()
@@ -176,7 +183,11 @@ pub(crate) fn open(root: &Path, category: Option<&str>, csv: &Path) -> Result<Da
     };
     let resolve = |rel: &str, line: usize| -> Result<PathBuf, DatasetError> {
         let p = Path::new(rel);
-        let p = if p.is_absolute() { p.to_path_buf() } else { root.join(p) };
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            root.join(p)
+        };
         if p.is_file() {
             Ok(p)
         } else {
@@ -187,7 +198,8 @@ pub(crate) fn open(root: &Path, category: Option<&str>, csv: &Path) -> Result<Da
             })
         }
     };
-    let (mut train, mut validation, mut test, mut skipped) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut train, mut validation, mut test, mut skipped) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in rows.iter().filter(|r| r.object == category) {
         let split = match row.split.as_str() {
             "train" => Split::Train,
@@ -246,7 +258,11 @@ pub(crate) fn open(root: &Path, category: Option<&str>, csv: &Path) -> Result<Da
                 defect_type: Some("anomaly".into()),
             }
         } else {
-            let prefix = if matches!(split, Split::Train) { "train" } else { "good" };
+            let prefix = if matches!(split, Split::Train) {
+                "train"
+            } else {
+                "good"
+            };
             Sample {
                 name: format!("{prefix}_{stem}"),
                 path,
@@ -293,7 +309,19 @@ mod tests {
     #[test]
     fn csv_fields() {
         assert_eq!(split_fields("a,b,,c").unwrap(), ["a", "b", "", "c"]);
-        assert_eq!(split_fields("\"a,b\",\"x\"\"y\", z ").unwrap(), ["a,b", "x\"y", "z"]);
+        assert_eq!(
+            split_fields("\"a,b\",\"x\"\"y\", z ").unwrap(),
+            ["a,b", "x\"y", "z"]
+        );
         assert!(split_fields("\"open").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn csv_splitting_never_panics(line in ".{0,80}") {
+            if let Ok(fields) = split_fields(&line) {
+                proptest::prop_assert!(!fields.is_empty());
+            }
+        }
     }
 }
