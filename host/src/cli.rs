@@ -53,6 +53,16 @@ pub enum Command {
     Import(ImportArgs),
     /// Generate a synthetic product, fit PaDiM and PatchCore on its good images and evaluate both.
     Demo(DemoArgs),
+    /// Write sample images of the synthetic pretraining tasks, with their parameters as JSON, to look at.
+    ///
+    /// Pretraining teaches a backbone on images drawn from formulas, so no image dataset is needed:
+    /// `fractal` renders one fractal per image, class = which random IFS code drew it (A&F); `multi-fractal`
+    /// pastes 1-5 fractals of random classes on one background (multi-label); `gmm` blends a small
+    /// Gaussian-mixture "stain" into a normal image (your good images with `--normal-images`, generated
+    /// textures otherwise) and records the mixture parameters the network would regress. Every image has a
+    /// `<n>.json` of how it was made; `gmm` adds `<n>_normal.png` (before) and `<n>_alpha.png` (defect opacity).
+    /// The same seed gives the same images on any machine and thread count.
+    Synth(SynthArgs),
 }
 
 /// Dataset layouts.
@@ -245,6 +255,61 @@ pub struct DemoArgs {
     pub json: bool,
     #[command(flatten)]
     pub compute: ComputeArgs,
+}
+
+/// What `kestrel synth` generates.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SynthKind {
+    /// One colourised fractal per image on a plasma background; the class is the IFS code.
+    Fractal,
+    /// 1-5 fractals of random classes pasted on one background; the target is the set of classes.
+    MultiFractal,
+    /// A Gaussian-mixture pseudo-defect blended into a normal image; the target is the mixture.
+    Gmm,
+}
+
+/// Parameter distributions of GMM pseudo-defects.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
+pub enum GmmPresetArg {
+    /// Small, faint, local defects (1-6 components; spots, stains, scratches).
+    #[default]
+    Subtle,
+    /// Larger and stronger defects (1-12 components).
+    Medium,
+    /// The published reference sampler: 30 large smooth components, often filling the image.
+    Reference,
+}
+
+/// `kestrel synth`.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// What to generate.
+    #[arg(value_enum)]
+    pub kind: SynthKind,
+    /// Number of images.
+    #[arg(short = 'n', long = "count", default_value_t = 64)]
+    pub count: usize,
+    /// Output folder (created; must be empty or missing).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Side of the square images in pixels (32-2048).
+    #[arg(long, default_value_t = 128)]
+    pub size: usize,
+    /// Seed: the same seed gives the same images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Fractal classes (one random IFS code each). For `fractal`, image i shows class i mod classes.
+    #[arg(long, default_value_t = 100, help_heading = "Fractals")]
+    pub classes: usize,
+    /// GMM: folder of good images to blend defects into (random crops and flips). Default: generated textures.
+    #[arg(long, help_heading = "GMM")]
+    pub normal_images: Option<PathBuf>,
+    /// GMM: parameter distribution.
+    #[arg(long, value_enum, default_value_t = GmmPresetArg::Subtle, help_heading = "GMM")]
+    pub preset: GmmPresetArg,
+    /// Print a JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parse the process arguments, layering `kestrel fit --config FILE` under the command line.

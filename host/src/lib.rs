@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod images;
 pub mod progress;
+pub mod synth;
 
 use kestrel_vision::backbone::BackboneError;
 use kestrel_vision::dataset::DatasetError;
@@ -31,6 +32,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Metrics(a) => commands::metrics::run(&a),
         Command::Import(a) => commands::import::run(&a),
         Command::Demo(a) => commands::demo::run(&a),
+        Command::Synth(a) => commands::synth::run(&a),
     }
 }
 

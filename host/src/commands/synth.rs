@@ -1,0 +1,247 @@
+//! `kestrel synth`: write samples of the synthetic pretraining images so a person can look at them (and at the
+//! parameters that made them) before spending hours pretraining on millions of such images.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use rayon::prelude::*;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::cli::{GmmPresetArg, SynthArgs, SynthKind};
+use crate::synth::fractal::{FractalConfig, FractalGenerator, MultiConfig, MultiFractalGenerator};
+use crate::synth::gmm::{GmmConfig, GmmGenerator, GmmPreset};
+use crate::synth::texture::{NormalImages, NormalSource};
+use crate::synth::{check_size, Image};
+
+impl From<GmmPresetArg> for GmmPreset {
+    fn from(p: GmmPresetArg) -> Self {
+        match p {
+            GmmPresetArg::Subtle => GmmPreset::Subtle,
+            GmmPresetArg::Medium => GmmPreset::Medium,
+            GmmPresetArg::Reference => GmmPreset::Reference,
+        }
+    }
+}
+
+enum Generator {
+    Fractal(FractalGenerator),
+    Multi(MultiFractalGenerator),
+    Gmm(GmmGenerator),
+}
+
+/// What `kestrel synth --json` prints.
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    kind: &'a str,
+    count: usize,
+    size: usize,
+    seed: u64,
+    output: &'a Path,
+    seconds: f64,
+    images_per_s: f64,
+    threads: usize,
+}
+
+/// `kestrel synth`.
+pub fn run(a: &SynthArgs) -> anyhow::Result<()> {
+    if a.count == 0 {
+        anyhow::bail!("-n/--count must be at least 1");
+    }
+    check_size(a.size)?;
+    if a.normal_images.is_some() && a.kind != SynthKind::Gmm {
+        anyhow::bail!("--normal-images only applies to `kestrel synth gmm`");
+    }
+    // Build (and so validate) the generator before touching the output folder.
+    let generator = match a.kind {
+        SynthKind::Fractal => Generator::Fractal(FractalGenerator::new(
+            FractalConfig::new(a.size),
+            a.classes,
+            a.seed,
+        )?),
+        SynthKind::MultiFractal => Generator::Multi(MultiFractalGenerator::new(
+            MultiConfig::new(a.size),
+            a.classes,
+            a.seed,
+        )?),
+        SynthKind::Gmm => {
+            let normals = match &a.normal_images {
+                Some(dir) => NormalSource::Images(NormalImages::load(dir, a.size)?),
+                None => NormalSource::Textures,
+            };
+            let cfg = GmmConfig {
+                preset: a.preset.into(),
+                ..GmmConfig::new(a.size)
+            };
+            Generator::Gmm(GmmGenerator::new(cfg, normals, a.seed)?)
+        }
+    };
+    prepare_output(&a.output)?;
+    let width = (a.count - 1).to_string().len().max(4);
+    let name = |i: u64| format!("{i:0width$}");
+    let pb = crate::progress::bar(a.count as u64, "synthesising", a.json);
+    let start = Instant::now();
+    let (kind, config) = match &generator {
+        Generator::Fractal(g) => {
+            write_all(a, &pb, |i| {
+                let s = g.sample(i);
+                let stem = a.output.join(name(i));
+                save_png(&s.image, &stem, "")?;
+                save_json(
+                    &stem,
+                    &json!({ "index": i, "class": s.params.class, "params": s.params }),
+                )
+            })?;
+            (
+                "fractal",
+                json!({ "classes": a.classes, "fractal": g.config() }),
+            )
+        }
+        Generator::Multi(g) => {
+            write_all(a, &pb, |i| {
+                let s = g.sample(i);
+                let stem = a.output.join(name(i));
+                save_png(&s.image, &stem, "")?;
+                save_json(
+                    &stem,
+                    &json!({
+                        "index": i,
+                        "labels": s.params.labels,
+                        "pos_weight": s.params.pos_weight(a.classes),
+                        "params": s.params,
+                    }),
+                )
+            })?;
+            (
+                "multi-fractal",
+                json!({ "classes": a.classes, "multi": g.config() }),
+            )
+        }
+        Generator::Gmm(g) => {
+            write_all(a, &pb, |i| {
+                let s = g.sample(i);
+                let stem = a.output.join(name(i));
+                save_png(&s.image, &stem, "")?;
+                save_png(&s.normal, &stem, "_normal")?;
+                save_alpha(&s.alpha, a.size, &stem)?;
+                let components: Vec<_> = s
+                    .target
+                    .active()
+                    .map(|k| json!({ "slot": k, "component": s.target.components[k] }))
+                    .collect();
+                save_json(
+                    &stem,
+                    &json!({
+                        "index": i,
+                        "strength": s.target.strength,
+                        "components": components,
+                        "info": s.info,
+                    }),
+                )
+            })?;
+            (
+                "gmm",
+                json!({
+                    "gmm": g.config(),
+                    "normal_images": a.normal_images,
+                    "colour_units": "network units [-1, 1]; pixel value = (c + 1) / 2",
+                }),
+            )
+        }
+    };
+    pb.finish_and_clear();
+    let seconds = start.elapsed().as_secs_f64();
+    let mut meta = json!({ "kind": kind, "count": a.count, "size": a.size, "seed": a.seed });
+    if let (Some(m), Some(c)) = (meta.as_object_mut(), config.as_object()) {
+        m.extend(c.clone());
+    }
+    save_json(&a.output.join("synth"), &meta)?;
+    let summary = Summary {
+        kind,
+        count: a.count,
+        size: a.size,
+        seed: a.seed,
+        output: &a.output,
+        seconds,
+        images_per_s: a.count as f64 / seconds.max(1e-9),
+        threads: rayon::current_num_threads(),
+    };
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "wrote {} {kind} images ({} px, seed {}) to {} in {:.2}s ({:.0} images/s on {} threads, PNG writing included)",
+            a.count,
+            a.size,
+            a.seed,
+            a.output.display(),
+            seconds,
+            summary.images_per_s,
+            summary.threads
+        );
+    }
+    Ok(())
+}
+
+/// Create the output folder; refuse one with files in it, so old and new samples never mix.
+fn prepare_output(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        let mut entries =
+            std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
+        if entries.next().is_some() {
+            anyhow::bail!(
+                "{} already exists and is not empty; remove it or choose another folder",
+                dir.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Render and write every sample in parallel (rendering and PNG encoding both scale with cores).
+fn write_all(
+    a: &SynthArgs,
+    pb: &indicatif::ProgressBar,
+    one: impl Fn(u64) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<()> {
+    (0..a.count as u64).into_par_iter().try_for_each(|i| {
+        one(i)?;
+        pb.inc(1);
+        Ok(())
+    })
+}
+
+fn save_png(img: &Image, stem: &Path, suffix: &str) -> anyhow::Result<()> {
+    let path = with_suffix(stem, suffix, "png");
+    img.to_rgb8()
+        .save(&path)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The soft defect mask as an 8-bit gray image (255 = fully opaque).
+fn save_alpha(alpha: &[f32], size: usize, stem: &Path) -> anyhow::Result<()> {
+    let path = with_suffix(stem, "_alpha", "png");
+    let raw = alpha
+        .iter()
+        .map(|a| (a.clamp(0.0, 1.0) * 255.0).round() as u8)
+        .collect();
+    image::GrayImage::from_raw(size as u32, size as u32, raw)
+        .context("internal: alpha map size")?
+        .save(&path)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn save_json(stem: &Path, value: &serde_json::Value) -> anyhow::Result<()> {
+    let path = with_suffix(stem, "", "json");
+    let text = serde_json::to_string_pretty(value)?;
+    std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+fn with_suffix(stem: &Path, suffix: &str, ext: &str) -> std::path::PathBuf {
+    let mut name = stem.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    name.push(".");
+    name.push(ext);
+    stem.with_file_name(name)
+}
