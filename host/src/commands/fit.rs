@@ -218,7 +218,7 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
             a.validation_fraction
         );
     }
-    if !(a.ram_budget_gib > 0.0) {
+    if a.ram_budget_gib.is_nan() || a.ram_budget_gib <= 0.0 {
         anyhow::bail!("--ram-budget-gib must be positive");
     }
     let base = FitPlan {
