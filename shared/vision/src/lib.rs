@@ -13,6 +13,7 @@ pub mod device;
 pub mod metrics;
 pub mod model;
 pub mod npy;
+pub mod ops;
 pub mod postprocess;
 pub mod preprocess;
 pub mod synthetic;
