@@ -8,12 +8,19 @@
 //!
 //! The same [`ResNet`] serves training (`VarBuilder::from_varmap`, `train = true`), evaluation and edge inference
 //! (`VarBuilder` over safetensors, then [`ResNet::fold_batch_norm`]).
+//!
+//! A folded network on the CPU in f32 runs its convolutions through [`crate::conv`] (im2col + GEMM with bias, ReLU
+//! and the residual add fused into the output pass), several times faster than candle's `conv2d` followed by
+//! separate elementwise ops. Unfolded networks (training, pretraining: they need autograd) always use candle ops;
+//! [`ResNet::with_conv_impl`] forces candle ops for a folded one too (benchmarks, A/B checks).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Module, ModuleT, Tensor, D};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+
+use crate::conv::{self, ConvSpec, Epilogue};
 use rand::SeedableRng;
 use rand_distr_free::normal_f32;
 use serde::{Deserialize, Serialize};
@@ -243,6 +250,41 @@ impl ConvBn {
         }
     }
 
+    /// The fused kernel's parameters when it applies: BN folded away, [`ConvImpl::Fused`], a plain convolution,
+    /// and a CPU f32 input without autograd.
+    fn fused_spec(&self, x: &Tensor, imp: ConvImpl) -> Option<ConvSpec> {
+        let cfg = self.conv.config();
+        (self.bn.is_none()
+            && imp == ConvImpl::Fused
+            && cfg.groups == 1
+            && cfg.dilation == 1
+            && conv::fast_path_applies(x, self.conv.weight()))
+        .then_some(ConvSpec {
+            stride: cfg.stride,
+            padding: cfg.padding,
+        })
+    }
+
+    /// `epilogue(conv + bn)`: through the fused kernel where it applies, else in candle ops (exactly the unfolded
+    /// computation, so training keeps its autograd graph).
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        train: bool,
+        imp: ConvImpl,
+        epilogue: Epilogue<'_>,
+    ) -> candle_core::Result<Tensor> {
+        if let Some(spec) = self.fused_spec(x, imp) {
+            return conv::conv2d_fused(x, self.conv.weight(), self.conv.bias(), spec, epilogue);
+        }
+        let y = self.forward_t(x, train)?;
+        match epilogue {
+            Epilogue::Linear => Ok(y),
+            Epilogue::Relu => y.relu(),
+            Epilogue::AddRelu(r) => (y + r)?.relu(),
+        }
+    }
+
     fn folded(&self) -> candle_core::Result<Self> {
         match &self.bn {
             Some(bn) => {
@@ -308,20 +350,23 @@ impl Block {
         Ok(Self { convs, downsample })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+    fn forward_t(&self, x: &Tensor, train: bool, imp: ConvImpl) -> candle_core::Result<Tensor> {
+        // The shortcut comes first so the last convolution can add it (and apply the ReLU) in its output pass.
+        let shortcut = match &self.downsample {
+            Some(d) => d.forward_with(x, train, imp, Epilogue::Linear)?,
+            None => x.clone(),
+        };
         let mut y = x.clone();
         let last = self.convs.len() - 1;
         for (i, c) in self.convs.iter().enumerate() {
-            y = c.forward_t(&y, train)?;
-            if i != last {
-                y = y.relu()?;
-            }
+            let epilogue = if i == last {
+                Epilogue::AddRelu(&shortcut)
+            } else {
+                Epilogue::Relu
+            };
+            y = c.forward_with(&y, train, imp, epilogue)?;
         }
-        let shortcut = match &self.downsample {
-            Some(d) => d.forward_t(x, train)?,
-            None => x.clone(),
-        };
-        (y + shortcut)?.relu()
+        Ok(y)
     }
 
     fn folded(&self) -> candle_core::Result<Self> {
@@ -336,12 +381,23 @@ impl Block {
     }
 }
 
+/// Which convolution implementation a BatchNorm-folded network uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ConvImpl {
+    /// [`crate::conv`]'s fused kernel wherever it applies (CPU, f32, no autograd), candle elsewhere. The default.
+    #[default]
+    Fused,
+    /// candle's `conv2d` and separate elementwise ops everywhere: the reference.
+    Candle,
+}
+
 /// A ResNet feature extractor exposing its four stages.
 #[derive(Debug, Clone)]
 pub struct ResNet {
     config: ResNetConfig,
     stem: ConvBn,
     stages: Vec<Vec<Block>>,
+    conv_impl: ConvImpl,
 }
 
 impl ResNet {
@@ -371,7 +427,19 @@ impl ResNet {
             config: config.clone(),
             stem,
             stages,
+            conv_impl: ConvImpl::default(),
         })
+    }
+
+    /// Choose the convolution implementation of the folded network (unfolded ones always use candle ops).
+    pub fn with_conv_impl(mut self, conv_impl: ConvImpl) -> Self {
+        self.conv_impl = conv_impl;
+        self
+    }
+
+    /// The convolution implementation in use (see [`ResNet::with_conv_impl`]).
+    pub fn conv_impl(&self) -> ConvImpl {
+        self.conv_impl
     }
 
     /// The configuration this network was built with.
@@ -390,6 +458,7 @@ impl ResNet {
                 .iter()
                 .map(|blocks| blocks.iter().map(Block::folded).collect())
                 .collect::<candle_core::Result<_>>()?,
+            conv_impl: self.conv_impl,
         })
     }
 
@@ -397,18 +466,30 @@ impl ResNet {
     /// c1..c`last`. Stopping early saves the cost of deeper stages a detector does not use.
     pub fn stages(&self, x: &Tensor, last: usize, train: bool) -> candle_core::Result<Vec<Tensor>> {
         let last = last.clamp(1, 4);
-        let y = self.stem.forward_t(x, train)?.relu()?;
-        // torchvision's stem pool is 3×3, stride 2, padding 1 (with -inf padding). The input is post-ReLU (≥ 0), so
-        // zero padding gives identical results.
-        let y = y
-            .pad_with_zeros(D::Minus1, 1, 1)?
-            .pad_with_zeros(D::Minus2, 1, 1)?
-            .max_pool2d_with_stride(3, 2)?;
+        let imp = self.conv_impl;
+        // torchvision's stem pool is 3×3, stride 2, padding 1 (with -inf padding).
+        let y = match self.stem.fused_spec(x, imp) {
+            // conv + ReLU + pool in one op: the full-resolution stem output is never stored.
+            Some(spec) => conv::conv2d_relu_max_pool(
+                x,
+                self.stem.conv.weight(),
+                self.stem.conv.bias(),
+                spec,
+                conv::PoolSpec::RESNET_STEM,
+            )?,
+            // The input is post-ReLU (≥ 0), so zero padding gives identical results.
+            None => self
+                .stem
+                .forward_with(x, train, imp, Epilogue::Relu)?
+                .pad_with_zeros(D::Minus1, 1, 1)?
+                .pad_with_zeros(D::Minus2, 1, 1)?
+                .max_pool2d_with_stride(3, 2)?,
+        };
         let mut outs = Vec::with_capacity(last);
         let mut y = y;
         for blocks in self.stages.iter().take(last) {
             for b in blocks {
-                y = b.forward_t(&y, train)?;
+                y = b.forward_t(&y, train, imp)?;
             }
             outs.push(y.clone());
         }
@@ -694,6 +775,59 @@ mod tests {
                 .to_scalar::<f32>()
                 .unwrap();
             assert!(d <= 1e-4 * m.max(1.0), "max diff {d} (scale {m})");
+        }
+    }
+
+    /// The fused CPU kernel and candle's ops agree on a folded network, for both block kinds.
+    #[test]
+    fn fused_and_candle_conv_impls_agree() {
+        let dev = Device::Cpu;
+        let basic = ResNetConfig {
+            block: BlockKind::Basic,
+            layers: [2, 1, 1, 1],
+            stem_width: 8,
+            planes: [8, 12, 16, 8],
+            width_per_group: 64,
+        };
+        for cfg in [tiny(), basic] {
+            let mut w = random_weights(&cfg, 3, &dev).unwrap();
+            for (k, v) in w.iter_mut() {
+                if k.ends_with("running_mean") || k.ends_with("bias") {
+                    *v = v.rand_like(-0.5, 0.5).unwrap();
+                }
+            }
+            let net = resnet_from_weights(&cfg, "t", w, Path::new("mem"), &dev)
+                .unwrap()
+                .fold_batch_norm()
+                .unwrap();
+            assert_eq!(net.conv_impl(), ConvImpl::Fused);
+            let reference = net.clone().with_conv_impl(ConvImpl::Candle);
+            let x = Tensor::randn(0f32, 1.0, (2, 3, 45, 38), &dev).unwrap();
+            let a = net.stages(&x, 4, false).unwrap();
+            let b = reference.stages(&x, 4, false).unwrap();
+            for (a, b) in a.iter().zip(&b) {
+                assert_eq!(a.dims(), b.dims());
+                let d: f32 = (a - b)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
+                let m: f32 = b
+                    .abs()
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .max(0)
+                    .unwrap()
+                    .to_scalar()
+                    .unwrap();
+                assert!(d <= 1e-4 * m.max(1.0), "max diff {d} (scale {m})");
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 //! [`metrics`] compares heatmaps and scores with ground truth.
 
 pub mod backbone;
+pub mod conv;
 pub mod dataset;
 pub mod detector;
 pub mod device;

@@ -1,0 +1,1202 @@
+//! Fused f32 CPU convolution for inference with a BatchNorm-folded backbone.
+//!
+//! Why: candle 0.11's CPU `conv2d` runs at ~40 GFLOP/s on our 2-core AVX2 machine and every bias add, residual add
+//! and ReLU after it is a separate pass over the activation, which left a folded ResNet 4–5× slower than PyTorch.
+//! The GEMM candle uses (the `gemm` crate) is competitive on its own, so this module keeps it and removes the rest:
+//!
+//! - **Tiles.** Each convolution is split into (image, block of output pixels) tiles spread over rayon's threads.
+//!   A tile gathers its receptive fields into a per-thread im2col buffer sized to stay in L2 (~256 KiB), runs one
+//!   single-threaded GEMM `W (cout×k) · col (k×tile)` straight into the NCHW output, and applies bias, the residual
+//!   and ReLU in one pass while the tile is still in cache.
+//! - **No im2col for 1×1.** An unpadded 1×1 convolution is a GEMM on the input itself (stride 1) or on its (0, 0)
+//!   stride phase.
+//! - **Stride phases.** A strided convolution first splits its input into stride phases (one gather pass), so every
+//!   im2col copy is a contiguous run.
+//! - **Fused stem.** [`conv2d_relu_max_pool`] computes bands of the stem convolution and pools them at once, so
+//!   the largest activation of the network is never stored.
+//! - **Threads.** Parallelism is over tiles, with GEMM threading off (`Parallelism::None`): on 2 cores nested
+//!   parallelism only adds synchronisation, and tiles balance well.
+//!
+//! Everything else (other devices and dtypes, autograd, dilation, groups) goes to candle's ops, so callers can use
+//! these functions unconditionally. Measured ratios against PyTorch are in `bench/results/NOTES.md`.
+
+use std::cell::RefCell;
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Storage, Tensor,
+};
+use rayon::prelude::*;
+
+/// Why the fused convolution rejected its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConvError {
+    /// A tensor that must be NCHW (or OIHW) is not rank 4.
+    #[error("{what} must be a rank-4 tensor, got shape {got:?}")]
+    Rank {
+        /// Which argument.
+        what: &'static str,
+        /// Its shape.
+        got: Vec<usize>,
+    },
+    /// Input channels differ from the weight's.
+    #[error("input has {input} channels but the weight expects {weight}")]
+    Channels {
+        /// Channels of the input.
+        input: usize,
+        /// Input channels of the weight.
+        weight: usize,
+    },
+    /// The bias does not have one element per output channel.
+    #[error("bias has shape {got:?}, expected [{expected}] (one per output channel)")]
+    Bias {
+        /// Output channels.
+        expected: usize,
+        /// The bias shape.
+        got: Vec<usize>,
+    },
+    /// The residual does not have the convolution's output shape.
+    #[error("residual shape {got:?} differs from the convolution output {expected:?}")]
+    Residual {
+        /// Output shape.
+        expected: Vec<usize>,
+        /// Residual shape.
+        got: Vec<usize>,
+    },
+    /// The kernel does not fit the padded input, or the stride is zero.
+    #[error("kernel {kernel:?} (stride {stride}, padding {padding}) gives no output for input {input:?}")]
+    Geometry {
+        /// Input height and width.
+        input: [usize; 2],
+        /// Kernel height and width.
+        kernel: [usize; 2],
+        /// Stride.
+        stride: usize,
+        /// Padding.
+        padding: usize,
+    },
+    /// The fast path was asked to run on something it does not handle (the public functions fall back to candle
+    /// instead of returning this).
+    #[error("fused convolution needs {0}")]
+    Unsupported(&'static str),
+}
+
+impl From<ConvError> for candle_core::Error {
+    fn from(e: ConvError) -> Self {
+        candle_core::Error::wrap(e)
+    }
+}
+
+/// Stride and (symmetric) zero padding of a 2-D convolution. Dilation 1 and one group only: that is all a ResNet
+/// uses, and candle's own `conv2d` serves everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvSpec {
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub padding: usize,
+}
+
+/// A max pool: window, stride and implicit `-inf` padding (PyTorch's `max_pool2d` arguments).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSpec {
+    /// Window size in both directions.
+    pub kernel: usize,
+    /// Stride in both directions.
+    pub stride: usize,
+    /// Padding on every side (at most `kernel / 2`).
+    pub padding: usize,
+}
+
+impl PoolSpec {
+    /// The ResNet stem pool: 3×3, stride 2, padding 1.
+    pub const RESNET_STEM: PoolSpec = PoolSpec {
+        kernel: 3,
+        stride: 2,
+        padding: 1,
+    };
+}
+
+/// What happens to `conv(x) + bias` before it is written: applied in the same pass as the bias.
+#[derive(Debug, Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// Nothing: `conv(x) + bias`.
+    Linear,
+    /// `relu(conv(x) + bias)`.
+    Relu,
+    /// `relu(conv(x) + bias + residual)`: a residual block's output. The residual has the output's shape.
+    AddRelu(&'a Tensor),
+}
+
+/// Whether [`conv2d_fused`] takes its fast path for these arguments: contiguous-or-not f32 tensors on the CPU that
+/// track no autograd graph (the fast path has no backward).
+pub fn fast_path_applies(x: &Tensor, weight: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu)
+        && matches!(weight.device(), Device::Cpu)
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && !x.track_op()
+        && !weight.track_op()
+}
+
+/// `epilogue(conv2d(x, weight) + bias)` for NCHW `x` and OIHW `weight`.
+///
+/// On the CPU in f32 without autograd this is one fused pass per output tile (im2col, GEMM, bias, residual, ReLU);
+/// anywhere else it is the same computation in candle ops.
+pub fn conv2d_fused(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: ConvSpec,
+    epilogue: Epilogue<'_>,
+) -> candle_core::Result<Tensor> {
+    let residual_ok = match epilogue {
+        Epilogue::AddRelu(r) => {
+            matches!(r.device(), Device::Cpu) && r.dtype() == DType::F32 && !r.track_op()
+        }
+        _ => true,
+    };
+    let bias_ok = bias.is_none_or(|b| {
+        matches!(b.device(), Device::Cpu) && b.dtype() == DType::F32 && !b.track_op()
+    });
+    if !(fast_path_applies(x, weight) && residual_ok && bias_ok) {
+        return conv2d_candle(x, weight, bias, spec, epilogue);
+    }
+    let x = x.contiguous()?;
+    let op = FusedConv {
+        weight,
+        bias,
+        spec,
+        relu: !matches!(epilogue, Epilogue::Linear),
+        pool: None,
+    };
+    match epilogue {
+        Epilogue::AddRelu(r) => x.apply_op2_no_bwd(&r.contiguous()?, &op),
+        _ => x.apply_op1_no_bwd(&op),
+    }
+}
+
+/// `max_pool2d(relu(conv2d(x, weight) + bias))`: the ResNet stem in one op.
+///
+/// On the CPU path the full-resolution activation is never stored: bands of convolution rows are computed into a
+/// per-thread buffer and pooled at once. That saves its write and re-read (for the stem at 256×256 and batch 8: 34 MB,
+/// above glibc's largest mmap threshold, so every call also page-faults it in afresh).
+pub fn conv2d_relu_max_pool(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: ConvSpec,
+    pool: PoolSpec,
+) -> candle_core::Result<Tensor> {
+    let bias_ok = bias.is_none_or(|b| {
+        matches!(b.device(), Device::Cpu) && b.dtype() == DType::F32 && !b.track_op()
+    });
+    if !(fast_path_applies(x, weight) && bias_ok) {
+        let y = conv2d_candle(x, weight, bias, spec, Epilogue::Relu)?;
+        return max_pool2d(&y, pool);
+    }
+    let op = FusedConv {
+        weight,
+        bias,
+        spec,
+        relu: true,
+        pool: Some(pool),
+    };
+    x.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+/// The same computation as [`conv2d_fused`] in plain candle ops (the fallback, and the reference in tests).
+pub fn conv2d_candle(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    spec: ConvSpec,
+    epilogue: Epilogue<'_>,
+) -> candle_core::Result<Tensor> {
+    let y = x.conv2d(weight, spec.padding, spec.stride, 1, 1)?;
+    let y = match bias {
+        Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?)?,
+        None => y,
+    };
+    match epilogue {
+        Epilogue::Linear => Ok(y),
+        Epilogue::Relu => y.relu(),
+        Epilogue::AddRelu(r) => (y + r)?.relu(),
+    }
+}
+
+/// Max pooling with implicit `-inf` padding (PyTorch's `max_pool2d(x, kernel, stride, padding)`), e.g. the ResNet
+/// stem's 3×3/s2/p1 pool. Fast on CPU f32 without autograd; elsewhere replicate padding + candle's pool, which gives
+/// the same maxima because every window keeps at least one real element.
+pub fn max_pool2d(x: &Tensor, pool: PoolSpec) -> candle_core::Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let g = PoolGeom::new([n, c, h, w], pool)?;
+    let PoolSpec {
+        kernel,
+        stride,
+        padding,
+    } = pool;
+    let fast = matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !x.track_op();
+    if !fast {
+        let mut y = x.clone();
+        if padding > 0 {
+            y = y
+                .pad_with_same(3, padding, padding)?
+                .pad_with_same(2, padding, padding)?;
+        }
+        return y.max_pool2d_with_stride(kernel, stride);
+    }
+    x.contiguous()?.apply_op1_no_bwd(&MaxPool(g))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Geometry
+
+/// Sizes of one convolution, validated.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    n: usize,
+    cin: usize,
+    h: usize,
+    w: usize,
+    cout: usize,
+    kh: usize,
+    kw: usize,
+    stride: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    fn new(x: &[usize], w: &[usize], spec: ConvSpec) -> Result<Self, ConvError> {
+        let [n, cin, h, wd] = *x else {
+            return Err(ConvError::Rank {
+                what: "input",
+                got: x.to_vec(),
+            });
+        };
+        let [cout, wcin, kh, kw] = *w else {
+            return Err(ConvError::Rank {
+                what: "weight",
+                got: w.to_vec(),
+            });
+        };
+        if wcin != cin {
+            return Err(ConvError::Channels {
+                input: cin,
+                weight: wcin,
+            });
+        }
+        let (s, p) = (spec.stride, spec.padding);
+        let bad = ConvError::Geometry {
+            input: [h, wd],
+            kernel: [kh, kw],
+            stride: s,
+            padding: p,
+        };
+        if s == 0 || kh == 0 || kw == 0 || h + 2 * p < kh || wd + 2 * p < kw {
+            return Err(bad);
+        }
+        Ok(Self {
+            n,
+            cin,
+            h,
+            w: wd,
+            cout,
+            kh,
+            kw,
+            stride: s,
+            pad: p,
+            ho: (h + 2 * p - kh) / s + 1,
+            wo: (wd + 2 * p - kw) / s + 1,
+        })
+    }
+
+    /// Output pixels per image.
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    /// GEMM depth: one row of the im2col matrix per (input channel, ky, kx).
+    fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+
+    /// An unpadded 1×1 convolution is a plain GEMM on the input (stride 1) or on its (0, 0) stride phase: no
+    /// im2col.
+    fn pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.pad == 0
+    }
+
+    fn out_dims(&self) -> [usize; 4] {
+        [self.n, self.cout, self.ho, self.wo]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Custom ops
+
+struct FusedConv<'a> {
+    weight: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    spec: ConvSpec,
+    relu: bool,
+    /// Max-pool the (ReLU'd) output in the same op.
+    pool: Option<PoolSpec>,
+}
+
+/// Run `f` on the contiguous f32 CPU data of `t`.
+///
+/// The storage read lock is held only for `f`. Weights and biases are never written during inference, so taking
+/// it inside a custom op (whose own input lock is already held) cannot deadlock.
+fn with_cpu_f32<R>(
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        return Err(ConvError::Unsupported("CPU tensors").into());
+    };
+    f(contiguous_f32(cpu, layout)?)
+}
+
+fn contiguous_f32<'s>(s: &'s CpuStorage, l: &Layout) -> candle_core::Result<&'s [f32]> {
+    let data = s.as_slice::<f32>()?;
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or(ConvError::Unsupported("contiguous tensors"))?;
+    Ok(&data[a..b])
+}
+
+impl FusedConv<'_> {
+    fn run(
+        &self,
+        x: &[f32],
+        x_dims: &[usize],
+        residual: Option<(&[f32], &[usize])>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = Geom::new(x_dims, self.weight.dims(), self.spec)?;
+        if let Some(b) = self.bias {
+            if b.dims() != [g.cout] {
+                return Err(ConvError::Bias {
+                    expected: g.cout,
+                    got: b.dims().to_vec(),
+                }
+                .into());
+            }
+        }
+        if let Some((_, rd)) = residual {
+            if rd != g.out_dims() {
+                return Err(ConvError::Residual {
+                    expected: g.out_dims().to_vec(),
+                    got: rd.to_vec(),
+                }
+                .into());
+            }
+        }
+        let pool = self
+            .pool
+            .map(|p| PoolGeom::new(g.out_dims(), p))
+            .transpose()?;
+        let run = |w: &[f32], b: Option<&[f32]>| match &pool {
+            Some(pg) => conv_relu_pool_f32(&ConvArgs::new(x, w, b, g), pg),
+            None => conv_f32(x, w, b, residual.map(|r| r.0), self.relu, &g),
+        };
+        let y = with_cpu_f32(self.weight, |w| match self.bias {
+            Some(b) => with_cpu_f32(b, |b| Ok(run(w, Some(b)))),
+            None => Ok(run(w, None)),
+        })?;
+        let dims = match &pool {
+            Some(pg) => [pg.n, pg.c, pg.ho, pg.wo],
+            None => g.out_dims(),
+        };
+        Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
+    }
+}
+
+impl CustomOp1 for FusedConv<'_> {
+    fn name(&self) -> &'static str {
+        "kestrel-fused-conv2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(contiguous_f32(s, l)?, l.dims(), None)
+    }
+}
+
+impl CustomOp2 for FusedConv<'_> {
+    fn name(&self) -> &'static str {
+        "kestrel-fused-conv2d-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        self.run(
+            contiguous_f32(s1, l1)?,
+            l1.dims(),
+            Some((contiguous_f32(s2, l2)?, l2.dims())),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The kernel
+
+/// Bytes of one im2col tile (K rows × tile columns) we aim to keep resident in the 512 KiB L2 next to the GEMM's
+/// own packed panels.
+fn tile_bytes() -> usize {
+    static TB: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *TB.get_or_init(|| {
+        std::env::var("KESTREL_CONV_TILE_KB")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(256 * 1024, |kb| kb * 1024)
+    })
+}
+
+/// Output columns (pixels) per tile.
+fn tile_cols(g: &Geom, threads: usize) -> usize {
+    let p = g.p();
+    let rows = if g.pointwise() {
+        g.cout
+    } else {
+        g.k().max(g.cout)
+    };
+    let mut t = (tile_bytes() / 4 / rows).max(64);
+    // Enough tiles that every thread gets work (and rayon can balance a little).
+    let want = 2 * threads;
+    if g.n * p.div_ceil(t) < want {
+        let per_image = want.div_ceil(g.n);
+        t = p.div_ceil(per_image);
+    }
+    t = t.next_multiple_of(16);
+    t.min(p).max(1)
+}
+
+thread_local! {
+    /// Per-thread im2col buffer, reused across calls so steady-state inference allocates none.
+    static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread band of convolution output awaiting the fused max pool.
+    static BAND: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Output base pointer shared by the tile tasks.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the tasks write disjoint (row, column-range) segments of the output; see `conv_f32`.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method (not field access) so closures capture the whole `Sync` wrapper, not the raw pointer.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `dst (m×n) = lhs (m×k) · rhs (k×n)`; row-major operands with the given row strides and unit column strides.
+///
+/// # Safety
+/// `lhs` must be valid for reads of `(m-1)·lhs_rs + k` elements, `rhs` for `(k-1)·rhs_rs + n`, `dst` for writes of
+/// `(m-1)·dst_rs + n`, and no other thread may access the `dst` elements meanwhile.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lhs: *const f32,
+    lhs_rs: usize,
+    rhs: *const f32,
+    rhs_rs: usize,
+) {
+    // SAFETY: forwarded from the caller. gemm computes dst := alpha·dst + beta·lhs·rhs and, with
+    // read_dst = false, never reads dst, so it may be uninitialised.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs,
+            1,
+            lhs_rs as isize,
+            rhs,
+            1,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            // The tiles are already spread over rayon's threads; nested GEMM threading would only add sync.
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// The operands of one convolution, shared by its tile tasks.
+struct ConvArgs<'a> {
+    src: Src<'a>,
+    w: &'a [f32],
+    bias: Option<&'a [f32]>,
+    g: Geom,
+    /// Output columns per GEMM tile.
+    tile: usize,
+}
+
+impl<'a> ConvArgs<'a> {
+    fn new(x: &'a [f32], w: &'a [f32], bias: Option<&'a [f32]>, g: Geom) -> Self {
+        let tile = tile_cols(&g, rayon::current_num_threads());
+        Self {
+            src: Src::new(x, &g),
+            w,
+            bias,
+            g,
+            tile,
+        }
+    }
+
+    /// Output pixels `p0..p0 + tw` of image `b`, all output channels: GEMM, then bias (+ the residual, whose layout
+    /// is the output's) (+ ReLU) in one pass over the tile while it is still in cache. Channel `co` goes to
+    /// `dst + co·dst_rs`.
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `cout` rows of `tw` elements at row stride `dst_rs`, and no other thread
+    /// may access those elements during the call.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        &self,
+        b: usize,
+        p0: usize,
+        tw: usize,
+        residual: Option<&[f32]>,
+        relu: bool,
+        dst: OutPtr,
+        dst_rs: usize,
+    ) {
+        let g = &self.g;
+        let (p, k) = (g.p(), g.k());
+        if g.pointwise() {
+            // The source planes are ho × wo here (the input, or its (0, 0) phase), one per channel.
+            let cs = self.src.channel_stride();
+            let image = self.src.image(b);
+            assert!(self.src.hp * self.src.wp == p && (g.cin - 1) * cs + p0 + tw <= image.len());
+            // SAFETY: lhs = weight (cout×cin), rhs = columns p0..p0+tw of this image's cin source planes (row
+            // stride cs), inside `image` by the assertion; dst per the contract.
+            unsafe {
+                sgemm(
+                    g.cout,
+                    tw,
+                    k,
+                    dst.get(),
+                    dst_rs,
+                    self.w.as_ptr(),
+                    k,
+                    image.as_ptr().add(p0),
+                    cs,
+                )
+            }
+        } else {
+            COL.with(|c| {
+                let mut c = c.borrow_mut();
+                if c.len() < k * tw {
+                    c.resize(k * tw, 0.0);
+                }
+                let col = &mut c[..k * tw];
+                im2col(&self.src, b, g, p0, tw, col);
+                // SAFETY: lhs = weight (cout×k), rhs = col (k×tw, contiguous), dst per the contract.
+                unsafe {
+                    sgemm(
+                        g.cout,
+                        tw,
+                        k,
+                        dst.get(),
+                        dst_rs,
+                        self.w.as_ptr(),
+                        k,
+                        col.as_ptr(),
+                        tw,
+                    )
+                }
+            });
+        }
+        for co in 0..g.cout {
+            // SAFETY: row co of the tile, owned by this call per the contract and fully written by the GEMM.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.get().add(co * dst_rs), tw) };
+            let r_off = (b * g.cout + co) * p + p0;
+            epilogue(
+                row,
+                self.bias.map_or(0.0, |bias| bias[co]),
+                residual.map(|r| &r[r_off..r_off + tw]),
+                relu,
+            );
+        }
+    }
+}
+
+/// `row = act(row + bias (+ residual))`, one pass.
+#[inline(never)]
+fn epilogue(row: &mut [f32], bias: f32, residual: Option<&[f32]>, relu: bool) {
+    match residual {
+        Some(r) => {
+            for (v, r) in row.iter_mut().zip(r) {
+                let s = *v + bias + *r;
+                *v = if s > 0.0 { s } else { 0.0 };
+            }
+        }
+        None if relu => {
+            for v in row.iter_mut() {
+                let s = *v + bias;
+                *v = if s > 0.0 { s } else { 0.0 };
+            }
+        }
+        None => {
+            if bias != 0.0 {
+                for v in row.iter_mut() {
+                    *v += bias;
+                }
+            }
+        }
+    }
+}
+
+/// The fused convolution on contiguous slices. `x`: N×Cin×H×W, `w`: Cout×Cin×kh×kw, `bias`: Cout, `residual`:
+/// the output's shape (it implies ReLU).
+fn conv_f32(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    relu: bool,
+    g: &Geom,
+) -> Vec<f32> {
+    let a = ConvArgs::new(x, w, bias, *g);
+    let p = g.p();
+    let out_len = g.n * g.cout * p;
+    let tiles_per_img = p.div_ceil(a.tile);
+    let mut y: Vec<f32> = Vec::with_capacity(out_len);
+    let out = OutPtr(y.as_mut_ptr());
+    (0..g.n * tiles_per_img).into_par_iter().for_each(|t| {
+        let b = t / tiles_per_img;
+        let p0 = (t % tiles_per_img) * a.tile;
+        let tw = a.tile.min(p - p0);
+        // SAFETY: tile t owns columns p0..p0+tw of image b's cout output rows (row stride p); tiles are disjoint
+        // and all lie inside the allocation of n·cout·p elements.
+        unsafe {
+            let dst = OutPtr(out.get().add(b * g.cout * p + p0));
+            a.tile(b, p0, tw, residual, relu, dst, p);
+        }
+    });
+    // SAFETY: the tiles cover every (image, channel, pixel) exactly once and each was written.
+    unsafe { y.set_len(out_len) };
+    y
+}
+
+/// Max pooling over the ReLU'd convolution output, fused: each task computes a band of convolution rows into a
+/// per-thread buffer and pools it straight away, so the full-resolution activation is never stored.
+fn conv_relu_pool_f32(a: &ConvArgs<'_>, pg: &PoolGeom) -> Vec<f32> {
+    let g = &a.g;
+    // Pooled rows per band: the band's conv rows (m·s + k − s of them) should fit ~1 MiB for all channels, and
+    // there should be enough bands for every thread.
+    let row_bytes = g.cout * g.wo * 4;
+    let fit = ((1 << 20) / row_bytes).saturating_sub(pg.k.saturating_sub(pg.s)) / pg.s;
+    let want = 2 * rayon::current_num_threads();
+    let mut m = fit.clamp(1, pg.ho);
+    if g.n * pg.ho.div_ceil(m) < want {
+        m = pg.ho.div_ceil(want.div_ceil(g.n)).max(1);
+    }
+    let bands = pg.ho.div_ceil(m);
+    let out_plane = pg.ho * pg.wo;
+    let out_len = g.n * g.cout * out_plane;
+    let mut y: Vec<f32> = Vec::with_capacity(out_len);
+    let out = OutPtr(y.as_mut_ptr());
+    (0..g.n * bands).into_par_iter().for_each(|t| {
+        let (b, band) = (t / bands, t % bands);
+        let (oy0, oy1) = (band * m, ((band + 1) * m).min(pg.ho));
+        let r0 = pg.window(oy0, g.ho).0;
+        let r1 = pg.window(oy1 - 1, g.ho).1;
+        let band_px = (r1 - r0) * g.wo;
+        BAND.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < g.cout * band_px {
+                buf.resize(g.cout * band_px, 0.0);
+            }
+            let buf = &mut buf[..g.cout * band_px];
+            let base = OutPtr(buf.as_mut_ptr());
+            let mut p = r0 * g.wo;
+            while p < r1 * g.wo {
+                let tw = a.tile.min(r1 * g.wo - p);
+                // SAFETY: columns p..p+tw of the band buffer (cout rows of stride band_px), owned by this thread.
+                unsafe {
+                    let dst = OutPtr(base.get().add(p - r0 * g.wo));
+                    a.tile(b, p, tw, None, true, dst, band_px);
+                }
+                p += tw;
+            }
+            let mut vmax = vec![f32::NEG_INFINITY; g.wo];
+            for (co, plane) in buf.chunks_exact(band_px).enumerate() {
+                let out_off = (b * g.cout + co) * out_plane + oy0 * pg.wo;
+                // SAFETY: pooled rows oy0..oy1 of channel co of image b: this task's alone, inside the allocation.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(out.get().add(out_off), (oy1 - oy0) * pg.wo)
+                };
+                for (oy, orow) in (oy0..oy1).zip(dst.chunks_exact_mut(pg.wo)) {
+                    let (ya, yb) = pg.window(oy, g.ho);
+                    pool_row(
+                        &plane[(ya - r0) * g.wo..(yb - r0) * g.wo],
+                        g.wo,
+                        pg,
+                        &mut vmax,
+                        orow,
+                    );
+                }
+            }
+        });
+    });
+    // SAFETY: the bands cover every (image, channel, pooled row) exactly once and each row was written.
+    unsafe { y.set_len(out_len) };
+    y
+}
+
+/// One pooled output row from the input rows of its window (`rows`: whole rows of width `w`): a vertical max into
+/// `vmax`, then the horizontal windows.
+fn pool_row(rows: &[f32], w: usize, pg: &PoolGeom, vmax: &mut [f32], out: &mut [f32]) {
+    vmax.fill(f32::NEG_INFINITY);
+    for xrow in rows.chunks_exact(w) {
+        for (m, v) in vmax.iter_mut().zip(xrow) {
+            *m = if *v > *m { *v } else { *m };
+        }
+    }
+    for (ox, o) in out.iter_mut().enumerate() {
+        let (a, b) = pg.window(ox, w);
+        *o = vmax[a..b]
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    }
+}
+
+/// Fill `col` (k rows × `tw` columns) with the receptive fields of output pixels `p0..p0+tw` of image `b`.
+///
+/// Every kernel tap reads contiguous runs of one source plane (the input, or one of its stride phases), so the
+/// copies are plain `memcpy`s; the row segments of the tile are worked out once, not once per (channel, tap).
+#[inline(never)]
+fn im2col(src: &Src<'_>, b: usize, g: &Geom, p0: usize, tw: usize, col: &mut [f32]) {
+    let (h, w, s, wo) = (g.h as isize, g.w as isize, g.stride as isize, g.wo);
+    let pad = g.pad as isize;
+    // (output row, first output column, length, offset in the tile)
+    let mut segs: Vec<(usize, usize, usize, usize)> = Vec::with_capacity(tw / wo + 2);
+    let (mut p, mut at) = (p0, 0);
+    while at < tw {
+        let (oy, ox0) = (p / wo, p % wo);
+        let len = (wo - ox0).min(tw - at);
+        segs.push((oy, ox0, len, at));
+        at += len;
+        p += len;
+    }
+    let mut rows = col.chunks_exact_mut(tw);
+    for ci in 0..g.cin {
+        for ky in 0..g.kh {
+            let dy = ky as isize - pad;
+            let (py, qy) = (dy.rem_euclid(s) as usize, dy.div_euclid(s));
+            for kx in 0..g.kw {
+                let row = rows.next().expect("col has k rows");
+                let dx = kx as isize - pad;
+                let (px, qx) = (dx.rem_euclid(s) as usize, dx.div_euclid(s));
+                let plane = src.plane(b, ci, py, px);
+                // Output columns whose input column ox·s + dx lies inside [0, w).
+                let lo = if dx >= 0 { 0 } else { (-dx + s - 1) / s } as usize;
+                let hi = if w > dx {
+                    (((w - dx - 1) / s + 1) as usize).min(wo)
+                } else {
+                    0
+                };
+                for &(oy, ox0, len, at) in &segs {
+                    let seg = &mut row[at..at + len];
+                    let iy = oy as isize * s + dy;
+                    if iy < 0 || iy >= h || lo >= hi {
+                        seg.fill(0.0);
+                        continue;
+                    }
+                    let a = lo.clamp(ox0, ox0 + len);
+                    let e = hi.clamp(ox0, ox0 + len);
+                    seg[..a - ox0].fill(0.0);
+                    seg[e - ox0..].fill(0.0);
+                    if a < e {
+                        // Phase-plane row oy + qy and column ox + qx hold input (iy, ox·s + dx).
+                        let start =
+                            (oy as isize + qy) as usize * src.wp + (a as isize + qx) as usize;
+                        seg[a - ox0..e - ox0].copy_from_slice(&plane[start..start + (e - a)]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where im2col (and the 1×1 GEMM) read the input from.
+///
+/// Stride-1 convolutions read the input itself. Strided ones first split each input plane into its stride phases,
+/// plane (py, px) holding `x[y·s + py][x·s + px]` (zero beyond the edge): one gather pass over the input, after
+/// which every tap of every kernel row reads contiguous runs. Gathering per tap instead (what a direct strided
+/// im2col does) costs k² scalar gathers per input element and was ~10 % of ResNet-18's time. Only the phases the
+/// kernel touches are kept (a 1×1/s2 convolution needs just (0, 0), which then is its GEMM operand as is).
+struct Src<'a> {
+    data: std::borrow::Cow<'a, [f32]>,
+    /// The (py, px) phases kept for each channel, in storage order.
+    phases: Vec<(usize, usize)>,
+    hp: usize,
+    wp: usize,
+    cin: usize,
+}
+
+impl<'a> Src<'a> {
+    fn new(x: &'a [f32], g: &Geom) -> Self {
+        let s = g.stride;
+        if s == 1 {
+            return Self {
+                data: std::borrow::Cow::Borrowed(x),
+                phases: vec![(0, 0)],
+                hp: g.h,
+                wp: g.w,
+                cin: g.cin,
+            };
+        }
+        let phase = |k: usize| (k as isize - g.pad as isize).rem_euclid(s as isize) as usize;
+        let mut phases: Vec<(usize, usize)> = (0..g.kh)
+            .flat_map(|ky| (0..g.kw).map(move |kx| (phase(ky), phase(kx))))
+            .collect();
+        phases.sort_unstable();
+        phases.dedup();
+        let (hp, wp) = (g.h.div_ceil(s), g.w.div_ceil(s));
+        let (h, w) = (g.h, g.w);
+        let mut data = vec![0f32; g.n * g.cin * phases.len() * hp * wp];
+        data.par_chunks_mut(phases.len() * hp * wp)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(dst, plane)| {
+                for (&(py, px), dst) in phases.iter().zip(dst.chunks_exact_mut(hp * wp)) {
+                    for (yp, drow) in dst.chunks_exact_mut(wp).enumerate() {
+                        let y = yp * s + py;
+                        if y >= h {
+                            break;
+                        }
+                        let srow = &plane[y * w..(y + 1) * w];
+                        for (d, v) in drow.iter_mut().zip(srow.iter().skip(px).step_by(s)) {
+                            *d = *v;
+                        }
+                    }
+                }
+            });
+        Self {
+            data: std::borrow::Cow::Owned(data),
+            phases,
+            hp,
+            wp,
+            cin: g.cin,
+        }
+    }
+
+    /// Phase plane (py, px) of channel `ci` of image `b`: `hp × wp`, row-major.
+    fn plane(&self, b: usize, ci: usize, py: usize, px: usize) -> &[f32] {
+        let idx = self
+            .phases
+            .iter()
+            .position(|&ph| ph == (py, px))
+            .expect("im2col reads only phases the kernel touches");
+        let len = self.hp * self.wp;
+        let off = ((b * self.cin + ci) * self.phases.len() + idx) * len;
+        &self.data[off..off + len]
+    }
+
+    /// All source planes of image `b` (channel-major, phases within a channel).
+    fn image(&self, b: usize) -> &[f32] {
+        let len = self.cin * self.channel_stride();
+        &self.data[b * len..(b + 1) * len]
+    }
+
+    /// Elements between consecutive channels of one image (all their phases).
+    fn channel_stride(&self) -> usize {
+        self.phases.len() * self.hp * self.wp
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Max pool
+
+#[derive(Debug, Clone, Copy)]
+struct PoolGeom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    s: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl PoolGeom {
+    fn new(dims: [usize; 4], pool: PoolSpec) -> Result<Self, ConvError> {
+        let [n, c, h, w] = dims;
+        let (k, s, pad) = (pool.kernel, pool.stride, pool.padding);
+        // PyTorch requires pad ≤ k/2, which also guarantees every window holds a real element.
+        if k == 0 || s == 0 || 2 * pad > k || h + 2 * pad < k || w + 2 * pad < k {
+            return Err(ConvError::Geometry {
+                input: [h, w],
+                kernel: [k, k],
+                stride: s,
+                padding: pad,
+            });
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w,
+            k,
+            s,
+            pad,
+            ho: (h + 2 * pad - k) / s + 1,
+            wo: (w + 2 * pad - k) / s + 1,
+        })
+    }
+
+    /// Input index range `[lo, hi)` covered by window `o` along an axis of length `len`.
+    fn window(&self, o: usize, len: usize) -> (usize, usize) {
+        let start = o * self.s;
+        (
+            start.saturating_sub(self.pad),
+            (start + self.k).saturating_sub(self.pad).min(len),
+        )
+    }
+}
+
+struct MaxPool(PoolGeom);
+
+impl CustomOp1 for MaxPool {
+    fn name(&self) -> &'static str {
+        "kestrel-max-pool2d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let x = contiguous_f32(s, l)?;
+        let mut y = vec![0f32; g.n * g.c * g.ho * g.wo];
+        y.par_chunks_mut(g.ho * g.wo)
+            .zip(x.par_chunks(g.h * g.w))
+            .for_each(|(yp, xp)| {
+                let mut vmax = vec![f32::NEG_INFINITY; g.w];
+                for (oy, yrow) in yp.chunks_exact_mut(g.wo).enumerate() {
+                    let (a, b) = g.window(oy, g.h);
+                    pool_row(&xp[a * g.w..b * g.w], g.w, &g, &mut vmax, yrow);
+                }
+            });
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.ho, g.wo))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let d = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let m = b
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        d / m.max(1.0)
+    }
+
+    /// Every kernel/stride/padding combination the backbone uses, plus odd sizes, odd channel counts and batches.
+    #[test]
+    fn fused_conv_matches_candle_over_a_grid() {
+        let dev = Device::Cpu;
+        let mut cases = 0;
+        for &(k, stride, pad) in &[
+            (1, 1, 0),
+            (1, 2, 0),
+            (3, 1, 1),
+            (3, 2, 1),
+            (7, 2, 3),
+            (3, 1, 0),
+            (1, 1, 1),
+            (7, 1, 3),
+        ] {
+            for &(n, cin, cout, h, w) in &[
+                (1, 3, 5, 13, 11),
+                (3, 7, 12, 9, 16),
+                (1, 20, 33, 17, 17),
+                (3, 13, 9, 8, 5),
+            ] {
+                if h + 2 * pad < k || w + 2 * pad < k {
+                    continue;
+                }
+                let x = Tensor::randn(0f32, 1.0, (n, cin, h, w), &dev).unwrap();
+                let wt = Tensor::randn(0f32, 0.3, (cout, cin, k, k), &dev).unwrap();
+                let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+                let spec = ConvSpec {
+                    stride,
+                    padding: pad,
+                };
+                let lin = conv2d_fused(&x, &wt, Some(&b), spec, Epilogue::Linear).unwrap();
+                let want = conv2d_candle(&x, &wt, Some(&b), spec, Epilogue::Linear).unwrap();
+                assert_eq!(lin.dims(), want.dims());
+                let d = rel_diff(&lin, &want);
+                assert!(
+                    d <= 1e-4,
+                    "linear k{k} s{stride} p{pad} {:?}: {d}",
+                    x.dims()
+                );
+
+                let relu = conv2d_fused(&x, &wt, Some(&b), spec, Epilogue::Relu).unwrap();
+                let want = conv2d_candle(&x, &wt, Some(&b), spec, Epilogue::Relu).unwrap();
+                assert!(rel_diff(&relu, &want) <= 1e-4, "relu k{k} s{stride} p{pad}");
+
+                let r = Tensor::randn(0f32, 1.0, want.dims(), &dev).unwrap();
+                let add = conv2d_fused(&x, &wt, None, spec, Epilogue::AddRelu(&r)).unwrap();
+                let want = conv2d_candle(&x, &wt, None, spec, Epilogue::AddRelu(&r)).unwrap();
+                assert!(
+                    rel_diff(&add, &want) <= 1e-4,
+                    "add-relu k{k} s{stride} p{pad}"
+                );
+                cases += 1;
+            }
+        }
+        assert!(cases >= 28, "{cases}");
+    }
+
+    /// Tiles that split output rows, and several tiles per image.
+    #[test]
+    fn many_tiles_match() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 64, 40, 37), &dev).unwrap();
+        let wt = Tensor::randn(0f32, 0.1, (70, 64, 3, 3), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 70, &dev).unwrap();
+        let spec = ConvSpec {
+            stride: 1,
+            padding: 1,
+        };
+        let got = conv2d_fused(&x, &wt, Some(&b), spec, Epilogue::Relu).unwrap();
+        let want = conv2d_candle(&x, &wt, Some(&b), spec, Epilogue::Relu).unwrap();
+        assert!(rel_diff(&got, &want) <= 1e-4);
+    }
+
+    #[test]
+    fn non_contiguous_input_and_fallbacks() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 6, 9, 9), &dev)
+            .unwrap()
+            .transpose(2, 3)
+            .unwrap();
+        let wt = Tensor::randn(0f32, 0.3, (4, 6, 3, 3), &dev).unwrap();
+        let spec = ConvSpec {
+            stride: 2,
+            padding: 1,
+        };
+        let got = conv2d_fused(&x, &wt, None, spec, Epilogue::Linear).unwrap();
+        let want = conv2d_candle(&x, &wt, None, spec, Epilogue::Linear).unwrap();
+        assert!(rel_diff(&got, &want) <= 1e-4);
+        // f64 falls back to candle and still computes the same thing.
+        let got64 = conv2d_fused(
+            &x.to_dtype(DType::F64).unwrap(),
+            &wt.to_dtype(DType::F64).unwrap(),
+            None,
+            spec,
+            Epilogue::Linear,
+        )
+        .unwrap();
+        assert_eq!(got64.dtype(), DType::F64);
+        assert!(rel_diff(&got64.to_dtype(DType::F32).unwrap(), &want) <= 1e-4);
+    }
+
+    #[test]
+    fn shape_errors_are_typed() {
+        let dev = Device::Cpu;
+        let x = Tensor::zeros((1, 3, 8, 8), DType::F32, &dev).unwrap();
+        let wt = Tensor::zeros((4, 5, 3, 3), DType::F32, &dev).unwrap();
+        let spec = ConvSpec {
+            stride: 1,
+            padding: 1,
+        };
+        let e = conv2d_fused(&x, &wt, None, spec, Epilogue::Linear).unwrap_err();
+        let inner = match crate::backbone::without_backtrace(e) {
+            candle_core::Error::Wrapped(b) => b.to_string(),
+            other => panic!("unexpected {other}"),
+        };
+        assert!(inner.contains("3 channels"), "{inner}");
+        let wt = Tensor::zeros((4, 3, 3, 3), DType::F32, &dev).unwrap();
+        let bad_bias = Tensor::zeros(5, DType::F32, &dev).unwrap();
+        assert!(conv2d_fused(&x, &wt, Some(&bad_bias), spec, Epilogue::Linear).is_err());
+    }
+
+    /// The fused stem (conv + ReLU + pool) over shapes that split into several bands, odd sizes included.
+    #[test]
+    fn fused_conv_pool_matches_separate_ops() {
+        let dev = Device::Cpu;
+        for &(n, h, w, cout) in &[(1, 64, 64, 16), (3, 37, 30, 9), (2, 130, 18, 64)] {
+            let x = Tensor::randn(0f32, 1.0, (n, 3, h, w), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.2, (cout, 3, 7, 7), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+            let spec = ConvSpec {
+                stride: 2,
+                padding: 3,
+            };
+            let got = conv2d_relu_max_pool(&x, &wt, Some(&b), spec, PoolSpec::RESNET_STEM).unwrap();
+            let y = conv2d_candle(&x, &wt, Some(&b), spec, Epilogue::Relu).unwrap();
+            let want = y
+                .pad_with_zeros(3, 1, 1)
+                .unwrap()
+                .pad_with_zeros(2, 1, 1)
+                .unwrap()
+                .max_pool2d_with_stride(3, 2)
+                .unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert!(rel_diff(&got, &want) <= 1e-4, "{:?}", x.dims());
+        }
+    }
+
+    #[test]
+    fn max_pool_matches_padded_candle_pool() {
+        let dev = Device::Cpu;
+        for &(h, w) in &[(16, 16), (15, 9), (7, 12)] {
+            let x = Tensor::randn(0f32, 1.0, (2, 5, h, w), &dev).unwrap();
+            let got = max_pool2d(&x, PoolSpec::RESNET_STEM).unwrap();
+            let want = x
+                .pad_with_same(3, 1, 1)
+                .unwrap()
+                .pad_with_same(2, 1, 1)
+                .unwrap()
+                .max_pool2d_with_stride(3, 2)
+                .unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(rel_diff(&got, &want), 0.0, "{h}×{w}");
+        }
+    }
+}
