@@ -17,10 +17,11 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Module, ModuleT, Tensor, D};
+use candle_core::{DType, Device, Module, ModuleT, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 
 use crate::conv::{self, ConvSpec, Epilogue};
+use crate::ops;
 use rand::SeedableRng;
 use rand_distr_free::normal_f32;
 use serde::{Deserialize, Serialize};
@@ -477,13 +478,14 @@ impl ResNet {
                 spec,
                 conv::PoolSpec::RESNET_STEM,
             )?,
-            // The input is post-ReLU (≥ 0), so zero padding gives identical results.
-            None => self
-                .stem
-                .forward_with(x, train, imp, Epilogue::Relu)?
-                .pad_with_zeros(D::Minus1, 1, 1)?
-                .pad_with_zeros(D::Minus2, 1, 1)?
-                .max_pool2d_with_stride(3, 2)?,
+            // Our own op: candle's max-pool has no backward when kernel ≠ stride, and pretraining must keep the
+            // torchvision stem (3×3/s2/p1) so trained weights stay torchvision-compatible.
+            None => ops::max_pool2d_padded(
+                &self.stem.forward_with(x, train, imp, Epilogue::Relu)?,
+                3,
+                2,
+                1,
+            )?,
         };
         let mut outs = Vec::with_capacity(last);
         let mut y = y;
@@ -829,6 +831,34 @@ mod tests {
                 assert!(d <= 1e-4 * m.max(1.0), "max diff {d} (scale {m})");
             }
         }
+    }
+
+    /// The unfolded network trains end to end, stem pool included (candle's own 3×3/s2 pool has no backward).
+    #[test]
+    fn unfolded_network_trains_through_the_stem_pool() {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let net = ResNet::new(&tiny(), vb).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &dev).unwrap();
+        let loss = net.stages(&x, 2, true).unwrap()[1]
+            .sqr()
+            .unwrap()
+            .mean_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        let stem = vm.data().lock().unwrap()["conv1.weight"].clone();
+        let g = grads
+            .get(stem.as_tensor())
+            .expect("stem conv has a gradient");
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(norm > 0.0);
     }
 
     /// Regression: folded inference weights carried BatchNorm's `Var` graph, so outputs kept every input alive and
