@@ -49,7 +49,10 @@ def parse_args():
     ap.add_argument("--coreset-select", type=int, default=10000, help="points to select (10%% of 100k)")
     ap.add_argument("--only", action="append", default=None,
                     help="run only cases whose key starts with this prefix (repeatable)")
-    ap.add_argument("--json", default=None, help="write results here")
+    ap.add_argument("--json", default=None, help="write results here (rewritten after every case)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the results already in --json and overwrite only the cases run now "
+                         "(to redo contended or slow cases; each case keeps its own timestamp)")
     ap.add_argument("--wait-idle", type=float, default=0.0,
                     help="before each case wait up to this many seconds for the rest of the machine to be "
                          "idle (other processes < --idle-frac of all CPUs over 1 s); 0 = don't wait")
@@ -128,7 +131,9 @@ def timeit(key, fn, repeat=None, warmup=None, **info):
             best, out = res, out_a
         if res["other_cpu_frac"] <= ARGS.idle_frac:
             break
+    best["measured"] = datetime.datetime.now().isoformat(timespec="seconds")
     RESULTS[key] = best
+    save()
     return out
 
 
@@ -339,7 +344,7 @@ def bench_coreset():
                  repeat=ARGS.coreset_repeat, warmup=0, **info)
     for key in ("coreset_torch", "coreset_numpy"):
         if key in RESULTS:
-            RESULTS[key]["per_step_ms"] = round(RESULTS[key]["median_ms"] / k, 4)
+            RESULTS[key]["per_step_ms"] = round(RESULTS[key]["median_ms"] / RESULTS[key]["select"], 4)
     if s_t is not None and s_n is not None:
         same = int((s_t.numpy() == s_n).sum())
         for key in ("coreset_torch", "coreset_numpy"):
@@ -436,41 +441,59 @@ def loadavg():
         return None
 
 
+STARTED = None
+LOAD0 = None
+PREVIOUS_META = None
+
+
+def save():
+    if not ARGS.json:
+        return
+    meta = {
+        "started": STARTED,
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([os.path.relpath(sys.executable)] + sys.argv),
+        "threads": ARGS.threads,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "mkldnn": torch.backends.mkldnn.is_available(),
+        "dtype": "float32",
+        "loadavg_start": LOAD0,
+        "loadavg_end": loadavg(),
+        "machine": machine_info(),
+        "statistic": "median of repeat timed runs after warmup runs, wall ms",
+        "other_cpu_frac": "per case: share of all CPUs used by other processes during the timed runs "
+                          "(/proc/stat busy minus this process); > 0.10 means the numbers are contended",
+    }
+    if PREVIOUS_META is not None:
+        meta["merged_with_earlier_run"] = PREVIOUS_META
+    os.makedirs(os.path.dirname(os.path.abspath(ARGS.json)), exist_ok=True)
+    tmp = ARGS.json + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"meta": meta, "results": RESULTS}, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, ARGS.json)
+
+
 def main():
-    started = datetime.datetime.now().isoformat(timespec="seconds")
-    load0 = loadavg()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, numpy {np.__version__}, load {load0}")
+    global STARTED, LOAD0, PREVIOUS_META
+    STARTED = datetime.datetime.now().isoformat(timespec="seconds")
+    LOAD0 = loadavg()
+    if ARGS.merge and ARGS.json and os.path.exists(ARGS.json):
+        with open(ARGS.json) as f:
+            prev = json.load(f)
+        RESULTS.update(prev["results"])
+        PREVIOUS_META = {k: prev["meta"].get(k) for k in ("started", "finished", "command")}
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, numpy {np.__version__}, load {LOAD0}")
     with torch.inference_mode():
         bench_backbones()
         bench_padim()
         bench_patchcore()
         bench_knn()
         bench_coreset()
-    doc = {
-        "meta": {
-            "started": started,
-            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-            "command": " ".join([os.path.relpath(sys.executable)] + sys.argv),
-            "threads": ARGS.threads,
-            "torch": torch.__version__,
-            "torchvision": torchvision.__version__,
-            "numpy": np.__version__,
-            "mkldnn": torch.backends.mkldnn.is_available(),
-            "dtype": "float32",
-            "loadavg_start": load0,
-            "loadavg_end": loadavg(),
-            "machine": machine_info(),
-            "statistic": "median of repeat timed runs after warmup runs, wall ms",
-            "other_cpu_frac": "per case: share of all CPUs used by other processes during the timed runs "
-                              "(/proc/stat busy minus this process); > 0.10 means the numbers are contended",
-        },
-        "results": RESULTS,
-    }
+    save()
     if ARGS.json:
-        os.makedirs(os.path.dirname(os.path.abspath(ARGS.json)), exist_ok=True)
-        with open(ARGS.json, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
         print(f"wrote {ARGS.json}")
 
 
