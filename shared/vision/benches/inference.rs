@@ -102,13 +102,9 @@ fn cpu_snapshot() -> (u64, u64, u64) {
     let own = std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
-            let f: Vec<u64> = s
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .filter_map(|t| t.parse().ok())
-                .collect();
-            Some(f.get(11)? + f.get(12)?)
+            // After the command name: state, ppid, ..., utime (12th), stime (13th).
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
         })
         .unwrap_or(0);
     (busy, total, own)
