@@ -276,11 +276,7 @@ pub fn greedy_k_center(
                 let mut best = (usize::MAX, f32::NEG_INFINITY);
                 for (j, m) in md.iter_mut().enumerate() {
                     let row = &x[(base + j) * k..(base + j + 1) * k];
-                    let mut d = 0f32;
-                    for (a, b) in row.iter().zip(c) {
-                        let t = a - b;
-                        d += t * t;
-                    }
+                    let d = squared_distance(row, c);
                     if d < *m {
                         *m = d;
                     }
@@ -311,6 +307,28 @@ pub fn greedy_k_center(
     }
     progress(selected.len(), target);
     selected
+}
+
+/// Squared L2 distance with eight independent accumulators: a single running sum is a dependency chain the compiler
+/// may not reorder (float addition is not associative), so it cannot vectorise it. Eight lanes let it emit SIMD FMAs;
+/// on 100k × 384 this took a greedy step from 17.6 ms to 6.7 ms (torch 13.5 ms, numpy 7.1 ms; bench/results/NOTES.md).
+#[inline]
+fn squared_distance(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            let t = x[l] - y[l];
+            acc[l] += t * t;
+        }
+    }
+    let mut d: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        let t = x - y;
+        d += t * t;
+    }
+    d
 }
 
 /// A fitted PatchCore model.
@@ -473,6 +491,23 @@ mod tests {
         let x = [0.0f32, 1.0, 2.0, 10.0, 11.0, 50.0];
         let sel = greedy_k_center(&x, 1, 0, 4, &|_, _| {});
         assert_eq!(sel, vec![0, 5, 4, 2]);
+    }
+
+    #[test]
+    fn squared_distance_matches_the_plain_sum() {
+        for n in [0usize, 1, 7, 8, 9, 384, 385] {
+            let a: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+            let plain: f64 = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| ((x - y) as f64).powi(2))
+                .sum();
+            assert!(
+                (squared_distance(&a, &b) as f64 - plain).abs() <= 1e-4 * plain.max(1.0),
+                "n={n}"
+            );
+        }
     }
 
     #[test]
