@@ -150,7 +150,7 @@ pub fn rle_encode(pixels: &[u8]) -> Vec<u8> {
 
 /// Total pixel count described by RLE `data`, validating its structure without allocating.
 pub fn rle_decoded_len(data: &[u8]) -> Result<usize, MaskError> {
-    if data.len() % 2 != 0 {
+    if !data.len().is_multiple_of(2) {
         return Err(MaskError::RleOddLength { len: data.len() });
     }
     let mut total = 0usize;
