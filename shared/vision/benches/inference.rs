@@ -500,6 +500,98 @@ fn bench_knn(b: &mut Bench) {
     );
 }
 
+/// Detector scoring after the backbone, as `torch_bench.py`'s `padim_score_*` / `patchcore_score_*`: random
+/// post-ReLU stage features in, blurred 256×256 maps and image scores out (PaDiM: R18 sizes, d = 100, 64×64 grid;
+/// PatchCore: a 20,480-entry bank, 32×32 grid, k = 9 re-weighting).
+fn bench_detector_scoring(b: &mut Bench) {
+    use kestrel_vision::detector::padim::{Padim, PadimConfig};
+    use kestrel_vision::postprocess::{
+        gaussian_blur, upsample_bilinear, upsample_nearest, DEFAULT_SIGMA,
+    };
+    let dev = Device::Cpu;
+    let relu = |shape: (usize, usize, usize, usize), seed: u64| {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let v: Vec<f32> = random_matrix(1, n, seed)
+            .into_iter()
+            .map(|x| x.max(0.0))
+            .collect();
+        Tensor::from_vec(v, shape, &dev).expect("features")
+    };
+    let (rep, warm) = (b.args.repeat, b.args.warmup);
+    let (d, p) = (100usize, 64 * 64);
+    let mean = Tensor::from_vec(random_matrix(p, d, 11), (p, d), &dev).expect("mean");
+    let whiten = Tensor::from_vec(random_matrix(p, d * d, 12), (p, d, d), &dev).expect("whiten");
+    let idx: Vec<u32> = (0..d as u32).map(|i| (i * 4) % 448).collect();
+    let padim = Padim::from_tensors(
+        PadimConfig {
+            n_features: d,
+            seed: 0,
+            ridge: 0.01,
+        },
+        (64, 64),
+        1,
+        &|n: &str| match n {
+            "mean" => Ok(mean.clone()),
+            "whiten" => Ok(whiten.clone()),
+            _ => Tensor::new(idx.as_slice(), &Device::Cpu),
+        },
+    )
+    .expect("padim");
+    for batch in [1usize, 8] {
+        let key = format!("padim_score_b{batch}");
+        if !b.wanted(&key) {
+            continue;
+        }
+        let stages = vec![
+            relu((batch, 64, 64, 64), 13),
+            relu((batch, 128, 32, 32), 14),
+            relu((batch, 256, 16, 16), 15),
+        ];
+        b.time(
+            &key,
+            rep,
+            warm,
+            || {
+                for m in padim.score(&stages).expect("score") {
+                    let up = upsample_bilinear(&m.data, m.w, m.h, 256, 256);
+                    std::hint::black_box(gaussian_blur(&up, 256, 256, DEFAULT_SIGMA));
+                }
+            },
+            json!({"d": d, "positions": p, "torch_key": key}),
+        );
+    }
+    for (name, c2, c3) in [("wrn50", 512usize, 1024usize), ("r18", 128, 256)] {
+        let key = format!("patchcore_score_{name}_b1");
+        if !b.wanted(&key) {
+            continue;
+        }
+        let dim = c2 + c3;
+        let bank: Vec<f32> = random_matrix(20_480, dim, 16)
+            .into_iter()
+            .map(|x| x.max(0.0))
+            .collect();
+        let bank = Tensor::from_vec(bank, (20_480, dim), &dev).expect("bank");
+        let pc = PatchCore::new(PatchCoreConfig::default(), (32, 32), 1, bank).expect("patchcore");
+        let stages = vec![
+            relu((1, 1, 64, 64), 17),
+            relu((1, c2, 32, 32), 18),
+            relu((1, c3, 16, 16), 19),
+        ];
+        b.time(
+            &key,
+            rep,
+            warm,
+            || {
+                for (m, s) in pc.score(&stages).expect("score") {
+                    let up = upsample_nearest(&m.data, m.w, m.h, 256, 256);
+                    std::hint::black_box((gaussian_blur(&up, 256, 256, DEFAULT_SIGMA), s));
+                }
+            },
+            json!({"bank": 20_480, "dim": dim, "torch_key": key}),
+        );
+    }
+}
+
 fn bench_coreset(b: &mut Bench) {
     let key = "coreset_greedy";
     if !b.wanted(key) {
@@ -550,6 +642,7 @@ fn main() {
     bench_backbones(&mut b);
     bench_knn(&mut b);
     bench_coreset(&mut b);
+    bench_detector_scoring(&mut b);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -12,7 +12,7 @@
 //! general inverse and is the numerically stable way to invert an SPD matrix. anomalib's additional `+1e-5·I` before
 //! inversion is also applied.
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, Tensor};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rayon::prelude::*;
@@ -183,14 +183,14 @@ impl PadimFit {
             whiten.extend(w);
         }
         let dev = Device::Cpu;
-        Ok(Padim {
-            config: self.config,
-            channel_idx: self.channel_idx,
-            grid: self.grid,
-            mean: Tensor::from_vec(mean, (p, d), &dev)?,
-            whiten: Tensor::from_vec(whiten, (p, d, d), &dev)?,
-            images: n,
-        })
+        Ok(Padim::new(
+            self.config,
+            self.channel_idx,
+            self.grid,
+            Tensor::from_vec(mean, (p, d), &dev)?,
+            Tensor::from_vec(whiten, (p, d, d), &dev)?,
+            n,
+        )?)
     }
 }
 
@@ -247,9 +247,33 @@ pub struct Padim {
     pub whiten: Tensor,
     /// Number of training images.
     pub images: usize,
+    /// `Wᵀ` per position, prepared once: scoring multiplies by it, and transposing 4,096 d×d matrices per call cost
+    /// more than the scoring itself at batch 1.
+    whiten_t: Tensor,
 }
 
 impl Padim {
+    /// Assemble a model (precomputes the transposed whitening matrices).
+    pub fn new(
+        config: PadimConfig,
+        channel_idx: Vec<u32>,
+        grid: (usize, usize),
+        mean: Tensor,
+        whiten: Tensor,
+        images: usize,
+    ) -> candle_core::Result<Self> {
+        let whiten_t = whiten.t()?.contiguous()?;
+        Ok(Self {
+            config,
+            channel_idx,
+            grid,
+            mean,
+            whiten,
+            images,
+            whiten_t,
+        })
+    }
+
     /// Patch-level Mahalanobis maps for a batch of stages (c1..c3).
     pub fn score(&self, stages: &[Tensor]) -> candle_core::Result<Vec<PatchMap>> {
         let dev = stages[0].device();
@@ -266,7 +290,7 @@ impl Padim {
         let x = e.reshape((n, d, h * w))?.permute((2, 0, 1))?.contiguous()?; // (P, N, d)
         let mean = self.mean.to_device(dev)?;
         let delta = x.broadcast_sub(&mean.unsqueeze(1)?)?;
-        let wt = self.whiten.to_device(dev)?.t()?.contiguous()?; // (P, d, d) = Wᵀ
+        let wt = self.whiten_t.to_device(dev)?; // (P, d, d) = Wᵀ
         let z = delta.matmul(&wt)?; // rows are (W δ)ᵀ
         let d2 = z.sqr()?.sum(2)?; // (P, N)
         let dist = d2.relu()?.sqrt()?.t()?.contiguous()?; // (N, P)
@@ -306,15 +330,7 @@ impl Padim {
                 channel_idx.len()
             );
         }
-        let _ = whiten.i(0)?;
-        Ok(Self {
-            config,
-            channel_idx,
-            grid,
-            mean,
-            whiten,
-            images,
-        })
+        Self::new(config, channel_idx, grid, mean, whiten, images)
     }
 }
 

@@ -344,6 +344,8 @@ pub struct PatchCore {
     pub bank: Tensor,
     /// `[b, ‖b‖²]ᵀ`, (C+1, M): folds the norms into one matmul for nearest-neighbour search.
     bank_aug_t: Tensor,
+    /// The bank as host rows, for the per-image re-weighting (copied once, not per call).
+    bank_rows: Vec<f32>,
 }
 
 /// Bank columns per matmul chunk in nearest-neighbour search (bounds the (queries × chunk) distance block).
@@ -360,12 +362,14 @@ impl PatchCore {
         let bank = bank.to_dtype(DType::F32)?;
         let norms = bank.sqr()?.sum_keepdim(1)?;
         let bank_aug_t = Tensor::cat(&[&bank, &norms], 1)?.t()?.contiguous()?;
+        let bank_rows = bank.flatten_all()?.to_vec1()?;
         Ok(Self {
             config,
             grid,
             images,
             bank,
             bank_aug_t,
+            bank_rows,
         })
     }
 
@@ -414,7 +418,6 @@ impl PatchCore {
         let rows = to_rows(&e)?;
         let (d2, nn) = self.nearest(&rows)?;
         let feats: Vec<f32> = rows.flatten_all()?.to_vec1()?;
-        let bank: Vec<f32> = self.bank.flatten_all()?.to_vec1()?;
         let p = h * w;
         let mut out = Vec::with_capacity(n);
         for img in 0..n {
@@ -432,7 +435,7 @@ impl PatchCore {
             } else {
                 let m_test = &feats[(img * p + arg) * c..(img * p + arg + 1) * c];
                 let nn_idx = nn[img * p + arg] as usize;
-                self.reweight(s_star, m_test, nn_idx, &bank, c)
+                self.reweight(s_star, m_test, nn_idx, &self.bank_rows, c)
             };
             out.push((PatchMap { w, h, data: dist }, score));
         }
