@@ -36,6 +36,23 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The message printed for an error: every cause in the chain, each once. Library errors often repeat their source
+/// in their own message (so they read well alone); this keeps `kestrel` from printing that text twice.
+pub fn render_error(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 /// The documented exit code for an error (see `kestrel --help`).
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
@@ -54,4 +71,30 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
     }
     EXIT_FAILURE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_errors_name_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(DatasetError::Io {
+            path: "/data/x".into(),
+            source: io,
+        })
+        .context("opening the dataset");
+        let text = render_error(&e);
+        assert_eq!(
+            text.matches("No such file or directory").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.starts_with("opening the dataset: cannot read /data/x"),
+            "{text}"
+        );
+        assert_eq!(exit_code(&e), EXIT_BAD_DATA);
+    }
 }

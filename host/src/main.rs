@@ -4,14 +4,14 @@ fn main() -> std::process::ExitCode {
     let cli = match kestrel_host::cli::parse() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", kestrel_host::render_error(&e));
             return std::process::ExitCode::from(2);
         }
     };
     match kestrel_host::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", kestrel_host::render_error(&e));
             std::process::ExitCode::from(kestrel_host::exit_code(&e))
         }
     }
