@@ -757,26 +757,8 @@ mod tests {
         let a = net.stages(&x, 4, false).unwrap();
         let b = folded.stages(&x, 4, false).unwrap();
         for (a, b) in a.iter().zip(&b) {
-            let d = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let m = a
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert!(d <= 1e-4 * m.max(1.0), "max diff {d} (scale {m})");
+            let r = crate::testing::max_rel_diff(b, a).unwrap();
+            assert!(r <= 1e-4, "max relative diff {r}");
         }
     }
 

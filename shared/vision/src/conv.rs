@@ -1022,26 +1022,7 @@ mod tests {
     use super::*;
 
     fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
-        let d = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let m = b
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        d / m.max(1.0)
+        crate::testing::max_rel_diff(a, b).unwrap() as f32
     }
 
     /// Every kernel/stride/padding combination the backbone uses, plus others that exercise the stride-phase split

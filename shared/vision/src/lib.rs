@@ -18,3 +18,5 @@ pub mod ops;
 pub mod postprocess;
 pub mod preprocess;
 pub mod synthetic;
+#[doc(hidden)]
+pub mod testing;

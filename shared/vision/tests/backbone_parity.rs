@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use kestrel_vision::backbone::{self, BlockKind, ResNetConfig};
 
 fn fixture_dir() -> PathBuf {
@@ -40,19 +40,6 @@ fn config(name: &str) -> ResNetConfig {
     }
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
-}
-
 fn check(name: &str, weights_file: &str, fold: bool) {
     let dev = Device::Cpu;
     let cfg = config(name);
@@ -70,7 +57,7 @@ fn check(name: &str, weights_file: &str, fold: bool) {
         let key = format!("c{}", i + 1);
         let reference = &io[&key];
         assert_eq!(out.dims(), reference.dims(), "{name} {key} shape");
-        let d = max_abs_diff(out, reference);
+        let d = kestrel_vision::testing::max_abs_diff(out, reference).unwrap() as f32;
         let scale = reference
             .abs()
             .unwrap()
