@@ -63,6 +63,83 @@ pub enum Command {
     /// `<n>.json` of how it was made; `gmm` adds `<n>_normal.png` (before) and `<n>_alpha.png` (defect opacity).
     /// The same seed gives the same images on any machine and thread count.
     Synth(SynthArgs),
+    /// Pretrain a backbone on synthetic images (no image dataset needed), for `kestrel fit --weights`.
+    ///
+    /// `fractal`: which of N random IFS codes drew the fractal (cross-entropy). `multi-fractal`: which codes drew the
+    /// 1-5 fractals pasted into one image (multi-label BCE). `gmm`: regress the Gaussian-mixture stain blended into a
+    /// normal image (your good images with `--normal-images`, generated textures otherwise), with a direct loss on
+    /// matched components plus a loss that re-renders the prediction and compares images.
+    ///
+    /// Start from `--preset tiny` (narrow ResNet-18 at 64×64: minutes on a 2-core CPU) or `--preset paper`
+    /// (Wide-ResNet-50-2 at 256×256: a GPU job). Any setting can be changed in a TOML file (`--config`; keys as in
+    /// the `<output>.toml` every run writes) and the common ones by flags, which win. Writes `<output>` (backbone
+    /// weights with the task, preset and step in the file's metadata), `<output>.csv` (loss, lr, throughput per
+    /// logging window), `<output>.toml` (the resolved settings) and checkpoints under `<output>.ckpt/`; continue an
+    /// interrupted run with `--resume`.
+    ///
+    /// Example: `kestrel pretrain fractal --preset tiny -o fractal-tiny.safetensors`, then
+    /// `kestrel fit --arch resnet18_narrow --weights fractal-tiny.safetensors ...`.
+    Pretrain(PretrainArgs),
+}
+
+/// `kestrel pretrain`.
+#[derive(Debug, Args)]
+pub struct PretrainArgs {
+    /// Task.
+    #[arg(value_enum)]
+    pub task: crate::pretrain::TaskKind,
+    /// Starting configuration.
+    #[arg(long, value_enum, default_value_t = crate::pretrain::Preset::Tiny)]
+    pub preset: crate::pretrain::Preset,
+    /// TOML file of settings layered over the preset (any subset of the keys of `<output>.toml`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Optimiser steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Images per step.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Peak learning rate (after warm-up; cosine decay to the end).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Input side in pixels.
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    /// Seed of initial weights and of every generated sample.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Backbone architecture (resnet18, resnet34, resnet50, wide_resnet50_2, resnet18_narrow).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Optimiser.
+    #[arg(long, value_enum)]
+    pub optimizer: Option<crate::pretrain::optim::OptimizerKind>,
+    /// Fractal tasks: number of classes (IFS codes).
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// GMM: folder of good images to blend pseudo-defects into (generated textures when absent).
+    #[arg(long)]
+    pub normal_images: Option<PathBuf>,
+    /// GMM: matching of predicted to true components in the direct loss.
+    #[arg(long, value_enum)]
+    pub matching: Option<crate::pretrain::gmm_loss::Matching>,
+    /// Save a checkpoint every N steps.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Continue from a checkpoint directory; with no value (or `latest`), the newest checkpoint under
+    /// `<output>.ckpt/`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
+    pub resume: Option<PathBuf>,
+    /// Output weights file (.safetensors).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Compute device: `cpu`, or `cuda:N` in builds with the `cuda` feature.
+    #[arg(long, default_value = "cpu", env = "KESTREL_DEVICE")]
+    pub device: String,
+    /// Print a JSON summary instead of text (and no progress bar).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Dataset layouts.

@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod commands;
 pub mod images;
+pub mod pretrain;
 pub mod progress;
 pub mod synth;
 
@@ -33,6 +34,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Import(a) => commands::import::run(&a),
         Command::Demo(a) => commands::demo::run(&a),
         Command::Synth(a) => commands::synth::run(&a),
+        Command::Pretrain(a) => commands::pretrain::run(&a),
     }
 }
 
@@ -59,6 +61,16 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         if cause.is::<DatasetError>() || cause.is::<MetricsError>() || cause.is::<PreprocessError>()
         {
             return EXIT_BAD_DATA;
+        }
+        if cause.is::<crate::pretrain::PretrainError>() {
+            return match cause.downcast_ref::<crate::pretrain::PretrainError>() {
+                Some(
+                    crate::pretrain::PretrainError::Checkpoint { .. }
+                    | crate::pretrain::PretrainError::ResumeMismatch { .. },
+                ) => EXIT_BAD_MODEL,
+                Some(crate::pretrain::PretrainError::Synth(_)) => EXIT_BAD_DATA,
+                _ => EXIT_FAILURE,
+            };
         }
         if cause.is::<BackboneError>() {
             return EXIT_BAD_MODEL;

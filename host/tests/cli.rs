@@ -3,17 +3,12 @@
 //! Each test gets its own temp dir; the binary runs exactly as a user would run it (exit codes, stdout JSON).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
+
+mod common;
+use common::kestrel;
 
 use kestrel_vision::synthetic::{write_mvtec_category, SyntheticSpec};
-
-fn kestrel(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kestrel"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("spawn kestrel")
-}
 
 fn ok(out: &Output) -> String {
     assert!(

@@ -2,15 +2,10 @@
 //! settings and folders that would give confusing output.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn kestrel(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kestrel"))
-        .args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .output()
-        .expect("spawn kestrel")
-}
+mod common;
+use common::kestrel;
 
 fn ok(out: &Output) -> serde_json::Value {
     assert!(

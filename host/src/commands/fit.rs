@@ -93,10 +93,13 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
     }
     let cfg = plan.arch.config();
     let (weights, source) = match &plan.weights {
-        Some(p) => (
-            backbone::read_weights(p)?,
-            WeightSource::File { path: p.clone() },
-        ),
+        Some(p) => {
+            check_pretrained_arch(p, plan.arch)?;
+            (
+                backbone::read_weights(p)?,
+                WeightSource::File { path: p.clone() },
+            )
+        }
         None => (
             backbone::random_weights(&cfg, plan.seed, &candle_core::Device::Cpu)?,
             WeightSource::Random { seed: plan.seed },
@@ -285,6 +288,36 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
                     "  no threshold: fewer than 10 training images to hold out; set threshold.image in model.toml"
                 ),
             }
+        }
+    }
+    Ok(())
+}
+
+/// Weights written by `kestrel pretrain` name their architecture in the file's metadata: refuse a mismatch with a
+/// message that says which `--arch` to use, rather than a list of missing tensors.
+fn check_pretrained_arch(
+    path: &std::path::Path,
+    arch: kestrel_vision::backbone::Arch,
+) -> anyhow::Result<()> {
+    let is_safetensors = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    if !is_safetensors {
+        return Ok(());
+    }
+    // Unreadable files are reported by the weights reader with its own error.
+    let Ok(meta) = crate::pretrain::engine::read_metadata(path) else {
+        return Ok(());
+    };
+    if let Some(trained) = meta.get("kestrel.arch") {
+        if trained != arch.name() {
+            anyhow::bail!(
+                "{} holds a {trained} backbone (kestrel pretrain {}, preset {}, step {}); fit with --arch {trained}",
+                path.display(),
+                meta.get("kestrel.task").map_or("?", String::as_str),
+                meta.get("kestrel.preset").map_or("?", String::as_str),
+                meta.get("kestrel.step").map_or("?", String::as_str),
+            );
         }
     }
     Ok(())

@@ -7,6 +7,7 @@ pub mod fit;
 pub mod import;
 pub mod metrics;
 pub mod predict;
+pub mod pretrain;
 pub mod synth;
 
 use kestrel_vision::dataset::LayoutChoice;

@@ -223,6 +223,11 @@ impl FractalGenerator {
         indices.into_par_iter().map(|i| self.sample(i)).collect()
     }
 
+    /// Samples at arbitrary `indices`, rendered in parallel, in order.
+    pub fn batch_of(&self, indices: &[u64]) -> Vec<FractalSample> {
+        indices.par_iter().map(|&i| self.sample(i)).collect()
+    }
+
     /// The full per-image pipeline of ALGORITHMS.md §1.5, from `rng`.
     pub fn render(&self, class: usize, rng: &mut impl Rng) -> FractalSample {
         let cfg = &self.cfg;
@@ -540,6 +545,11 @@ impl MultiFractalGenerator {
     /// Samples `indices`, rendered in parallel, in order.
     pub fn batch(&self, indices: Range<u64>) -> Vec<MultiSample> {
         indices.into_par_iter().map(|i| self.sample(i)).collect()
+    }
+
+    /// Samples at arbitrary `indices`, rendered in parallel, in order.
+    pub fn batch_of(&self, indices: &[u64]) -> Vec<MultiSample> {
+        indices.par_iter().map(|&i| self.sample(i)).collect()
     }
 }
 

@@ -688,6 +688,11 @@ impl GmmGenerator {
     pub fn batch(&self, indices: Range<u64>) -> Vec<GmmSample> {
         indices.into_par_iter().map(|i| self.sample(i)).collect()
     }
+
+    /// Samples at arbitrary `indices`, rendered in parallel, in order.
+    pub fn batch_of(&self, indices: &[u64]) -> Vec<GmmSample> {
+        indices.par_iter().map(|&i| self.sample(i)).collect()
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,126 @@
+//! `kestrel pretrain`: resolve the settings (preset, then TOML file, then flags), train, report.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use kestrel_vision::backbone::Arch;
+
+use crate::cli::PretrainArgs;
+use crate::pretrain::{engine, PretrainConfig, RunOptions};
+
+/// The configuration a command line asks for.
+pub fn resolve(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
+    let mut cfg = PretrainConfig::preset(a.task, a.preset);
+    if let Some(path) = &a.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the settings file {}", path.display()))?;
+        cfg = cfg.overlay_toml(&text, path)?;
+        // The task on the command line wins over a `task` key in the file.
+        cfg.task = a.task;
+    }
+    if let Some(v) = a.steps {
+        cfg.steps = v;
+        // Keep the warm-up a sensible share of a shortened run.
+        cfg.warmup_steps = cfg.warmup_steps.min(v / 20);
+    }
+    if let Some(v) = a.batch_size {
+        cfg.batch_size = v;
+    }
+    if let Some(v) = a.lr {
+        cfg.lr = v;
+    }
+    if let Some(v) = a.image_size {
+        cfg.image_size = v;
+        cfg.gmm.render_size = cfg.gmm.render_size.min(v);
+    }
+    if let Some(v) = a.seed {
+        cfg.seed = v;
+    }
+    if let Some(v) = &a.arch {
+        cfg.arch = Arch::parse(v)?;
+    }
+    if let Some(v) = a.optimizer {
+        cfg.optimizer.kind = v;
+    }
+    if let Some(v) = a.classes {
+        cfg.fractal.classes = v;
+    }
+    if let Some(v) = &a.normal_images {
+        cfg.gmm.normal_images = Some(v.clone());
+    }
+    if let Some(v) = a.matching {
+        cfg.gmm.matching = v;
+    }
+    if let Some(v) = a.checkpoint_every {
+        cfg.checkpoint_every = v;
+    }
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// `kestrel pretrain`.
+pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
+    let cfg = resolve(a)?;
+    let device = kestrel_vision::device::parse_device(&a.device)?;
+    let resume = match &a.resume {
+        None => None,
+        Some(p) if p.as_os_str() == "latest" && !p.exists() => {
+            let root = engine::checkpoint_root(&a.output);
+            Some(engine::latest_checkpoint(&root).with_context(|| {
+                format!(
+                    "--resume: no checkpoint under {} (give the checkpoint directory explicitly)",
+                    root.display()
+                )
+            })?)
+        }
+        Some(p) => Some(PathBuf::from(p)),
+    };
+    if !a.json {
+        eprintln!(
+            "pretrain {}: {} at {}×{}, batch {}, {} steps, {:?} lr {} (preset {:?}){}",
+            cfg.task.name(),
+            cfg.arch,
+            cfg.image_size,
+            cfg.image_size,
+            cfg.batch_size,
+            cfg.steps,
+            cfg.optimizer.kind,
+            cfg.lr,
+            cfg.preset,
+            resume
+                .as_ref()
+                .map(|r| format!(", resuming from {}", r.display()))
+                .unwrap_or_default()
+        );
+    }
+    let report = engine::train(
+        &cfg,
+        &RunOptions {
+            output: a.output.clone(),
+            resume,
+            device,
+            quiet: a.json,
+        },
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "wrote {} ({} steps; loss {:.4} → {:.4}; {:.1} images/s; {:.0} s)\nlog {}, settings {}",
+            report.output.display(),
+            report.steps,
+            report.first_loss,
+            report.last_loss,
+            report.images_per_second,
+            report.seconds,
+            report.log.display(),
+            a.output.with_extension("toml").display()
+        );
+        println!(
+            "use it: kestrel fit --arch {} --weights {} --data ... -o ...",
+            cfg.arch,
+            report.output.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,365 @@
+//! Pretraining configuration: tasks, presets, and how a TOML file and flags layer over a preset.
+//!
+//! Every hyperparameter lives in [`PretrainConfig`]. A run starts from a preset (`tiny` for a 2-core CPU in
+//! minutes, `paper` for a GPU at paper scale), then a TOML file may replace any subset of fields (unknown keys are
+//! refused, so a typo cannot be silently ignored), then flags replace single fields. The resolved configuration is
+//! written next to the weights and into every checkpoint, so a run can be reproduced or resumed exactly.
+
+use std::path::PathBuf;
+
+use kestrel_vision::backbone::Arch;
+use serde::{Deserialize, Serialize};
+
+use super::gmm_loss::Matching;
+use super::optim::{OptimizerConfig, OptimizerKind};
+use super::PretrainError;
+use crate::synth::gmm::GmmPreset;
+
+/// What the network learns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// Which IFS code drew the fractal (cross-entropy over `classes`).
+    Fractal,
+    /// Which codes drew the 1–5 fractals of an image (multi-label BCE with positive weight).
+    MultiFractal,
+    /// Regress the Gaussian-mixture pseudo-defect blended into a normal image (direct + re-render losses).
+    Gmm,
+}
+
+impl TaskKind {
+    /// Name as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Fractal => "fractal",
+            TaskKind::MultiFractal => "multi-fractal",
+            TaskKind::Gmm => "gmm",
+        }
+    }
+}
+
+/// Named starting points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// Narrow ResNet-18 at 64×64: minutes on a 2-core CPU (ALGORITHMS.md §5.2 "tiny").
+    Tiny,
+    /// Wide-ResNet-50-2 at 256×256, 1000 classes: paper scale, for a GPU.
+    Paper,
+}
+
+/// Fractal task settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FractalTaskConfig {
+    /// Number of classes (IFS codes).
+    pub classes: usize,
+    /// Chaos-game iterations per image (0: the generator's default for the image size).
+    pub n_iter: usize,
+}
+
+/// GMM task settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GmmTaskConfig {
+    /// Pseudo-defect distribution.
+    pub preset: GmmPreset,
+    /// Good images to blend defects into (a folder of images); generated textures when absent.
+    pub normal_images: Option<PathBuf>,
+    /// How predicted components are matched to true ones in the direct loss.
+    pub matching: Matching,
+    /// Weight λ of the re-render loss (0 disables it).
+    pub lambda_indirect: f64,
+    /// Weight of the opacity term inside the re-render loss.
+    pub lambda_alpha: f64,
+    /// Side at which the re-render loss renders (≤ image size; smaller is cheaper).
+    pub render_size: usize,
+}
+
+/// Everything that determines a pretraining run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// Task.
+    pub task: TaskKind,
+    /// Preset the run started from (recorded in the weights' metadata).
+    pub preset: Preset,
+    /// Backbone architecture.
+    pub arch: Arch,
+    /// Input side in pixels.
+    pub image_size: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Optimiser steps.
+    pub steps: u64,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Final learning rate as a fraction of the peak (cosine schedule).
+    pub final_lr_fraction: f64,
+    /// Optimiser.
+    pub optimizer: OptimizerConfig,
+    /// Clip the global gradient norm to this (none: no clipping).
+    pub clip_grad_norm: Option<f64>,
+    /// Seed of weights initialisation and of every generated sample.
+    pub seed: u64,
+    /// Distinct samples: step `s` draws samples `s·B .. (s+1)·B` modulo this (a fixed dataset seen for several
+    /// epochs, as FractalDB does); 0 draws fresh samples forever.
+    #[serde(default)]
+    pub dataset_size: u64,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: u64,
+    /// Checkpoints kept (older ones are deleted).
+    pub keep_checkpoints: usize,
+    /// Batches prepared ahead by the loader thread.
+    pub prefetch: usize,
+    /// Write a CSV row every this many steps.
+    pub log_every: u64,
+    /// Fractal and multi-fractal settings.
+    pub fractal: FractalTaskConfig,
+    /// GMM settings.
+    pub gmm: GmmTaskConfig,
+}
+
+impl PretrainConfig {
+    /// The preset's configuration for `task`.
+    pub fn preset(task: TaskKind, preset: Preset) -> Self {
+        // Fractal recipes use SGD at lr 0.1 for batches of 256 (FractalDB); tiny's batch of 32 takes the linearly
+        // scaled 0.0125–0.025 (at 0.1 the loss stayed above chance for the first hundred steps). GMM: AdamW 1e-3.
+        let (optimizer, lr) = match (task, preset) {
+            (TaskKind::Gmm, _) => (OptimizerConfig::adamw(), 1e-3),
+            (_, Preset::Tiny) => (OptimizerConfig::sgd(), 0.025),
+            (_, Preset::Paper) => (OptimizerConfig::sgd(), 0.1),
+        };
+        let gmm = GmmTaskConfig {
+            preset: GmmPreset::Subtle,
+            normal_images: None,
+            matching: Matching::Nearest,
+            lambda_indirect: 1.0,
+            lambda_alpha: 1.0,
+            render_size: 32,
+        };
+        match preset {
+            Preset::Tiny => Self {
+                task,
+                preset,
+                arch: Arch::Resnet18Narrow,
+                image_size: 64,
+                batch_size: 32,
+                steps: 1000,
+                lr,
+                warmup_steps: 50,
+                final_lr_fraction: 0.0,
+                optimizer,
+                clip_grad_norm: Some(5.0),
+                seed: 0,
+                dataset_size: 0,
+                checkpoint_every: 200,
+                keep_checkpoints: 2,
+                prefetch: 2,
+                log_every: 10,
+                fractal: FractalTaskConfig {
+                    classes: 100,
+                    n_iter: 0,
+                },
+                gmm,
+            },
+            Preset::Paper => Self {
+                task,
+                preset,
+                arch: Arch::WideResnet50_2,
+                image_size: 256,
+                batch_size: 256,
+                steps: 350_000,
+                lr,
+                warmup_steps: 2000,
+                final_lr_fraction: 0.0,
+                optimizer,
+                clip_grad_norm: None,
+                seed: 0,
+                dataset_size: 0,
+                checkpoint_every: 5000,
+                keep_checkpoints: 3,
+                prefetch: 4,
+                log_every: 50,
+                fractal: FractalTaskConfig {
+                    classes: 1000,
+                    n_iter: 0,
+                },
+                gmm: GmmTaskConfig {
+                    render_size: 64,
+                    ..gmm
+                },
+            },
+        }
+    }
+
+    /// Layer a TOML document over this configuration: any subset of fields, nested tables merged key by key.
+    pub fn overlay_toml(
+        &self,
+        text: &str,
+        origin: &std::path::Path,
+    ) -> Result<Self, PretrainError> {
+        let bad = |detail: String| PretrainError::Config {
+            path: origin.to_path_buf(),
+            detail,
+        };
+        let user: toml::Table = toml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let mut base = toml::Table::try_from(self).map_err(|e| bad(e.to_string()))?;
+        merge(&mut base, user);
+        toml::Value::Table(base)
+            .try_into::<Self>()
+            .map_err(|e| bad(e.to_string()))
+            .and_then(|c| {
+                c.validate().map_err(|e| match e {
+                    PretrainError::Invalid { key, detail } => bad(format!("{key}: {detail}")),
+                    other => other,
+                })?;
+                Ok(c)
+            })
+    }
+
+    /// Check the ranges; the error names the key.
+    pub fn validate(&self) -> Result<(), PretrainError> {
+        let bad = |key: &str, detail: String| {
+            Err(PretrainError::Invalid {
+                key: key.to_string(),
+                detail,
+            })
+        };
+        if !(32..=1024).contains(&self.image_size) {
+            return bad(
+                "image_size",
+                format!("must be 32–1024 pixels, got {}", self.image_size),
+            );
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
+        }
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad("lr", format!("must be a positive number, got {}", self.lr));
+        }
+        if !(0.0..=1.0).contains(&self.final_lr_fraction) {
+            return bad(
+                "final_lr_fraction",
+                format!("must be in [0, 1], got {}", self.final_lr_fraction),
+            );
+        }
+        if let Some(c) = self.clip_grad_norm {
+            if c.is_nan() || c <= 0.0 {
+                return bad("clip_grad_norm", format!("must be positive, got {c}"));
+            }
+        }
+        let o = &self.optimizer;
+        if !(0.0..1.0).contains(&o.momentum) || o.weight_decay < 0.0 {
+            return bad(
+                "optimizer",
+                "momentum must be in [0, 1) and weight_decay ≥ 0".into(),
+            );
+        }
+        if o.kind == OptimizerKind::Adamw
+            && !((0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2))
+        {
+            return bad("optimizer", "beta1 and beta2 must be in [0, 1)".into());
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints", "must keep at least one".into());
+        }
+        if self.prefetch == 0 || self.log_every == 0 {
+            return bad("prefetch/log_every", "must be at least 1".into());
+        }
+        if matches!(self.task, TaskKind::Fractal | TaskKind::MultiFractal)
+            && self.fractal.classes < 2
+        {
+            return bad(
+                "fractal.classes",
+                format!("need at least 2 classes, got {}", self.fractal.classes),
+            );
+        }
+        let g = &self.gmm;
+        if self.task == TaskKind::Gmm {
+            if g.render_size < 8 || g.render_size > self.image_size {
+                return bad(
+                    "gmm.render_size",
+                    format!(
+                        "must be between 8 and image_size ({}), got {}",
+                        self.image_size, g.render_size
+                    ),
+                );
+            }
+            if g.lambda_indirect < 0.0 || g.lambda_alpha < 0.0 {
+                return bad("gmm.lambda_indirect", "loss weights must be ≥ 0".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Recursive table merge: `over` wins, nested tables merge.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn presets_validate_and_toml_overrides_a_subset() {
+        for task in [TaskKind::Fractal, TaskKind::MultiFractal, TaskKind::Gmm] {
+            for preset in [Preset::Tiny, Preset::Paper] {
+                PretrainConfig::preset(task, preset).validate().unwrap();
+            }
+        }
+        let base = PretrainConfig::preset(TaskKind::Gmm, Preset::Tiny);
+        let c = base
+            .overlay_toml(
+                "steps = 7\n[optimizer]\nweight_decay = 0.0\n[gmm]\nmatching = \"hungarian\"\n",
+                Path::new("x.toml"),
+            )
+            .unwrap();
+        assert_eq!(c.steps, 7);
+        assert_eq!(c.optimizer.weight_decay, 0.0);
+        assert_eq!(c.optimizer.kind, OptimizerKind::Adamw); // untouched keys keep the preset's value
+        assert_eq!(c.gmm.matching, Matching::Hungarian);
+        assert_eq!(c.batch_size, base.batch_size);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_file_and_key() {
+        let base = PretrainConfig::preset(TaskKind::Fractal, Preset::Tiny);
+        let e = base
+            .overlay_toml("stesp = 7\n", Path::new("run.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("run.toml") && e.contains("stesp"), "{e}");
+        let e = base.overlay_toml("[gmm]\nrender_size = 4\n", Path::new("run.toml"));
+        assert!(
+            e.is_ok(),
+            "gmm settings are not checked for the fractal task"
+        );
+        let g = PretrainConfig::preset(TaskKind::Gmm, Preset::Tiny);
+        let e = g
+            .overlay_toml("[gmm]\nrender_size = 4\n", Path::new("run.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gmm.render_size"), "{e}");
+        let e = base
+            .overlay_toml("lr = -1.0\n", Path::new("run.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lr"), "{e}");
+    }
+}

@@ -1,0 +1,493 @@
+//! The training loop shared by every pretraining task.
+//!
+//! ```text
+//!  loader thread ──(bounded channel, `prefetch` batches)──► step loop: forward (BN in train mode) → loss
+//!  (renders batch s+1.. on the rayon pool                    → backward → clip → SGD/AdamW at the scheduled lr
+//!   while step s trains)                                    → CSV row / progress bar → checkpoint every N steps
+//! ```
+//!
+//! A checkpoint is a directory `step-NNNNNNN/` under `<output>.ckpt/` holding `model.safetensors` (backbone, head
+//! and BatchNorm running statistics), `optimizer.safetensors` (momentum / Adam moments) and `state.json` (step,
+//! learning rate, updates, seed and the whole resolved configuration). It is written to a temporary directory and
+//! renamed into place, so an interrupted save never leaves a half checkpoint that `--resume` would pick up.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use kestrel_vision::backbone;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use super::config::PretrainConfig;
+use super::optim::{Optimizer, Schedule};
+use super::task::{self, Batch, LossSettings, PretrainNet, Sampler, HEAD_PREFIX};
+use super::PretrainError;
+
+/// What a checkpoint's `state.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointState {
+    /// Steps completed.
+    pub step: u64,
+    /// Learning rate of the last step.
+    pub lr: f64,
+    /// Optimiser updates applied.
+    pub updates: u64,
+    /// Seed of initialisation and data.
+    pub seed: u64,
+    /// Mean loss over the last logging window.
+    pub loss: f64,
+    /// The run's configuration.
+    pub config: PretrainConfig,
+}
+
+impl CheckpointState {
+    fn now(cfg: &PretrainConfig, step: u64, lr: f64, updates: u64, loss: f64) -> Self {
+        Self {
+            step,
+            lr,
+            updates,
+            seed: cfg.seed,
+            loss,
+            config: cfg.clone(),
+        }
+    }
+}
+
+/// How a run is driven (as opposed to what it trains, which is [`PretrainConfig`]).
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Output weights file (`.safetensors`); checkpoints go to `<output>.ckpt/`, the log to `<output>.csv`.
+    pub output: PathBuf,
+    /// Resume from this checkpoint directory.
+    pub resume: Option<PathBuf>,
+    /// Compute device.
+    pub device: Device,
+    /// Hide the progress bar.
+    pub quiet: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    /// Weights written.
+    pub output: PathBuf,
+    /// CSV log.
+    pub log: PathBuf,
+    /// Steps completed (in total, across resumes).
+    pub steps: u64,
+    /// Step the run started from (0 unless resumed).
+    pub start_step: u64,
+    /// Mean loss over the first logging window of this run.
+    pub first_loss: f64,
+    /// Mean loss over the last logging window.
+    pub last_loss: f64,
+    /// Wall time of this run, seconds.
+    pub seconds: f64,
+    /// Training throughput, images per second.
+    pub images_per_second: f64,
+}
+
+/// Checkpoint directory of an output file.
+pub fn checkpoint_root(output: &Path) -> PathBuf {
+    let mut s = output.as_os_str().to_owned();
+    s.push(".ckpt");
+    PathBuf::from(s)
+}
+
+/// CSV log of an output file.
+pub fn log_path(output: &Path) -> PathBuf {
+    output.with_extension("csv")
+}
+
+/// The newest complete checkpoint under `root`.
+pub fn latest_checkpoint(root: &Path) -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+                && p.join("state.json").is_file()
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+/// Read a checkpoint's state.
+pub fn read_state(dir: &Path) -> Result<CheckpointState, PretrainError> {
+    let path = dir.join("state.json");
+    let text = fs::read_to_string(&path).map_err(|source| PretrainError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| PretrainError::Checkpoint {
+        path,
+        detail: e.to_string(),
+    })
+}
+
+/// Deterministic initial weights: torchvision's scheme for the backbone (the same generator `kestrel fit` uses for
+/// random backbones), PyTorch's `nn.Linear` uniform bounds for the head.
+fn initialise(vm: &VarMap, cfg: &PretrainConfig) -> candle_core::Result<()> {
+    let weights = backbone::random_weights(&cfg.arch.config(), cfg.seed, &Device::Cpu)?;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x4845_4144); // "HEAD"
+    let data = vm.data().lock().expect("VarMap lock poisoned");
+    let mut names: Vec<String> = data.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let var = &data[&name];
+        let value = if let Some(w) = weights.get(&name) {
+            w.to_device(var.device())?
+        } else if let Some(rest) = name.strip_prefix(HEAD_PREFIX) {
+            let dims = var.dims().to_vec();
+            let fan_in = if rest == "weight" {
+                dims[1]
+            } else {
+                var.dim(0)?
+            };
+            let bound = 1.0 / (fan_in as f32).sqrt();
+            let v: Vec<f32> = (0..var.elem_count())
+                .map(|_| rng.gen_range(-bound..bound))
+                .collect();
+            Tensor::from_vec(v, dims, var.device())?
+        } else {
+            candle_core::bail!("no initialiser for {name}");
+        };
+        var.set(&value)?;
+    }
+    drop(data);
+    Ok(())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PretrainError + '_ {
+    move |source| PretrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn var_tensors(vm: &VarMap, keep: impl Fn(&str) -> bool) -> HashMap<String, Tensor> {
+    vm.data()
+        .lock()
+        .expect("VarMap lock poisoned")
+        .iter()
+        .filter(|(k, _)| keep(k))
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+fn save_checkpoint(
+    root: &Path,
+    vm: &VarMap,
+    opt: &Optimizer,
+    state: &CheckpointState,
+    keep: usize,
+) -> Result<PathBuf, PretrainError> {
+    fs::create_dir_all(root).map_err(io_err(root))?;
+    let dir = root.join(format!("step-{:07}", state.step));
+    let tmp = root.join(format!(".tmp-step-{:07}", state.step));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let ckpt_err = |path: PathBuf| {
+        move |e: candle_core::Error| PretrainError::Checkpoint {
+            path,
+            detail: e.to_string(),
+        }
+    };
+    let model = tmp.join("model.safetensors");
+    candle_core::safetensors::save(&var_tensors(vm, |_| true), &model)
+        .map_err(ckpt_err(model.clone()))?;
+    let optim = tmp.join("optimizer.safetensors");
+    candle_core::safetensors::save(&opt.state(), &optim).map_err(ckpt_err(optim.clone()))?;
+    let json = serde_json::to_string_pretty(state).expect("state serialises");
+    let sp = tmp.join("state.json");
+    fs::write(&sp, json).map_err(io_err(&sp))?;
+    if dir.exists() {
+        fs::remove_dir_all(&dir).map_err(io_err(&dir))?;
+    }
+    fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
+    // Retention: newest `keep` complete checkpoints.
+    let mut all: Vec<PathBuf> = fs::read_dir(root)
+        .map_err(io_err(root))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-"))
+        })
+        .collect();
+    all.sort();
+    while all.len() > keep {
+        let old = all.remove(0);
+        fs::remove_dir_all(&old).map_err(io_err(&old))?;
+    }
+    Ok(dir)
+}
+
+/// Metadata written into the exported weights: enough to know what a file is without its log.
+fn export_metadata(cfg: &PretrainConfig, step: u64, loss: f64) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    m.insert("format".into(), "pt".into());
+    m.insert("kestrel.kind".into(), "backbone".into());
+    m.insert("kestrel.arch".into(), cfg.arch.name().into());
+    m.insert("kestrel.task".into(), cfg.task.name().into());
+    m.insert(
+        "kestrel.preset".into(),
+        format!("{:?}", cfg.preset).to_lowercase(),
+    );
+    m.insert("kestrel.step".into(), step.to_string());
+    m.insert("kestrel.steps".into(), cfg.steps.to_string());
+    m.insert("kestrel.image_size".into(), cfg.image_size.to_string());
+    m.insert("kestrel.seed".into(), cfg.seed.to_string());
+    m.insert("kestrel.final_loss".into(), format!("{loss:.6}"));
+    m.insert("kestrel.normalisation".into(), "imagenet".into());
+    m.insert("kestrel.version".into(), env!("CARGO_PKG_VERSION").into());
+    m.insert(
+        "kestrel.config".into(),
+        toml::to_string(cfg).unwrap_or_default(),
+    );
+    m
+}
+
+/// Write the backbone (torchvision names, head dropped) with metadata.
+pub fn export_backbone(
+    vm: &VarMap,
+    cfg: &PretrainConfig,
+    step: u64,
+    loss: f64,
+    path: &Path,
+) -> Result<(), PretrainError> {
+    let tensors = var_tensors(vm, |k| !k.starts_with(HEAD_PREFIX));
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let mut views = Vec::with_capacity(names.len());
+    let mut bytes: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::with_capacity(names.len());
+    for n in names {
+        let t = tensors[n]
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .flatten_all()?;
+        let v = t.to_vec1::<f32>()?;
+        let raw: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        bytes.push((n.clone(), raw, tensors[n].dims().to_vec()));
+    }
+    for (n, raw, shape) in &bytes {
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), raw)
+                .map_err(|e| PretrainError::Checkpoint {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })?;
+        views.push((n.clone(), view));
+    }
+    let tmp = path.with_extension("safetensors.tmp");
+    safetensors::serialize_to_file(views, Some(export_metadata(cfg, step, loss)), &tmp).map_err(
+        |e| PretrainError::Checkpoint {
+            path: tmp.clone(),
+            detail: e.to_string(),
+        },
+    )?;
+    fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// Read the metadata of a weights file (empty for files without kestrel metadata).
+pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, PretrainError> {
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| PretrainError::Checkpoint {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+/// Start the loader: a thread that renders batches `from..to` ahead of the trainer.
+fn spawn_loader(
+    sampler: Sampler,
+    cfg: &PretrainConfig,
+    from: u64,
+    to: u64,
+) -> Receiver<(u64, Batch)> {
+    let (tx, rx) = sync_channel(cfg.prefetch);
+    let (len, render) = (cfg.batch_size, cfg.gmm.render_size.min(cfg.image_size));
+    let dataset_size = cfg.dataset_size;
+    std::thread::Builder::new()
+        .name("kestrel-loader".into())
+        .spawn(move || {
+            for step in from..to {
+                if tx
+                    .send((step, sampler.batch(step, len, dataset_size, render)))
+                    .is_err()
+                {
+                    break; // trainer stopped
+                }
+            }
+        })
+        .expect("spawn loader thread");
+    rx
+}
+
+/// Train `cfg` and write the backbone to `opts.output`.
+pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, PretrainError> {
+    cfg.validate()?;
+    let dev = &opts.device;
+    let sampler = Sampler::new(cfg)?;
+    let mut vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
+    let net = PretrainNet::new(&cfg.arch.config(), sampler.outputs(), vb)?;
+    let mut opt = Optimizer::new(&vm, cfg.optimizer.clone());
+    let root = checkpoint_root(&opts.output);
+    let log = log_path(&opts.output);
+    let mut start = 0u64;
+    if let Some(dir) = &opts.resume {
+        let st = read_state(dir)?;
+        if st.config.task != cfg.task || st.config.arch != cfg.arch || st.config.seed != cfg.seed {
+            return Err(PretrainError::ResumeMismatch {
+                path: dir.clone(),
+                detail: format!(
+                    "checkpoint is {} / {} / seed {}, this run is {} / {} / seed {}",
+                    st.config.task.name(),
+                    st.config.arch,
+                    st.config.seed,
+                    cfg.task.name(),
+                    cfg.arch,
+                    cfg.seed
+                ),
+            });
+        }
+        let model = dir.join("model.safetensors");
+        vm.load(&model).map_err(|e| PretrainError::Checkpoint {
+            path: model.clone(),
+            detail: e.to_string(),
+        })?;
+        let optim = dir.join("optimizer.safetensors");
+        let state =
+            candle_core::safetensors::load(&optim, dev).map_err(|e| PretrainError::Checkpoint {
+                path: optim.clone(),
+                detail: e.to_string(),
+            })?;
+        opt.load_state(state, st.updates)
+            .map_err(|e| PretrainError::Checkpoint {
+                path: optim,
+                detail: e.to_string(),
+            })?;
+        start = st.step;
+    } else {
+        initialise(&vm, cfg)?;
+    }
+    if let Some(parent) = opts.output.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let names = task::part_names(cfg.task);
+    let mut csv = if start > 0 && log.exists() {
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .map_err(io_err(&log))?
+    } else {
+        let mut f = fs::File::create(&log).map_err(io_err(&log))?;
+        writeln!(
+            f,
+            "step,loss,lr,grad_norm,images_per_s,elapsed_s,{}",
+            names.join(",")
+        )
+        .map_err(io_err(&log))?;
+        f
+    };
+    let schedule = Schedule {
+        base_lr: cfg.lr,
+        warmup_steps: cfg.warmup_steps.min(cfg.steps.saturating_sub(1)),
+        total_steps: cfg.steps,
+        final_fraction: cfg.final_lr_fraction,
+    };
+    let settings = LossSettings {
+        matching: cfg.gmm.matching,
+        lambda_indirect: cfg.gmm.lambda_indirect,
+        lambda_alpha: cfg.gmm.lambda_alpha,
+    };
+    let pb = crate::progress::bar(
+        cfg.steps,
+        &format!("pretrain {}", cfg.task.name()),
+        opts.quiet,
+    );
+    pb.set_position(start);
+    let rx = spawn_loader(sampler, cfg, start, cfg.steps);
+    let t0 = Instant::now();
+    let mut window = (0.0f64, 0u64, vec![0.0f64; names.len()], Instant::now());
+    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    let mut lr = schedule.lr(start);
+    let mut step = start;
+    while step < cfg.steps {
+        let (s, batch) = rx.recv().map_err(|_| PretrainError::Loader)?;
+        debug_assert_eq!(s, step);
+        lr = schedule.lr(step);
+        let x = task::images_tensor(&batch, cfg.image_size, dev)?;
+        let logits = net.forward(&x, true)?;
+        let l = task::loss(&logits, &batch.target, &settings)?;
+        let value = l.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            return Err(PretrainError::Diverged { step, loss: value });
+        }
+        let grad_norm = opt.backward_step(&l.total, lr, cfg.clip_grad_norm)?;
+        step += 1;
+        window.0 += value;
+        window.1 += 1;
+        for (acc, (_, v)) in window.2.iter_mut().zip(&l.parts) {
+            *acc += v;
+        }
+        if window.1 == cfg.log_every || step == cfg.steps {
+            let n = window.1 as f64;
+            let mean = window.0 / n;
+            let ips = n * cfg.batch_size as f64 / window.3.elapsed().as_secs_f64().max(1e-9);
+            let parts: Vec<String> = window.2.iter().map(|v| format!("{:.6}", v / n)).collect();
+            writeln!(
+                csv,
+                "{step},{mean:.6},{lr:.6e},{grad_norm:.4},{ips:.2},{:.1},{}",
+                t0.elapsed().as_secs_f64(),
+                parts.join(",")
+            )
+            .map_err(io_err(&log))?;
+            csv.flush().map_err(io_err(&log))?;
+            if first_loss.is_nan() {
+                first_loss = mean;
+            }
+            last_loss = mean;
+            pb.set_message(format!("loss {mean:.4}"));
+            window = (0.0, 0, vec![0.0; names.len()], Instant::now());
+        }
+        pb.set_position(step);
+        if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) && step < cfg.steps
+        {
+            let st = CheckpointState::now(cfg, step, lr, opt.updates(), last_loss);
+            save_checkpoint(&root, &vm, &opt, &st, cfg.keep_checkpoints)?;
+        }
+    }
+    pb.finish_and_clear();
+    let st = CheckpointState::now(cfg, step, lr, opt.updates(), last_loss);
+    save_checkpoint(&root, &vm, &opt, &st, cfg.keep_checkpoints)?;
+    export_backbone(&vm, cfg, step, last_loss, &opts.output)?;
+    let cfg_path = opts.output.with_extension("toml");
+    fs::write(&cfg_path, toml::to_string(cfg).expect("config serialises"))
+        .map_err(io_err(&cfg_path))?;
+    let seconds = t0.elapsed().as_secs_f64();
+    Ok(TrainReport {
+        output: opts.output.clone(),
+        log,
+        steps: step,
+        start_step: start,
+        first_loss,
+        last_loss,
+        seconds,
+        images_per_second: (step - start) as f64 * cfg.batch_size as f64 / seconds.max(1e-9),
+    })
+}

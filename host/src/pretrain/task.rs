@@ -1,0 +1,315 @@
+//! The pretraining tasks: how a batch is generated, what head sits on the backbone, and the loss.
+//!
+//! A batch for step `s` is samples `s·B .. (s+1)·B` of the task's generator, so it depends only on the seed and the
+//! step: a resumed run sees exactly the batches the interrupted one would have, on any thread count.
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::{Linear, Module, VarBuilder};
+use kestrel_vision::backbone::{ResNet, ResNetConfig};
+use kestrel_vision::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
+
+use super::config::{PretrainConfig, TaskKind};
+use super::gmm_loss::{self, GmmTensors, Matching};
+use super::PretrainError;
+use crate::synth::fractal::{FractalConfig, FractalGenerator, MultiConfig, MultiFractalGenerator};
+use crate::synth::gmm::{GmmConfig, GmmGenerator, GmmParams, GMM_PARAMS};
+use crate::synth::render::resize_bilinear;
+use crate::synth::texture::{NormalImages, NormalSource};
+use crate::synth::Image;
+
+/// Where samples come from.
+#[derive(Clone)]
+pub enum Sampler {
+    /// One fractal per image, class label.
+    Fractal(FractalGenerator),
+    /// Several fractals per image, multi-hot label.
+    Multi(MultiFractalGenerator),
+    /// Pseudo-defect on a normal image, mixture target.
+    Gmm(GmmGenerator),
+}
+
+/// Targets of one batch.
+pub enum Target {
+    /// Class per image.
+    Classes(Vec<u32>),
+    /// Multi-hot rows (B × classes) and a positive weight per image.
+    MultiHot {
+        /// Row-major B × classes.
+        hot: Vec<f32>,
+        /// A&F's per-image positive weight.
+        pos_weight: Vec<f32>,
+    },
+    /// Cleaned mixtures and the normal images they were blended into, at the re-render size.
+    Gmm {
+        /// Regression targets.
+        params: Vec<GmmParams>,
+        /// B × 3 × R × R in `[0, 1]`.
+        normals: Vec<f32>,
+        /// R.
+        render_size: usize,
+    },
+}
+
+/// One generated batch, ready to become tensors.
+pub struct Batch {
+    /// B × 3 × S × S, ImageNet-normalised (the normalisation `kestrel fit` uses, so features transfer as trained).
+    pub images: Vec<f32>,
+    /// Batch size.
+    pub len: usize,
+    /// Targets.
+    pub target: Target,
+}
+
+impl Sampler {
+    /// The sampler for `cfg`'s task.
+    pub fn new(cfg: &PretrainConfig) -> Result<Self, PretrainError> {
+        let s = cfg.image_size;
+        Ok(match cfg.task {
+            TaskKind::Fractal => {
+                let mut fc = FractalConfig::new(s);
+                if cfg.fractal.n_iter > 0 {
+                    fc.n_iter = cfg.fractal.n_iter;
+                }
+                Sampler::Fractal(FractalGenerator::new(fc, cfg.fractal.classes, cfg.seed)?)
+            }
+            TaskKind::MultiFractal => {
+                let mut mc = MultiConfig::new(s);
+                if cfg.fractal.n_iter > 0 {
+                    mc.object.n_iter = cfg.fractal.n_iter;
+                }
+                Sampler::Multi(MultiFractalGenerator::new(
+                    mc,
+                    cfg.fractal.classes,
+                    cfg.seed,
+                )?)
+            }
+            TaskKind::Gmm => {
+                let mut gc = GmmConfig::new(s);
+                gc.preset = cfg.gmm.preset;
+                let normals = match &cfg.gmm.normal_images {
+                    Some(dir) => NormalSource::Images(NormalImages::load(dir, s)?),
+                    None => NormalSource::Textures,
+                };
+                Sampler::Gmm(GmmGenerator::new(gc, normals, cfg.seed)?)
+            }
+        })
+    }
+
+    /// Head outputs.
+    pub fn outputs(&self) -> usize {
+        match self {
+            Sampler::Fractal(g) => g.classes(),
+            Sampler::Multi(g) => g.classes(),
+            Sampler::Gmm(_) => GMM_PARAMS,
+        }
+    }
+
+    /// The batch of `step` (samples `step·len .. (step+1)·len`, modulo `dataset_size` when it is not 0), rendered
+    /// in parallel.
+    pub fn batch(&self, step: u64, len: usize, dataset_size: u64, render_size: usize) -> Batch {
+        let first = step * len as u64;
+        let indices: Vec<u64> = (first..first + len as u64)
+            .map(|i| {
+                if dataset_size > 0 {
+                    i % dataset_size
+                } else {
+                    i
+                }
+            })
+            .collect();
+        let mut images = Vec::new();
+        let target = match self {
+            Sampler::Fractal(g) => {
+                let samples = g.batch_of(&indices);
+                samples
+                    .iter()
+                    .for_each(|s| push_normalised(&mut images, &s.image));
+                Target::Classes(samples.iter().map(|s| s.params.class as u32).collect())
+            }
+            Sampler::Multi(g) => {
+                let samples = g.batch_of(&indices);
+                samples
+                    .iter()
+                    .for_each(|s| push_normalised(&mut images, &s.image));
+                let c = g.classes();
+                Target::MultiHot {
+                    hot: samples.iter().flat_map(|s| s.params.target(c)).collect(),
+                    pos_weight: samples.iter().map(|s| s.params.pos_weight(c)).collect(),
+                }
+            }
+            Sampler::Gmm(g) => {
+                let samples = g.batch_of(&indices);
+                samples
+                    .iter()
+                    .for_each(|s| push_normalised(&mut images, &s.image));
+                let mut normals = Vec::with_capacity(len * 3 * render_size * render_size);
+                for s in &samples {
+                    if s.normal.size() == render_size {
+                        normals.extend_from_slice(s.normal.data());
+                    } else {
+                        normals.extend_from_slice(resize_bilinear(&s.normal, render_size).data());
+                    }
+                }
+                Target::Gmm {
+                    params: samples.into_iter().map(|s| s.target).collect(),
+                    normals,
+                    render_size,
+                }
+            }
+        };
+        Batch {
+            images,
+            len,
+            target,
+        }
+    }
+}
+
+fn push_normalised(out: &mut Vec<f32>, img: &Image) {
+    let area = img.area();
+    for (ch, plane) in img.data().chunks(area).enumerate() {
+        let (m, s) = (IMAGENET_MEAN[ch], IMAGENET_STD[ch]);
+        out.extend(plane.iter().map(|v| (v - m) / s));
+    }
+}
+
+/// Backbone + global-average-pool + linear head. Backbone tensors carry torchvision names; the head lives under
+/// `head.` and is dropped from the exported weights.
+pub struct PretrainNet {
+    /// The feature extractor being trained.
+    pub backbone: ResNet,
+    head: Linear,
+}
+
+/// Prefix of the head's variables.
+pub const HEAD_PREFIX: &str = "head.";
+
+impl PretrainNet {
+    /// Build on `vb` (a `VarMap`-backed builder, so everything trains).
+    pub fn new(config: &ResNetConfig, outputs: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        let backbone = ResNet::new(config, vb.clone())?;
+        let c4 = config.stage_channels()[3];
+        let head = candle_nn::linear(c4, outputs, vb.pp("head"))?;
+        Ok(Self { backbone, head })
+    }
+
+    /// Logits (B × outputs) for a normalised batch.
+    pub fn forward(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let c4 = self
+            .backbone
+            .stages(x, 4, train)?
+            .pop()
+            .expect("four stages");
+        self.head.forward(&gmm_loss::spatial_mean(&c4)?)
+    }
+}
+
+/// Loss of a batch and the figures logged with it.
+pub struct StepLoss {
+    /// What is minimised.
+    pub total: Tensor,
+    /// Named extra figures (accuracy, loss parts), in a fixed order per task.
+    pub parts: Vec<(&'static str, f64)>,
+}
+
+/// Names of the extra figures of `task`, for the CSV header.
+pub fn part_names(task: TaskKind) -> &'static [&'static str] {
+    match task {
+        TaskKind::Fractal => &["accuracy"],
+        TaskKind::MultiFractal => &["precision_at_k"],
+        TaskKind::Gmm => &["direct", "param", "mass", "strength", "indirect"],
+    }
+}
+
+/// Everything the loss needs besides logits and targets.
+pub struct LossSettings {
+    /// GMM matching.
+    pub matching: Matching,
+    /// GMM re-render weight.
+    pub lambda_indirect: f64,
+    /// GMM opacity weight inside the re-render loss.
+    pub lambda_alpha: f64,
+}
+
+fn scalar(t: &Tensor) -> candle_core::Result<f64> {
+    t.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+/// The task's loss of `logits` against `target`.
+pub fn loss(logits: &Tensor, target: &Target, s: &LossSettings) -> candle_core::Result<StepLoss> {
+    let dev = logits.device();
+    let b = logits.dim(0)?;
+    match target {
+        Target::Classes(labels) => {
+            let y = Tensor::from_slice(labels, b, dev)?;
+            let total = candle_nn::loss::cross_entropy(logits, &y)?;
+            let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            let acc = pred.iter().zip(labels).filter(|(p, y)| p == y).count() as f64 / b as f64;
+            Ok(StepLoss {
+                total,
+                parts: vec![("accuracy", acc)],
+            })
+        }
+        Target::MultiHot { hot, pos_weight } => {
+            let c = logits.dim(1)?;
+            let y = Tensor::from_slice(hot, (b, c), dev)?;
+            let pw = Tensor::from_slice(pos_weight, (b, 1), dev)?;
+            // BCE with logits and positive weight, stable: −[pw·y·log σ(x) + (1−y)·log(1−σ(x))]
+            // with log σ(x) = −softplus(−x) and log(1−σ(x)) = −softplus(x).
+            let sp = |x: &Tensor| -> candle_core::Result<Tensor> {
+                x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
+            };
+            let pos = y.broadcast_mul(&pw)?.mul(&sp(&logits.neg()?)?)?;
+            let neg = (y.neg()? + 1.0)?.mul(&sp(logits)?)?;
+            let total = (pos + neg)?.mean_all()?;
+            // Precision at k = number of true labels, per image.
+            let l = logits.to_vec2::<f32>()?;
+            let mut hits = 0usize;
+            let mut positives = 0usize;
+            for (row, truth) in l.iter().zip(hot.chunks(c)) {
+                let k = truth.iter().filter(|v| **v > 0.5).count();
+                let mut order: Vec<usize> = (0..c).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+                hits += order[..k].iter().filter(|&&j| truth[j] > 0.5).count();
+                positives += k;
+            }
+            Ok(StepLoss {
+                total,
+                parts: vec![("precision_at_k", hits as f64 / positives.max(1) as f64)],
+            })
+        }
+        Target::Gmm {
+            params,
+            normals,
+            render_size,
+        } => {
+            let pred = GmmTensors::from_head(logits)?;
+            let d = gmm_loss::direct_loss(&pred, params, s.matching)?;
+            let mut total = d.total.clone();
+            let mut indirect = 0.0;
+            if s.lambda_indirect > 0.0 {
+                let r = *render_size;
+                let normal = Tensor::from_slice(normals, (b, 3, r, r), dev)?;
+                let truth = GmmTensors::from_params(params, dev)?;
+                let ind = gmm_loss::indirect_loss(&pred, &truth, &normal, s.lambda_alpha)?;
+                indirect = scalar(&ind)?;
+                total = (total + (ind * s.lambda_indirect)?)?;
+            }
+            Ok(StepLoss {
+                parts: vec![
+                    ("direct", scalar(&d.total)?),
+                    ("param", scalar(&d.param)?),
+                    ("mass", scalar(&d.mass)?),
+                    ("strength", scalar(&d.strength)?),
+                    ("indirect", indirect),
+                ],
+                total,
+            })
+        }
+    }
+}
+
+/// The images of a batch as a tensor.
+pub fn images_tensor(batch: &Batch, size: usize, device: &Device) -> candle_core::Result<Tensor> {
+    Tensor::from_slice(&batch.images, (batch.len, 3, size, size), device)
+}

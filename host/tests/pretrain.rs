@@ -1,0 +1,288 @@
+//! Pretraining end to end on problems small enough for seconds: the loss falls, a resumed run continues exactly,
+//! and the exported backbone is what `kestrel fit --weights` takes.
+
+use std::path::Path;
+
+mod common;
+use common::kestrel;
+
+use candle_core::{Device, Tensor};
+use kestrel_host::pretrain::engine::{self, read_metadata};
+use kestrel_host::pretrain::{train, Preset, PretrainConfig, RunOptions, TaskKind};
+use kestrel_vision::backbone::{self, Arch};
+use kestrel_vision::synthetic::{write_mvtec_category, SyntheticSpec};
+
+/// A tiny but real problem: narrow ResNet-18 at 32×32.
+fn small(task: TaskKind, steps: u64) -> PretrainConfig {
+    let mut c = PretrainConfig::preset(task, Preset::Tiny);
+    c.image_size = 32;
+    c.batch_size = 16;
+    c.steps = steps;
+    c.warmup_steps = 2;
+    c.log_every = 5;
+    c.checkpoint_every = 0;
+    c.fractal.classes = 4;
+    c.fractal.n_iter = 2000;
+    c.gmm.render_size = 16;
+    c
+}
+
+fn opts(output: &Path) -> RunOptions {
+    RunOptions {
+        output: output.to_path_buf(),
+        resume: None,
+        device: Device::Cpu,
+        quiet: true,
+    }
+}
+
+fn csv_losses(path: &Path) -> Vec<f64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn fractal_classification_loss_falls_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("f.safetensors");
+    // 32 distinct images seen for 20 epochs: the loss must fall (fresh fractals every step need far longer runs
+    // than a test can afford to beat chance).
+    let mut cfg = small(TaskKind::Fractal, 40);
+    cfg.dataset_size = 32;
+    cfg.lr = 0.05;
+    let report = train(&cfg, &opts(&out)).unwrap();
+    let losses = csv_losses(&report.log);
+    assert_eq!(losses.len(), 8);
+    // Chance is ln 4 = 1.386. The last window must be clearly below the first.
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(last < 0.75 * first, "loss did not fall: {losses:?}");
+}
+
+#[test]
+fn gmm_regression_loss_falls_and_every_part_is_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g.safetensors");
+    let cfg = small(TaskKind::Gmm, 30);
+    let report = train(&cfg, &opts(&out)).unwrap();
+    let text = std::fs::read_to_string(&report.log).unwrap();
+    assert!(text.starts_with(
+        "step,loss,lr,grad_norm,images_per_s,elapsed_s,direct,param,mass,strength,indirect"
+    ));
+    let losses = csv_losses(&report.log);
+    assert!(losses.iter().all(|l| l.is_finite()));
+    let head: f64 = losses[..2].iter().sum::<f64>() / 2.0;
+    let tail: f64 = losses[losses.len() - 2..].iter().sum::<f64>() / 2.0;
+    assert!(tail < head, "GMM loss did not fall: {losses:?}");
+}
+
+#[test]
+fn resume_from_a_checkpoint_reproduces_the_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = small(TaskKind::MultiFractal, 6);
+    cfg.checkpoint_every = 3;
+    cfg.log_every = 1;
+    let full = dir.path().join("full.safetensors");
+    train(&cfg, &opts(&full)).unwrap();
+    // The same run, resumed from its step-3 checkpoint into another output.
+    let ckpt = engine::checkpoint_root(&full).join("step-0000003");
+    assert!(ckpt.join("state.json").is_file());
+    let resumed = dir.path().join("resumed.safetensors");
+    let report = train(
+        &cfg,
+        &RunOptions {
+            resume: Some(ckpt),
+            ..opts(&resumed)
+        },
+    )
+    .unwrap();
+    assert_eq!((report.start_step, report.steps), (3, 6));
+    let a = candle_core::safetensors::load(&full, &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(&resumed, &Device::Cpu).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (name, ta) in &a {
+        let d = kestrel_vision::testing::max_abs_diff(ta, &b[name]).unwrap();
+        assert!(d < 1e-5, "{name} differs by {d} after resume");
+    }
+    // Resuming into a run of another task is refused.
+    let mut other = cfg.clone();
+    other.task = TaskKind::Fractal;
+    let err = train(
+        &other,
+        &RunOptions {
+            resume: engine::latest_checkpoint(&engine::checkpoint_root(&full)),
+            ..opts(&dir.path().join("x.safetensors"))
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("cannot resume"), "{err}");
+}
+
+#[test]
+fn exported_backbone_has_torchvision_names_metadata_and_no_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b.safetensors");
+    let cfg = small(TaskKind::Fractal, 2);
+    train(&cfg, &opts(&out)).unwrap();
+    let meta = read_metadata(&out).unwrap();
+    assert_eq!(meta["kestrel.preset"], "tiny");
+    assert_eq!(meta["kestrel.step"], "2");
+    assert_eq!(meta["kestrel.task"], "fractal");
+    assert_eq!(meta["kestrel.arch"], "resnet18_narrow");
+    let w = backbone::read_weights(&out).unwrap();
+    assert!(w.keys().all(|k| !k.starts_with("head")));
+    assert!(w.contains_key("layer4.1.bn2.running_var"));
+    // Training moved the BatchNorm statistics off their initial values.
+    let rm: Tensor = w["bn1.running_mean"].clone();
+    assert!(
+        rm.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
+    let net = backbone::resnet_from_weights(
+        &Arch::Resnet18Narrow.config(),
+        "resnet18_narrow",
+        w,
+        &out,
+        &Device::Cpu,
+    );
+    assert!(net.is_ok());
+}
+
+#[test]
+fn cli_pretrain_then_fit_with_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = dir.path().join("gmm.safetensors");
+    let out = kestrel(&[
+        "pretrain",
+        "gmm",
+        "--preset",
+        "tiny",
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--json",
+        "-o",
+        w.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["steps"], 2);
+    // A second invocation continues from the newest checkpoint to a longer schedule.
+    let out = kestrel(&[
+        "pretrain",
+        "gmm",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "32",
+        "--json",
+        "--resume",
+        "-o",
+        w.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["start_step"].as_u64(), report["steps"].as_u64()),
+        (Some(2), Some(3))
+    );
+
+    let data = dir.path().join("data");
+    write_mvtec_category(
+        &data,
+        "widget",
+        &SyntheticSpec {
+            size: 64,
+            n_train_good: 10,
+            n_test_good: 2,
+            n_test_defect: 2,
+            seed: 3,
+            ..SyntheticSpec::default()
+        },
+    )
+    .unwrap();
+    let model = dir.path().join("model");
+    let out = kestrel(&[
+        "fit",
+        "--data",
+        data.to_str().unwrap(),
+        "--category",
+        "widget",
+        "--arch",
+        "resnet18_narrow",
+        "--weights",
+        w.to_str().unwrap(),
+        "--image-size",
+        "64",
+        "-o",
+        model.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let toml = std::fs::read_to_string(model.join("model.toml")).unwrap();
+    assert!(toml.contains("gmm.safetensors"), "{toml}");
+
+    // The weights' metadata names their architecture: fitting them as another one says which to use.
+    let out = kestrel(&[
+        "fit",
+        "--data",
+        data.to_str().unwrap(),
+        "--category",
+        "widget",
+        "--arch",
+        "resnet18",
+        "--weights",
+        w.to_str().unwrap(),
+        "--image-size",
+        "64",
+        "-o",
+        dir.path().join("m2").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--arch resnet18_narrow") && err.contains("preset tiny"),
+        "{err}"
+    );
+
+    // Bad settings: a clear error and the CLI exit code.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "stpes = 3\n").unwrap();
+    let out = kestrel(&[
+        "pretrain",
+        "fractal",
+        "--config",
+        bad.to_str().unwrap(),
+        "-o",
+        w.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.toml") && err.contains("stpes"), "{err}");
+}
