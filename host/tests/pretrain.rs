@@ -128,6 +128,8 @@ fn exported_backbone_has_torchvision_names_metadata_and_no_head() {
     let out = dir.path().join("b.safetensors");
     let cfg = small(TaskKind::Fractal, 2);
     train(&cfg, &opts(&out)).unwrap();
+    let filters = image::open(out.with_extension("filters.png")).unwrap();
+    assert!(filters.width() > 32 && filters.height() > 32);
     let meta = read_metadata(&out).unwrap();
     assert_eq!(meta["kestrel.preset"], "tiny");
     assert_eq!(meta["kestrel.step"], "2");

@@ -300,6 +300,55 @@ pub fn export_backbone(
     fs::rename(&tmp, path).map_err(io_err(path))
 }
 
+/// The stem convolution's filters as one RGB image (a grid of 7×7 kernels, each scaled to its own range and
+/// enlarged 6×): the quickest look at whether pretraining learned edge and colour detectors or left noise.
+pub fn first_layer_filters(vm: &VarMap) -> Result<image::RgbImage, PretrainError> {
+    let w = var_tensors(vm, |k| k == "conv1.weight")
+        .remove("conv1.weight")
+        .ok_or_else(|| PretrainError::Invalid {
+            key: "conv1.weight".into(),
+            detail: "network has no stem convolution".into(),
+        })?;
+    let (n, c, kh, kw) = w.dims4()?;
+    let v = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let (zoom, pad) = (6u32, 2u32);
+    let cols = (n as f64).sqrt().ceil() as u32;
+    let rows = (n as u32).div_ceil(cols);
+    let cell = kw as u32 * zoom + pad;
+    let mut img = image::RgbImage::from_pixel(
+        cols * cell + pad,
+        rows * (kh as u32 * zoom + pad) + pad,
+        image::Rgb([40, 40, 40]),
+    );
+    for f in 0..n {
+        let k = &v[f * c * kh * kw..(f + 1) * c * kh * kw];
+        let (lo, hi) = k
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        let span = (hi - lo).max(1e-12);
+        let (x0, y0) = (
+            (f as u32 % cols) * cell + pad,
+            (f as u32 / cols) * (kh as u32 * zoom + pad) + pad,
+        );
+        for y in 0..kh * zoom as usize {
+            for x in 0..kw * zoom as usize {
+                let at = |ch: usize| {
+                    let ch = ch.min(c - 1);
+                    let val = (k[ch * kh * kw + (y / zoom as usize) * kw + x / zoom as usize] - lo)
+                        / span;
+                    (val * 255.0).round() as u8
+                };
+                img.put_pixel(
+                    x0 + x as u32,
+                    y0 + y as u32,
+                    image::Rgb([at(0), at(1), at(2)]),
+                );
+            }
+        }
+    }
+    Ok(img)
+}
+
 /// Read the metadata of a weights file (empty for files without kestrel metadata).
 pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, PretrainError> {
     let bytes = fs::read(path).map_err(io_err(path))?;
@@ -476,6 +525,13 @@ pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, Pre
     let st = CheckpointState::now(cfg, step, lr, opt.updates(), last_loss);
     save_checkpoint(&root, &vm, &opt, &st, cfg.keep_checkpoints)?;
     export_backbone(&vm, cfg, step, last_loss, &opts.output)?;
+    let filters = opts.output.with_extension("filters.png");
+    first_layer_filters(&vm)?
+        .save(&filters)
+        .map_err(|e| PretrainError::Checkpoint {
+            path: filters.clone(),
+            detail: e.to_string(),
+        })?;
     let cfg_path = opts.output.with_extension("toml");
     fs::write(&cfg_path, toml::to_string(cfg).expect("config serialises"))
         .map_err(io_err(&cfg_path))?;
