@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod commands;
 pub mod images;
+pub mod monitor;
 pub mod progress;
 pub mod synth;
 
@@ -33,6 +34,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Import(a) => commands::import::run(&a),
         Command::Demo(a) => commands::demo::run(&a),
         Command::Synth(a) => commands::synth::run(&a),
+        Command::Monitor(a) => commands::monitor::run(&a),
     }
 }
 
@@ -56,6 +58,9 @@ pub fn render_error(e: &anyhow::Error) -> String {
 /// The documented exit code for an error (see `kestrel --help`).
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if let Some(m) = cause.downcast_ref::<monitor::MonitorError>() {
+            return m.exit_code();
+        }
         if cause.is::<DatasetError>() || cause.is::<MetricsError>() || cause.is::<PreprocessError>()
         {
             return EXIT_BAD_DATA;
