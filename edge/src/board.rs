@@ -614,7 +614,7 @@ impl Validator<'_> {
                 }
                 self.check_side("camera.width", width)?;
                 self.check_side("camera.height", height)?;
-                if format == PixelFormat::Yuyv && width % 2 != 0 {
+                if format == PixelFormat::Yuyv && !width.is_multiple_of(2) {
                     return Err(self.invalid(
                         "camera.width",
                         format!("{width} is odd; YUYV packs two pixels per 4 bytes, so the width must be even"),

@@ -161,7 +161,7 @@ pub fn yuyv_to_rgb(
     stride: usize,
 ) -> Result<Vec<u8>, ConvertError> {
     check_geometry("YUYV", width, height)?;
-    if width % 2 != 0 {
+    if !width.is_multiple_of(2) {
         return Err(ConvertError::OddWidth { width });
     }
     let row = width as usize * 2;
@@ -341,10 +341,10 @@ mod tests {
             match yuyv_to_rgb(&data, w, h, stride) {
                 Ok(rgb) => {
                     prop_assert_eq!(rgb.len(), w as usize * h as usize * 3);
-                    prop_assert!(w % 2 == 0 && w > 0 && h > 0);
+                    prop_assert!(w.is_multiple_of(2) && w > 0 && h > 0);
                     prop_assert!(data.len() >= stride * (h as usize - 1) + w as usize * 2);
                 }
-                Err(_) => prop_assert!(w % 2 != 0 || w == 0 || h == 0 || data.len() < stride * (h.max(1) as usize - 1) + w as usize * 2),
+                Err(_) => prop_assert!(!w.is_multiple_of(2) || w == 0 || h == 0 || data.len() < stride * (h.max(1) as usize - 1) + w as usize * 2),
             }
         }
 

@@ -123,7 +123,7 @@ impl SyntheticSource {
     /// Whether frame `id` carries a defect.
     pub fn is_defective(&self, id: u64) -> bool {
         let n = u64::from(self.params.defect_every);
-        n > 0 && (id + 1) % n == 0
+        n > 0 && (id + 1).is_multiple_of(n)
     }
 
     /// The defect painted into frame `id`, if any.

@@ -163,7 +163,7 @@ mod tests {
             ready: line(2),
             fault: line(3),
         };
-        let err = open(&cfg).err().expect("must fail without the feature");
+        let err = open(&cfg).unwrap_err();
         assert_eq!(
             err,
             PinError::NotCompiled {
