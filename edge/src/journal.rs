@@ -548,7 +548,7 @@ mod tests {
             t_capture_us: 1_700_000_000_000_000 + frame_id,
             latency_us: 1234,
             score: frame_id as f32 * 0.5,
-            pass: frame_id % 3 != 0,
+            pass: !frame_id.is_multiple_of(3),
             mask: None,
         }
     }

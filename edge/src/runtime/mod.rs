@@ -114,6 +114,7 @@ impl EdgeError {
 }
 
 /// How to start a unit beyond what the board profile says.
+#[derive(Default)]
 pub struct UnitOptions {
     /// State directory (journal, key, installed model); overrides the profile's `state_dir`.
     pub state_dir: Option<PathBuf>,
@@ -129,20 +130,6 @@ pub struct UnitOptions {
     pub source: Option<Box<dyn FrameSource>>,
     /// Listen for SIGTERM/SIGINT; [`UnitHandle::wait`] returns when one arrives.
     pub handle_signals: bool,
-}
-
-impl Default for UnitOptions {
-    fn default() -> Self {
-        Self {
-            state_dir: None,
-            model_dir: None,
-            key_file: None,
-            journal: JournalConfig::default(),
-            inspector: None,
-            source: None,
-            handle_signals: false,
-        }
-    }
 }
 
 impl std::fmt::Debug for UnitOptions {
