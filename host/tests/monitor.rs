@@ -439,7 +439,7 @@ fn bad_address_and_key_file_are_usage_errors() {
 fn status_polls_bring_stats_lines() {
     let (addr, _) = start_fake(FakeSpec::new(1000));
     let (out, _dir) = monitor_unit(&format!("tcp://{addr}"), &KEY, |_| {
-        strings(&["--json", "--count", "5"])
+        strings(&["--json", "--count", "100"])
     });
     assert!(out.status.success(), "{}", stderr(&out));
     let lines = json_lines(&out);

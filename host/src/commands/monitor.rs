@@ -95,23 +95,26 @@ async fn watch(
         }
     }
     let _ = printer.finish();
-    if style != Style::Json {
-        let c = monitor.counters();
-        let t = printer.totals();
-        eprintln!(
-            "{addr}: {} verdicts shown ({} rejects, {} replayed), {} duplicates dropped, {} reconnects, {} lost{}",
-            c.verdicts,
-            t.rejects,
-            c.replayed,
-            c.duplicates,
-            c.reconnects,
-            c.lost,
-            saver
-                .as_ref()
-                .filter(|s| s.without_mask > 0)
-                .map(|s| format!(", {} rejects arrived without a mask (see --masks-every)", s.without_mask))
-                .unwrap_or_default()
-        );
-    }
+    // On stderr in every style, so `--json` consumers keep a clean stdout.
+    let c = monitor.counters();
+    eprintln!(
+        "{addr}: {} verdicts shown ({} rejects, {} replayed), {} duplicates dropped, {} reconnects, {} lost, \
+         {} bytes received{}",
+        c.verdicts,
+        printer.totals().rejects,
+        c.replayed,
+        c.duplicates,
+        c.reconnects,
+        c.lost,
+        c.bytes_received,
+        saver
+            .as_ref()
+            .filter(|s| s.without_mask > 0)
+            .map(|s| format!(
+                ", {} rejects arrived without a mask (see --masks-every)",
+                s.without_mask
+            ))
+            .unwrap_or_default()
+    );
     Ok(())
 }

@@ -108,6 +108,9 @@ pub struct MonitorCounters {
     pub reconnects: u64,
     /// Verdicts the unit could no longer replay.
     pub lost: u64,
+    /// Bytes received from the unit over all sessions (framing included): with `verdicts` this gives the link cost
+    /// per verdict, e.g. to size a serial line.
+    pub bytes_received: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -170,7 +173,9 @@ impl Monitor {
 
     /// Lifetime counters.
     pub fn counters(&self) -> MonitorCounters {
-        self.counters
+        let mut c = self.counters;
+        c.bytes_received += self.session.as_ref().map_or(0, |s| s.link().bytes().0);
+        c
     }
 
     /// The next update. Errors are final: the link could not be restored within `reconnect_for`, the unit refused
@@ -289,7 +294,9 @@ impl Monitor {
     }
 
     fn link_down(&mut self, cause: String) {
-        self.session = None;
+        if let Some(s) = self.session.take() {
+            self.counters.bytes_received += s.link().bytes().0;
+        }
         self.pending.clear();
         self.replay = None;
         self.queue.push_back(Update::LinkDown { cause });
