@@ -576,14 +576,23 @@ impl Validator<'_> {
         })
     }
 
-    fn check_side(&self, key: &str, v: u32) -> Result<(), BoardError> {
-        if v == 0 || v > MAX_FRAME_SIDE {
-            return Err(self.invalid(
-                key,
-                format!("{v} is out of range (1..={MAX_FRAME_SIDE} pixels)"),
-            ));
+    /// Refuses `v` outside `range`; `what` follows the number in the message (unit, hint).
+    fn check_range<T: PartialOrd + fmt::Display>(
+        &self,
+        key: &str,
+        v: T,
+        range: std::ops::RangeInclusive<T>,
+        what: &str,
+    ) -> Result<(), BoardError> {
+        if !range.contains(&v) {
+            let (lo, hi) = range.into_inner();
+            return Err(self.invalid(key, format!("{v}{what} is out of range ({lo}..={hi})")));
         }
         Ok(())
+    }
+
+    fn check_side(&self, key: &str, v: u32) -> Result<(), BoardError> {
+        self.check_range(key, v, 1..=MAX_FRAME_SIDE, " pixels")
     }
 
     fn check_fps(&self, fps: f64) -> Result<(), BoardError> {
@@ -626,12 +635,12 @@ impl Validator<'_> {
                         format!("{fps} is not a usable frame rate (1..=1000)"),
                     ));
                 }
-                if !(2..=32).contains(&buffers) {
-                    return Err(self.invalid(
-                        "camera.buffers",
-                        format!("{buffers} MMAP buffers is out of range (2..=32; 4 is typical)"),
-                    ));
-                }
+                self.check_range(
+                    "camera.buffers",
+                    buffers,
+                    2..=32,
+                    " MMAP buffers (4 is typical)",
+                )?;
                 Ok(CameraConfig::V4l2 {
                     device,
                     format,
@@ -765,42 +774,30 @@ impl Validator<'_> {
     }
 
     fn inspection(&self, raw: RawInspection) -> Result<InspectionConfig, BoardError> {
-        if raw.queue_depth == 0 || raw.queue_depth > MAX_QUEUE_DEPTH {
-            return Err(self.invalid(
-                "inspection.queue_depth",
-                format!(
-                    "{} is out of range (1..={MAX_QUEUE_DEPTH})",
-                    raw.queue_depth
-                ),
-            ));
-        }
-        if raw.reject_pulse_ms == 0 || raw.reject_pulse_ms > MAX_REJECT_PULSE_MS {
-            return Err(self.invalid(
-                "inspection.reject_pulse_ms",
-                format!(
-                    "{} ms is out of range (1..={MAX_REJECT_PULSE_MS}); a zero pulse never rejects",
-                    raw.reject_pulse_ms
-                ),
-            ));
-        }
-        if raw.reject_delay_ms > MAX_REJECT_DELAY_MS {
-            return Err(self.invalid(
-                "inspection.reject_delay_ms",
-                format!(
-                    "{} ms is out of range (0..={MAX_REJECT_DELAY_MS})",
-                    raw.reject_delay_ms
-                ),
-            ));
-        }
-        if raw.trigger_debounce_ms > MAX_DEBOUNCE_MS {
-            return Err(self.invalid(
-                "inspection.trigger_debounce_ms",
-                format!(
-                    "{} ms is out of range (0..={MAX_DEBOUNCE_MS})",
-                    raw.trigger_debounce_ms
-                ),
-            ));
-        }
+        self.check_range(
+            "inspection.queue_depth",
+            raw.queue_depth,
+            1..=MAX_QUEUE_DEPTH,
+            "",
+        )?;
+        self.check_range(
+            "inspection.reject_pulse_ms",
+            raw.reject_pulse_ms,
+            1..=MAX_REJECT_PULSE_MS,
+            " ms (a zero pulse never rejects)",
+        )?;
+        self.check_range(
+            "inspection.reject_delay_ms",
+            raw.reject_delay_ms,
+            0..=MAX_REJECT_DELAY_MS,
+            " ms",
+        )?;
+        self.check_range(
+            "inspection.trigger_debounce_ms",
+            raw.trigger_debounce_ms,
+            0..=MAX_DEBOUNCE_MS,
+            " ms",
+        )?;
         Ok(InspectionConfig {
             mode: raw.mode,
             queue_depth: raw.queue_depth,
@@ -820,12 +817,7 @@ impl Validator<'_> {
                 ),
             )
         })?;
-        if raw.max_clients == 0 || raw.max_clients > 64 {
-            return Err(self.invalid(
-                "tcp.max_clients",
-                format!("{} is out of range (1..=64)", raw.max_clients),
-            ));
-        }
+        self.check_range("tcp.max_clients", raw.max_clients, 1..=64, " clients")?;
         Ok(TcpConfig {
             listen,
             max_clients: raw.max_clients,
@@ -875,12 +867,12 @@ impl Validator<'_> {
             ));
         }
         if let Some(t) = raw.threads {
-            if t == 0 || t > 256 {
-                return Err(self.invalid(
-                    "compute.threads",
-                    format!("{t} is out of range (1..=256; omit for automatic)"),
-                ));
-            }
+            self.check_range(
+                "compute.threads",
+                t,
+                1..=256,
+                " threads (omit for automatic)",
+            )?;
         }
         Ok(ComputeConfig {
             device: raw.device,

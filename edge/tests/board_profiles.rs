@@ -196,72 +196,133 @@ fn missing_keys_are_refused() {
     assert!(msg.contains("reject_pulse_ms"), "{msg}");
 }
 
+/// (profile, text to replace, replacement, key the error must name, words the reason must contain)
+const IMPOSSIBLE: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "sim",
+        "fps = 30.0",
+        "fps = 0.0",
+        "camera.fps",
+        "not a usable frame rate",
+    ),
+    (
+        "orin",
+        "fps = 30",
+        "fps = 0",
+        "camera.fps",
+        "not a usable frame rate",
+    ),
+    (
+        "sim",
+        "baud = 921600",
+        "baud = 11520",
+        "serial.baud",
+        "not a standard rate",
+    ),
+    (
+        "sim",
+        "reject_pulse_ms = 50",
+        "reject_pulse_ms = 0",
+        "inspection.reject_pulse_ms",
+        "never rejects",
+    ),
+    (
+        "sim",
+        "queue_depth = 8",
+        "queue_depth = 0",
+        "inspection.queue_depth",
+        "out of range",
+    ),
+    (
+        "orin",
+        "width = 1280",
+        "width = 1281",
+        "camera.width",
+        "odd",
+    ),
+    (
+        "orin",
+        "buffers = 4",
+        "buffers = 1",
+        "camera.buffers",
+        "out of range",
+    ),
+    (
+        "sim",
+        "width = 256",
+        "width = 0",
+        "camera.width",
+        "out of range",
+    ),
+    (
+        "sim",
+        "reject_delay_ms = 250",
+        "reject_delay_ms = 600000",
+        "inspection.reject_delay_ms",
+        "out of range",
+    ),
+    (
+        "sim",
+        "trigger_debounce_ms = 2",
+        "trigger_debounce_ms = 5000",
+        "inspection.trigger_debounce_ms",
+        "out of range",
+    ),
+    (
+        "sim",
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"localhost\"",
+        "tcp.listen",
+        "not an IP:port",
+    ),
+    (
+        "sim",
+        "max_clients = 4",
+        "max_clients = 0",
+        "tcp.max_clients",
+        "out of range",
+    ),
+    (
+        "sim",
+        "device = \"cpu\"",
+        "device = \"gpu\"",
+        "compute.device",
+        "cuda:N",
+    ),
+    (
+        "orin",
+        "threads = 4",
+        "threads = 0",
+        "compute.threads",
+        "out of range",
+    ),
+    (
+        "sim",
+        "id = \"sim-1\"",
+        "id = \"sim 1\"",
+        "unit.id",
+        "not a valid unit id",
+    ),
+    (
+        "orin",
+        "device = \"/dev/ttyTHS0\"",
+        "device = \"ttyTHS0\"",
+        "serial.device",
+        "absolute",
+    ),
+];
+
 #[test]
 fn impossible_values_are_refused() {
-    let sim = sim_text();
-    let orin = orin_text();
-    refused(&replace(&sim, "fps = 30.0", "fps = 0.0"), "camera.fps");
-    refused(&replace(&orin, "fps = 30", "fps = 0"), "camera.fps");
-    let msg = refused(
-        &replace(&sim, "baud = 921600", "baud = 11520"),
-        "serial.baud",
-    );
-    assert!(msg.contains("not a standard rate"), "{msg}");
-    let msg = refused(
-        &replace(&sim, "reject_pulse_ms = 50", "reject_pulse_ms = 0"),
-        "inspection.reject_pulse_ms",
-    );
-    assert!(msg.contains("never rejects"), "{msg}");
-    refused(
-        &replace(&sim, "queue_depth = 8", "queue_depth = 0"),
-        "inspection.queue_depth",
-    );
-    let msg = refused(
-        &replace(&orin, "width = 1280", "width = 1281"),
-        "camera.width",
-    );
-    assert!(msg.contains("odd") && msg.contains("YUYV"), "{msg}");
-    refused(
-        &replace(&orin, "buffers = 4", "buffers = 1"),
-        "camera.buffers",
-    );
-    refused(&replace(&sim, "width = 256", "width = 0"), "camera.width");
-    refused(
-        &replace(&sim, "reject_delay_ms = 250", "reject_delay_ms = 600000"),
-        "inspection.reject_delay_ms",
-    );
-    refused(
-        &replace(
-            &sim,
-            "trigger_debounce_ms = 2",
-            "trigger_debounce_ms = 5000",
-        ),
-        "inspection.trigger_debounce_ms",
-    );
-    refused(
-        &replace(&sim, "listen = \"127.0.0.1:0\"", "listen = \"localhost\""),
-        "tcp.listen",
-    );
-    refused(
-        &replace(&sim, "max_clients = 4", "max_clients = 0"),
-        "tcp.max_clients",
-    );
-    refused(
-        &replace(&sim, "device = \"cpu\"", "device = \"gpu\""),
-        "compute.device",
-    );
-    refused(
-        &replace(&orin, "threads = 4", "threads = 0"),
-        "compute.threads",
-    );
-    refused(
-        &replace(&sim, "id = \"sim-1\"", "id = \"sim 1\""),
-        "unit.id",
-    );
-    refused(
-        &replace(&orin, "device = \"/dev/ttyTHS0\"", "device = \"ttyTHS0\""),
-        "serial.device",
-    );
+    let (sim, orin) = (sim_text(), orin_text());
+    for &(base, from, to, key, reason) in IMPOSSIBLE {
+        let text = if base == "sim" { &sim } else { &orin };
+        let msg = refused(&replace(text, from, to), key);
+        assert!(
+            msg.contains(reason),
+            "{to:?}: reason should say {reason:?}: {msg}"
+        );
+    }
 }
 
 #[test]
