@@ -38,7 +38,7 @@ pub enum InferenceError {
         dir: PathBuf,
         /// What kestrel-vision said.
         #[source]
-        source: kestrel_vision::model::ModelError,
+        source: Box<kestrel_vision::model::ModelError>,
     },
     /// The model has no decision threshold.
     #[error("the model in {dir} has no decision threshold; refit it with a validation split (`kestrel fit`) so one is chosen")]
@@ -68,7 +68,7 @@ pub enum InferenceError {
     },
     /// The network or detector failed.
     #[error("scoring failed: {0}")]
-    Score(#[source] kestrel_vision::model::ModelError),
+    Score(#[source] Box<kestrel_vision::model::ModelError>),
     /// A map could not be turned into a mask.
     #[error("building the wire mask: {0}")]
     Mask(String),
@@ -117,7 +117,7 @@ impl VisionInspector {
         let dev = parse_device(device)?;
         let model = Model::load(dir, &dev).map_err(|source| InferenceError::Load {
             dir: dir.to_path_buf(),
-            source,
+            source: Box::new(source),
         })?;
         let threshold = model
             .spec()
@@ -164,11 +164,11 @@ impl Inspector for VisionInspector {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let batch = batch_tensor(&inputs, cfg.output_size(), self.model.device())
-            .map_err(InferenceError::Score)?;
+            .map_err(|e| InferenceError::Score(Box::new(e)))?;
         let scored = self
             .model
             .score_batch(&batch)
-            .map_err(InferenceError::Score)?;
+            .map_err(|e| InferenceError::Score(Box::new(e)))?;
         Ok(scored
             .into_iter()
             .map(|s| Inspection {

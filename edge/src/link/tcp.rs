@@ -15,13 +15,15 @@ use super::session::{serve, SessionOptions};
 use super::{LinkContext, LinkError, TCP_WRITE_TIMEOUT};
 
 /// Bind `addr` (port 0 = any free port); returns the listener and the address actually bound.
-pub async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), LinkError> {
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|source| LinkError::Bind { addr, source })?;
-    let local = l
-        .local_addr()
-        .map_err(|source| LinkError::Bind { addr, source })?;
+///
+/// Synchronous (std bind, then handed to tokio) so a unit can be started from sync and async code alike; must be
+/// called inside the link runtime's context (`Runtime::enter`).
+pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), LinkError> {
+    let err = |source| LinkError::Bind { addr, source };
+    let std_listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    std_listener.set_nonblocking(true).map_err(err)?;
+    let local = std_listener.local_addr().map_err(err)?;
+    let l = TcpListener::from_std(std_listener).map_err(err)?;
     Ok((l, local))
 }
 

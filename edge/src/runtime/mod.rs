@@ -471,7 +471,7 @@ impl Unit {
         let (tcp, serial) = {
             let _enter = rt.enter();
             let tcp = match &profile.tcp {
-                Some(t) => Some((rt.block_on(link::tcp::bind(t.listen))?, t.max_clients)),
+                Some(t) => Some((link::tcp::bind(t.listen)?, t.max_clients)),
                 None => None,
             };
             let serial = match &profile.serial {
