@@ -1,18 +1,25 @@
+//! `kestrel-edge` binary: parse, run, map the outcome to an exit code (all logic is in the library).
+
+use std::process::ExitCode;
+
 use clap::Parser;
 
-/// kestrel-edge: inspection-unit firmware for Jetson-class boards.
-///
-/// This build is a placeholder until the edge issue lands: it only prints its version and the wire protocol version
-/// it will speak. Camera capture, scoring, line I/O and host links are not in this build yet.
-#[derive(Parser)]
-#[command(version, about, long_about)]
-struct Cli {}
-
-fn main() {
-    let _cli = Cli::parse();
-    println!(
-        "kestrel-edge {} (wire protocol {}); firmware features land with the edge issue",
-        kestrel_edge::FW_VERSION,
-        kestrel_wire::PROTO_VERSION
-    );
+fn main() -> ExitCode {
+    let cli = kestrel_edge::cli::Cli::parse();
+    match kestrel_edge::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kestrel-edge: error: {e}");
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                // Library errors often embed their source's text already; print a cause only when it adds something.
+                let text = s.to_string();
+                if !e.to_string().contains(&text) {
+                    eprintln!("  caused by: {text}");
+                }
+                src = s.source();
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
 }

@@ -12,7 +12,8 @@ use serde::{Deserialize, Serialize};
 /// predict heatmaps for new images. Start with `kestrel demo`, which does all of it on a synthetic product.
 ///
 /// Exit codes: 0 success, 1 unexpected failure, 2 bad command line, 3 bad input data (dataset, images, masks,
-/// maps), 4 bad model or weights.
+/// maps), 4 bad model or weights; `monitor`: 5 unit unreachable or link lost, 6 unit speaks another protocol,
+/// 7 unit refused the key, 8 unit refused a request.
 #[derive(Debug, Parser)]
 #[command(
     name = "kestrel",
@@ -80,6 +81,17 @@ pub enum Command {
     /// Example: `kestrel pretrain fractal --preset tiny -o fractal-tiny.safetensors`, then
     /// `kestrel fit --arch resnet18_narrow --weights fractal-tiny.safetensors ...`.
     Pretrain(PretrainArgs),
+    /// Watch an inspection unit: live verdicts and stats over TCP or a serial line.
+    ///
+    /// Connects (`Hello` with protocol/schema check, then HMAC-SHA256 authentication with the unit's pre-shared
+    /// key), subscribes and shows each verdict: a live table on a terminal, plain lines otherwise, or JSON lines with
+    /// `--json`. If the link drops it reconnects and replays the unit's journal from the first verdict not yet
+    /// shown, so no verdict is lost or shown twice (journal sequence numbers).
+    ///
+    /// Exit codes: 0 done (`--count` reached or Ctrl-C), 2 bad address or key file, 5 unit unreachable or link
+    /// lost for longer than `--reconnect-for`, 6 the unit speaks another protocol version or schema, 7 the unit
+    /// refused the key (or could not prove it holds it), 8 the unit refused the subscription, 1 anything else.
+    Monitor(MonitorArgs),
 }
 
 /// `kestrel pretrain`.
@@ -387,6 +399,38 @@ pub struct SynthArgs {
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `kestrel monitor`.
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// The unit: `tcp://HOST:PORT` or `serial:///dev/ttyX[?baud=N]` (default baud 115200).
+    #[arg(long, env = "KESTREL_UNIT")]
+    pub unit: String,
+    /// File holding the unit's pre-shared key (64 hex digits).
+    #[arg(long, env = "KESTREL_UNIT_KEY")]
+    pub key_file: PathBuf,
+    /// Refuse the unit unless its id is this (guards against a swapped cable or address).
+    #[arg(long)]
+    pub unit_id: Option<String>,
+    /// Print one JSON object per line (types: connected, verdict, stats, event, link_down, lost, refused).
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many verdicts.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Write reject verdicts' masks as PNG into this folder (`reject_<seq>_frame<id>.png`).
+    #[arg(long)]
+    pub save_rejects: Option<PathBuf>,
+    /// Ask for a mask with every n-th verdict (0 = none). Default: 1 with `--save-rejects` over TCP, else 0.
+    #[arg(long)]
+    pub masks_every: Option<u16>,
+    /// Start by replaying the unit's journal from this sequence number (history), then follow live.
+    #[arg(long)]
+    pub replay_from: Option<u64>,
+    /// After a link drop, keep trying to reconnect for this many seconds before giving up (exit 5).
+    #[arg(long, default_value_t = 30.0)]
+    pub reconnect_for: f64,
 }
 
 /// Parse the process arguments, layering `kestrel fit --config FILE` under the command line.

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod images;
 pub mod pretrain;
+pub mod monitor;
 pub mod progress;
 pub mod synth;
 
@@ -35,6 +36,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Demo(a) => commands::demo::run(&a),
         Command::Synth(a) => commands::synth::run(&a),
         Command::Pretrain(a) => commands::pretrain::run(&a),
+        Command::Monitor(a) => commands::monitor::run(&a),
     }
 }
 
@@ -58,6 +60,9 @@ pub fn render_error(e: &anyhow::Error) -> String {
 /// The documented exit code for an error (see `kestrel --help`).
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if let Some(m) = cause.downcast_ref::<monitor::MonitorError>() {
+            return m.exit_code();
+        }
         if cause.is::<DatasetError>() || cause.is::<MetricsError>() || cause.is::<PreprocessError>()
         {
             return EXIT_BAD_DATA;

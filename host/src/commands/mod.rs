@@ -6,6 +6,7 @@ pub mod eval;
 pub mod fit;
 pub mod import;
 pub mod metrics;
+pub mod monitor;
 pub mod predict;
 pub mod pretrain;
 pub mod synth;

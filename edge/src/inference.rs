@@ -1,0 +1,285 @@
+//! Scoring frames with a kestrel-vision model: score, verdict, anomaly map, and the wire mask.
+//!
+//! The runtime talks to an [`Inspector`] trait, not to candle, so its threading, queueing and fault logic is tested
+//! with a scripted fake and the real model is tested here. [`VisionInspector`] loads a model directory written by
+//! `kestrel fit` (`Model::load`) and pre-processes frames with the same kestrel-vision function `kestrel eval` uses
+//! (`preprocess_rgb8`, antialiased resize + ImageNet normalisation from the model's own `PreprocessConfig`), so a
+//! frame scores the same on the unit as the same image does on the host.
+//!
+//! The verdict rule is the model's: a part is rejected when its score is **at or above** the threshold
+//! (`ThresholdSpec::image`); `SetThreshold` replaces it at run time. A model directory without a threshold is refused
+//! at load: the unit would otherwise have to invent one.
+//!
+//! The wire mask is the anomaly map resized bilinearly to at most [`MASK_SIDE`]² and quantised to `u8` relative to
+//! the threshold (`128` = exactly at threshold, `255` = twice it or more), so a host can draw "how far over" without
+//! knowing the model's score scale; it is sent RLE-encoded when that is smaller (anomaly maps are smooth, so mostly
+//! flat regions compress well), raw otherwise.
+
+use std::path::{Path, PathBuf};
+
+use kestrel_vision::device::parse_device;
+use kestrel_vision::model::{batch_tensor, Model};
+use kestrel_vision::preprocess::{preprocess_rgb8, resize_map_bilinear};
+use kestrel_wire::{Mask, ModelRef};
+use sha2::{Digest, Sha256};
+
+use crate::camera::Frame;
+
+/// Side of the wire mask grid (64×64 = 4 KiB raw, far less RLE-encoded).
+pub const MASK_SIDE: u32 = 64;
+
+/// Why scoring or loading failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    /// The model directory could not be loaded.
+    #[error("cannot load the model in {dir}: {source}")]
+    Load {
+        /// The directory.
+        dir: PathBuf,
+        /// What kestrel-vision said.
+        #[source]
+        source: Box<kestrel_vision::model::ModelError>,
+    },
+    /// The model has no decision threshold.
+    #[error("the model in {dir} has no decision threshold; refit it with a validation split (`kestrel fit`) so one is chosen")]
+    NoThreshold {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The compute device in the board profile is unusable.
+    #[error("compute device: {0}")]
+    Device(#[from] kestrel_vision::device::DeviceError),
+    /// Reading the model files to hash them failed.
+    #[error("reading {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A frame could not be pre-processed (wrong buffer size for its declared shape).
+    #[error("frame {frame_id}: {source}")]
+    Preprocess {
+        /// The frame.
+        frame_id: u64,
+        /// Why.
+        #[source]
+        source: kestrel_vision::preprocess::PreprocessError,
+    },
+    /// The network or detector failed.
+    #[error("scoring failed: {0}")]
+    Score(#[source] Box<kestrel_vision::model::ModelError>),
+    /// A map could not be turned into a mask.
+    #[error("building the wire mask: {0}")]
+    Mask(String),
+}
+
+/// Result of scoring one frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inspection {
+    /// Image anomaly score.
+    pub score: f32,
+    /// Anomaly map, `map_side × map_side`, row-major.
+    pub map: Vec<f32>,
+    /// Side of `map`.
+    pub map_side: u32,
+}
+
+/// Something that scores frames. Batches may be any size ≥ 1; results come back in frame order.
+pub trait Inspector: Send {
+    /// Score `frames`.
+    fn inspect(&mut self, frames: &[Frame]) -> Result<Vec<Inspection>, InferenceError>;
+    /// Identity of the model, for `Hello` and events.
+    fn model_ref(&self) -> ModelRef;
+    /// The threshold the model was fitted with.
+    fn threshold(&self) -> f32;
+}
+
+/// The real inspector: a kestrel-vision model from a `kestrel fit` directory.
+pub struct VisionInspector {
+    model: Model,
+    model_ref: ModelRef,
+    threshold: f32,
+}
+
+impl std::fmt::Debug for VisionInspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VisionInspector")
+            .field("model", &self.model_ref.name)
+            .field("threshold", &self.threshold)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VisionInspector {
+    /// Load the model in `dir` onto `device` (`"cpu"` or `"cuda:N"`).
+    pub fn load(dir: &Path, device: &str) -> Result<Self, InferenceError> {
+        let dev = parse_device(device)?;
+        let model = Model::load(dir, &dev).map_err(|source| InferenceError::Load {
+            dir: dir.to_path_buf(),
+            source: Box::new(source),
+        })?;
+        let threshold = model
+            .spec()
+            .threshold
+            .as_ref()
+            .map(|t| t.image)
+            .filter(|t| t.is_finite())
+            .ok_or_else(|| InferenceError::NoThreshold {
+                dir: dir.to_path_buf(),
+            })?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let name = format!(
+            "{name} ({} {:?})",
+            model.spec().data.category,
+            model.spec().detector.kind
+        );
+        let model_ref = ModelRef {
+            name,
+            sha256: hash_dir(dir)?,
+        };
+        Ok(Self {
+            model,
+            model_ref,
+            threshold,
+        })
+    }
+}
+
+impl Inspector for VisionInspector {
+    fn inspect(&mut self, frames: &[Frame]) -> Result<Vec<Inspection>, InferenceError> {
+        let cfg = &self.model.spec().preprocess;
+        let inputs = frames
+            .iter()
+            .map(|f| {
+                preprocess_rgb8(&f.rgb, f.width, f.height, cfg).map_err(|source| {
+                    InferenceError::Preprocess {
+                        frame_id: f.id,
+                        source,
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = batch_tensor(&inputs, cfg.output_size(), self.model.device())
+            .map_err(|e| InferenceError::Score(Box::new(e)))?;
+        let scored = self
+            .model
+            .score_batch(&batch)
+            .map_err(|e| InferenceError::Score(Box::new(e)))?;
+        Ok(scored
+            .into_iter()
+            .map(|s| Inspection {
+                score: s.score,
+                map: s.map,
+                map_side: s.size as u32,
+            })
+            .collect())
+    }
+
+    fn model_ref(&self) -> ModelRef {
+        self.model_ref.clone()
+    }
+
+    fn threshold(&self) -> f32 {
+        self.threshold
+    }
+}
+
+/// The verdict rule: `true` (good part) when the score is below the threshold. A NaN score is a reject (fail safe).
+pub fn passes(score: f32, threshold: f32) -> bool {
+    score < threshold
+}
+
+/// The wire mask of an anomaly map (see the module docs for the grid and the quantisation).
+pub fn mask_from_map(map: &[f32], side: u32, threshold: f32) -> Result<Mask, InferenceError> {
+    let grid = side.clamp(1, MASK_SIDE);
+    let small = if grid == side {
+        map.to_vec()
+    } else {
+        resize_map_bilinear(map, side, side, grid, grid)
+            .map_err(|e| InferenceError::Mask(e.to_string()))?
+    };
+    // A non-positive threshold cannot scale the map; fall back to the map's own maximum so the picture is still useful.
+    let scale = if threshold > 0.0 {
+        threshold
+    } else {
+        small.iter().copied().fold(f32::MIN_POSITIVE, f32::max)
+    };
+    let pixels: Vec<u8> = small
+        .iter()
+        .map(|v| (v / scale * 128.0).round().clamp(0.0, 255.0) as u8)
+        .collect();
+    Mask::compact(grid as u16, grid as u16, &pixels)
+        .map_err(|e| InferenceError::Mask(e.to_string()))
+}
+
+/// SHA-256 over the model directory's regular files in name order (name, length, bytes of each), so a different
+/// model, or the same one refitted, gets a different identity. Bundles will carry their own file hash instead.
+fn hash_dir(dir: &Path) -> Result<[u8; 32], InferenceError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| InferenceError::Io { path, source }
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        let bytes = std::fs::read(&f).map_err(io(&f))?;
+        let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+        h.update(name.unwrap_or_default().as_bytes());
+        h.update((bytes.len() as u64).to_le_bytes());
+        h.update(&bytes);
+    }
+    Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_rule_rejects_at_threshold_and_nan() {
+        assert!(passes(0.99, 1.0));
+        assert!(!passes(1.0, 1.0));
+        assert!(!passes(f32::NAN, 1.0));
+    }
+
+    #[test]
+    fn mask_is_quantised_against_the_threshold_and_downsampled() {
+        // 128×128 map: left half at the threshold, right half at twice it.
+        let side = 128u32;
+        let map: Vec<f32> = (0..side * side)
+            .map(|i| if i % side < side / 2 { 2.0 } else { 4.0 })
+            .collect();
+        let m = mask_from_map(&map, side, 2.0).unwrap();
+        assert_eq!((m.width, m.height), (64, 64));
+        let px = m.pixels().unwrap();
+        assert_eq!(px[0], 128);
+        assert_eq!(px[63], 255);
+        // Two flat halves per row: RLE wins over 4096 raw bytes.
+        assert_eq!(m.encoding, kestrel_wire::MaskEncoding::Rle);
+        assert!(m.data.len() < 1024, "{}", m.data.len());
+    }
+
+    #[test]
+    fn small_maps_keep_their_size_and_bad_thresholds_do_not_divide_by_zero() {
+        let m = mask_from_map(&[0.0, 1.0, 2.0, 4.0], 2, 0.0).unwrap();
+        assert_eq!((m.width, m.height), (2, 2));
+        assert_eq!(m.pixels().unwrap(), vec![0, 32, 64, 128]);
+    }
+
+    #[test]
+    fn missing_model_dir_is_a_load_error_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = VisionInspector::load(&tmp.path().join("nope"), "cpu").unwrap_err();
+        assert!(matches!(err, InferenceError::Load { .. }), "{err}");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}

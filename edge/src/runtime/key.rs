@@ -1,0 +1,99 @@
+//! The pre-shared unit key: where it comes from, and creating one on first start.
+//!
+//! Order: `--key-file`, else the profile's `unit.key_file`, else `<state>/unit.key`. Only that last, default
+//! location is created when missing (32 random bytes, hex, mode 0600), so a fresh clone's `sim.toml` starts without
+//! setup while a configured key file that is missing is an error (a typo must not silently make a new key that no
+//! host knows). Hosts authenticate with the same file (`kestrel monitor --key-file`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use kestrel_wire::UnitKey;
+
+use super::EdgeError;
+
+/// File name of the default key in the state directory.
+pub const DEFAULT_KEY_FILE: &str = "unit.key";
+
+/// Load the key from `explicit`, or from (or into) `<state>/unit.key`.
+pub fn resolve(explicit: Option<&Path>, state: &Path) -> Result<(UnitKey, PathBuf), EdgeError> {
+    if let Some(p) = explicit {
+        return Ok((read(p)?, p.to_path_buf()));
+    }
+    let p = state.join(DEFAULT_KEY_FILE);
+    if p.exists() {
+        return Ok((read(&p)?, p));
+    }
+    let key = UnitKey::generate().map_err(|e| err(&p, format!("cannot generate a key: {e}")))?;
+    let mut f = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&p)
+            .map_err(|e| err(&p, format!("cannot create: {e}")))?
+    };
+    writeln!(f, "{}", hex::encode(key.as_bytes()))
+        .and_then(|()| f.sync_all())
+        .map_err(|e| err(&p, format!("cannot write: {e}")))?;
+    tracing::warn!(path = %p.display(), "created a new unit key; give this file to hosts (kestrel monitor --key-file)");
+    Ok((key, p))
+}
+
+/// Read a hex key file (64 hex digits; surrounding whitespace ignored).
+pub fn read(p: &Path) -> Result<UnitKey, EdgeError> {
+    let text = std::fs::read_to_string(p).map_err(|e| err(p, format!("cannot read: {e}")))?;
+    let bytes = hex::decode(text.trim()).map_err(|e| {
+        err(
+            p,
+            format!("not hex ({e}); the file must hold 64 hex digits"),
+        )
+    })?;
+    UnitKey::from_slice(&bytes)
+        .map_err(|e| err(p, format!("{e}; the file must hold 64 hex digits")))
+}
+
+fn err(path: &Path, reason: String) -> EdgeError {
+    EdgeError::Key {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_key_is_created_once_then_reused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, pa) = resolve(None, tmp.path()).unwrap();
+        let (b, pb) = resolve(None, tmp.path()).unwrap();
+        assert_eq!(pa, pb);
+        assert_eq!(a.as_bytes(), b.as_bytes());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&pa).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn explicit_key_must_exist_and_be_64_hex_digits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("k");
+        assert!(resolve(Some(&missing), tmp.path())
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read"));
+        std::fs::write(&missing, "abcd\n").unwrap();
+        let e = resolve(Some(&missing), tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("32 bytes") && e.contains("64 hex digits"), "{e}");
+        std::fs::write(&missing, format!("  {}\n", "0f".repeat(32))).unwrap();
+        assert_eq!(
+            resolve(Some(&missing), tmp.path()).unwrap().0.as_bytes(),
+            &[0x0f; 32]
+        );
+    }
+}

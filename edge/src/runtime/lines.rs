@@ -1,0 +1,110 @@
+//! The line-I/O thread: sole owner of the pins. It polls the trigger input (debounced), drives reject pulses from
+//! [`RejectScheduler`] on the monotonic clock, and sets the lamps on request.
+//!
+//! Why a dedicated thread: reject pulses must start within a millisecond or two of their deadline whatever the
+//! inference or link load, so the thread that drives them does nothing else and sleeps exactly until the next
+//! deadline (or the next trigger poll).
+
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use kestrel_wire::FaultCode;
+
+use crate::pins::{LineIo, PinError, RejectScheduler, TriggerDetector};
+
+/// Trigger input sampling period in triggered mode.
+pub const TRIGGER_POLL: Duration = Duration::from_millis(1);
+/// Longest wait for pending reject pulses at shutdown (parts already inspected are still on the conveyor).
+pub const SHUTDOWN_PULSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Requests to the I/O thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoCmd {
+    /// Reject the part seen at this instant (pulse after the profile's delay).
+    Reject(Instant),
+    /// Set both lamps.
+    Lamps {
+        /// Ready lamp.
+        ready: bool,
+        /// Fault lamp.
+        fault: bool,
+    },
+    /// Finish pending pulses, switch everything off, end the thread.
+    Shutdown,
+}
+
+/// Callbacks from the I/O thread into the runtime.
+pub trait LineEvents: Send {
+    /// A debounced rising edge on the trigger input, at the instant the line first went high.
+    fn trigger(&self, at: Instant);
+    /// A pin failed (reported once per failure streak).
+    fn fault(&self, code: FaultCode, detail: String);
+}
+
+/// Run the I/O loop until [`IoCmd::Shutdown`] (or the runtime drops its sender).
+pub fn run(
+    mut io: LineIo,
+    rx: Receiver<IoCmd>,
+    mut sched: RejectScheduler,
+    mut trigger: Option<TriggerDetector>,
+    events: &dyn LineEvents,
+) {
+    let mut failing = false;
+    let mut report = |r: Result<(), PinError>, what: &str| match r {
+        Ok(()) => failing = false,
+        Err(e) => {
+            if !failing {
+                tracing::error!(error = %e, what, "line I/O failed");
+                events.fault(FaultCode::Gpio, format!("{what}: {e}"));
+            }
+            failing = true;
+        }
+    };
+    loop {
+        let now = Instant::now();
+        if let (Some(det), Some(pin)) = (trigger.as_mut(), io.trigger.as_mut()) {
+            match det.poll(pin) {
+                Ok(Some(at)) => events.trigger(at),
+                Ok(None) => {}
+                Err(e) => report(Err(e), "reading the trigger input"),
+            }
+        }
+        let r = sched.poll(now, &mut io.reject);
+        report(r, "driving the reject output");
+        let mut wait = if trigger.is_some() {
+            TRIGGER_POLL
+        } else {
+            Duration::from_millis(100)
+        };
+        if let Some(d) = sched.next_deadline() {
+            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        match rx.recv_timeout(wait) {
+            Ok(IoCmd::Reject(at)) => sched.schedule(at),
+            Ok(IoCmd::Lamps { ready, fault }) => {
+                let r = io.ready.set_state(ready.into());
+                report(r, "switching the ready lamp");
+                let r = io.fault.set_state(fault.into());
+                report(r, "switching the fault lamp");
+            }
+            Ok(IoCmd::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+    }
+    // Parts already judged bad are still travelling to the actuator: finish their pulses, within reason.
+    let until = Instant::now() + SHUTDOWN_PULSE_WAIT;
+    while let Some(d) = sched.next_deadline() {
+        if d > until {
+            break;
+        }
+        std::thread::sleep(d.saturating_duration_since(Instant::now()));
+        let r = sched.poll(Instant::now(), &mut io.reject);
+        report(r, "driving the reject output");
+    }
+    let r = sched.cancel_all(&mut io.reject);
+    report(r, "releasing the reject output");
+    let r = io.ready.set_low();
+    report(r, "switching the ready lamp off");
+    let r = io.fault.set_low();
+    report(r, "switching the fault lamp off");
+}

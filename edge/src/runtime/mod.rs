@@ -1,0 +1,924 @@
+//! The running unit: threads, queues and shared state, and the [`Unit::start`] / [`UnitHandle`] API that the binary,
+//! the integration tests and the HIL harness all use.
+//!
+//! # Threads
+//!
+//! - **capture** (`capture`): free-run: reads frames as fast as the camera delivers them into the [`FrameQueue`]
+//!   (full → drop the oldest, counted). Triggered: waits for part triggers (trigger pin edges from the I/O thread,
+//!   `SoftTrigger` from links), grabs one frame per part and queues it; nothing is dropped, an over-depth queue
+//!   raises a `TriggerOverflow` fault (fault lamp) until it drains.
+//! - **inference** (`inference`): pops batches, scores them, journals each verdict (sequence number), counts it,
+//!   asks the I/O thread to reject bad parts, and publishes the verdict to the links.
+//! - **lines** ([`lines`]): owns the pins (trigger polling, reject pulses, lamps).
+//! - **links**: a tokio runtime on its own thread running the TCP and serial servers ([`crate::link`]).
+//!
+//! # Timing
+//!
+//! A part's reference instant is its trigger edge (triggered mode: the photo-eye defines where the part is) or its
+//! frame's capture time (free-run). Reject pulses are scheduled from it on the monotonic clock, so inference latency
+//! does not move the pulse. Verdicts carry the same instant converted to Unix-epoch microseconds.
+//!
+//! # Faults and lamps
+//!
+//! Active faults are a set; the fault lamp is on while it is non-empty, and every change is published as an
+//! `Event`. The ready lamp is on while the unit runs with a model. No model (none installed, or it failed to
+//! load) is itself a fault: the unit stays up and reachable, says "no model" in `Hello`, and sends no verdicts.
+//!
+//! # Shutdown ([`UnitHandle::shutdown`], SIGTERM/SIGINT in the binary)
+//!
+//! Stop capture → inference drains the queue → journal fsync → links flush what was produced and close →
+//! pending reject pulses finish (bounded) → lamps and reject output off. Nothing already captured is lost.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kestrel_wire::{Event, EventKind, FaultCode, ModelRef, NackCode, Stats, UnitKey, Verdict};
+
+use crate::board::{BoardError, BoardProfile, Mode};
+use crate::camera::{CameraError, Frame, FrameSource};
+use crate::inference::{self, Inspector, VisionInspector};
+use crate::journal::{Journal, JournalConfig, JournalError};
+use crate::link::{self, LinkContext, LinkError, Outgoing, UnitControl};
+use crate::pins::{FakeBoard, PinError, RejectScheduler, TriggerDetector};
+use crate::stats::UnitStats;
+
+pub mod key;
+pub mod lines;
+pub mod queue;
+
+use lines::IoCmd;
+use queue::{FrameQueue, PartAdmission, Pop};
+
+/// Largest batch the inference thread scores at once (frames that piled up while it was busy).
+pub const MAX_BATCH: usize = 4;
+
+/// Errors that stop a unit from starting (or from shutting down cleanly).
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    /// The board profile is invalid.
+    #[error(transparent)]
+    Board(#[from] BoardError),
+    /// The camera could not be opened.
+    #[error("camera: {0}")]
+    Camera(#[from] CameraError),
+    /// The line I/O could not be opened.
+    #[error("line I/O: {0}")]
+    Pins(#[from] PinError),
+    /// The journal could not be opened or synced.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// A link could not be set up.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The unit key file is missing or malformed.
+    #[error("unit key {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// The state directory cannot be created.
+    #[error("state directory {path}: {source} (pass --state DIR or fix `state_dir` in the board profile)")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// An OS resource (thread, async runtime) could not be created.
+    #[error("cannot start the {what}: {source}")]
+    Os {
+        /// What was being started.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl EdgeError {
+    /// Process exit code (see `kestrel_wire::exit`): configuration problems are usage errors.
+    pub fn exit_code(&self) -> u8 {
+        use kestrel_wire::exit;
+        match self {
+            EdgeError::Board(_) | EdgeError::Key { .. } | EdgeError::StateDir { .. } => exit::USAGE,
+            _ => exit::FAILURE,
+        }
+    }
+}
+
+/// How to start a unit beyond what the board profile says.
+#[derive(Default)]
+pub struct UnitOptions {
+    /// State directory (journal, key, installed model); overrides the profile's `state_dir`.
+    pub state_dir: Option<PathBuf>,
+    /// Model directory from `kestrel fit`; default: `<state>/model` if it exists.
+    pub model_dir: Option<PathBuf>,
+    /// Unit key file (hex); default: the profile's `unit.key_file`, else `<state>/unit.key` (created if missing).
+    pub key_file: Option<PathBuf>,
+    /// Journal size and fsync policy.
+    pub journal: JournalConfig,
+    /// Scorer to use instead of loading a model (tests: scripted or deliberately slow inspectors).
+    pub inspector: Option<Box<dyn Inspector>>,
+    /// Frame source to use instead of opening the profile's camera (tests).
+    pub source: Option<Box<dyn FrameSource>>,
+    /// Listen for SIGTERM/SIGINT; [`UnitHandle::wait`] returns when one arrives.
+    pub handle_signals: bool,
+}
+
+impl std::fmt::Debug for UnitOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnitOptions")
+            .field("state_dir", &self.state_dir)
+            .field("model_dir", &self.model_dir)
+            .field("key_file", &self.key_file)
+            .field("journal", &self.journal)
+            .field("inspector", &self.inspector.is_some())
+            .field("source", &self.source.is_some())
+            .field("handle_signals", &self.handle_signals)
+            .finish()
+    }
+}
+
+/// A part waiting for inspection.
+struct Part {
+    frame: Frame,
+    /// Reference instant for the reject pulse (trigger edge or capture time).
+    at: Instant,
+    /// The same instant in Unix-epoch µs.
+    wall_us: u64,
+}
+
+/// A trigger waiting for its frame.
+struct TriggerReq {
+    at: Instant,
+}
+
+/// State shared by the threads and the links.
+struct Shared {
+    mode: Mode,
+    stats: UnitStats,
+    threshold_bits: AtomicU32,
+    model: Option<ModelRef>,
+    faults: Mutex<HashSet<FaultCode>>,
+    outgoing: tokio::sync::broadcast::Sender<Arc<Outgoing>>,
+    io_tx: Mutex<mpsc::Sender<IoCmd>>,
+    trigger_tx: Mutex<Option<mpsc::SyncSender<TriggerReq>>>,
+    stopping: AtomicBool,
+}
+
+impl Shared {
+    fn threshold(&self) -> f32 {
+        f32::from_bits(self.threshold_bits.load(Ordering::Relaxed))
+    }
+
+    fn publish(&self, o: Outgoing) {
+        // No receiver (no client connected) is fine: the journal keeps verdicts for later replay.
+        let _ = self.outgoing.send(Arc::new(o));
+    }
+
+    fn event(&self, kind: EventKind) {
+        self.publish(Outgoing::Event(Event {
+            t_us: unix_us(Instant::now()),
+            kind,
+        }));
+    }
+
+    fn io(&self, cmd: IoCmd) {
+        let _ = self
+            .io_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(cmd);
+    }
+
+    fn update_lamps(&self, faults: &HashSet<FaultCode>) {
+        let ready = self.model.is_some() && !self.stopping.load(Ordering::Relaxed);
+        self.io(IoCmd::Lamps {
+            ready,
+            fault: !faults.is_empty(),
+        });
+    }
+
+    fn raise(&self, code: FaultCode, detail: String) {
+        let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        if f.insert(code) {
+            tracing::error!(?code, %detail, "fault raised");
+            self.update_lamps(&f);
+            drop(f);
+            self.event(EventKind::Fault { code, detail });
+        }
+    }
+
+    fn clear(&self, code: FaultCode) {
+        let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        if f.remove(&code) {
+            tracing::info!(?code, "fault cleared");
+            self.update_lamps(&f);
+            drop(f);
+            self.event(EventKind::FaultCleared { code });
+        }
+    }
+
+    /// A part arrived (trigger edge or SoftTrigger): hand it to the capture thread.
+    fn trigger(&self, at: Instant) -> Result<(), (NackCode, String)> {
+        let tx = self.trigger_tx.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = tx.as_ref() else {
+            return Err((NackCode::TriggerUnavailable, "the unit is stopping".into()));
+        };
+        match tx.try_send(TriggerReq { at }) {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                // Capture itself is behind by a whole queue of triggers: this part cannot be photographed.
+                self.part_lost(at, "trigger arrived while the capture backlog was full");
+                Err((
+                    NackCode::Busy,
+                    "capture backlog full; the part was rejected uninspected".into(),
+                ))
+            }
+        }
+    }
+
+    /// A triggered part that cannot be inspected: count it, reject it (fail-safe), raise the overflow fault.
+    fn part_lost(&self, at: Instant, why: &str) {
+        self.stats.record_dropped(1);
+        self.io(IoCmd::Reject(at));
+        self.raise(
+            FaultCode::TriggerOverflow,
+            format!("{why}; parts are rejected uninspected until the unit catches up"),
+        );
+    }
+}
+
+impl UnitControl for Shared {
+    fn soft_trigger(&self) -> Result<(), (NackCode, String)> {
+        if self.mode != Mode::Triggered {
+            return Err((
+                NackCode::TriggerUnavailable,
+                "the unit is in free-run mode; SoftTrigger needs `mode = \"triggered\"` in the board profile".into(),
+            ));
+        }
+        if self.model.is_none() {
+            return Err((
+                NackCode::TriggerUnavailable,
+                "no model installed: the unit inspects nothing".into(),
+            ));
+        }
+        self.trigger(Instant::now())
+    }
+
+    fn set_threshold(&self, threshold: f32) -> Result<(), (NackCode, String)> {
+        if self.model.is_none() {
+            return Err((
+                NackCode::Unexpected,
+                "no model installed: there is no threshold to set".into(),
+            ));
+        }
+        self.threshold_bits
+            .store(threshold.to_bits(), Ordering::Relaxed);
+        tracing::info!(threshold, "threshold changed by a host");
+        self.event(EventKind::ThresholdChanged { threshold });
+        Ok(())
+    }
+
+    fn active_model(&self) -> Option<ModelRef> {
+        self.model.clone()
+    }
+
+    fn stats(&self, missed_by_client: u64, link_errors: u64) -> Stats {
+        self.stats.snapshot(missed_by_client, link_errors)
+    }
+}
+
+impl lines::LineEvents for Arc<Shared> {
+    fn trigger(&self, at: Instant) {
+        if self.model.is_some() {
+            let _ = Shared::trigger(self, at);
+        }
+    }
+
+    fn fault(&self, code: FaultCode, detail: String) {
+        self.raise(code, detail);
+    }
+}
+
+/// Unix-epoch microseconds of a monotonic instant (via the current offset between the two clocks).
+fn unix_us(at: Instant) -> u64 {
+    let now_wall = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let age = Instant::now().saturating_duration_since(at);
+    u64::try_from(now_wall.saturating_sub(age).as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Entry point to start a unit.
+#[derive(Debug)]
+pub struct Unit;
+
+/// A running unit. Dropping it shuts it down too (errors then only logged).
+pub struct UnitHandle {
+    tcp_addr: Option<SocketAddr>,
+    serial_path: Option<PathBuf>,
+    serial_is_pty: bool,
+    fake_board: Option<FakeBoard>,
+    key: UnitKey,
+    key_path: PathBuf,
+    unit_id: String,
+    shared: Arc<Shared>,
+    journal: Arc<Mutex<Journal>>,
+    queue: Arc<FrameQueue<Part>>,
+    capture: Option<JoinHandle<()>>,
+    inference: Option<JoinHandle<()>>,
+    lines: Option<JoinHandle<()>>,
+    links: Option<JoinHandle<()>>,
+    links_stop: tokio::sync::watch::Sender<bool>,
+    signal_rx: Option<mpsc::Receiver<&'static str>>,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for UnitHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnitHandle")
+            .field("unit_id", &self.unit_id)
+            .field("tcp_addr", &self.tcp_addr)
+            .field("serial_path", &self.serial_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Unit {
+    /// Start a unit for `profile`: open the journal, model, camera, pins and links, then start the threads.
+    /// Returns once the links are listening.
+    pub fn start(profile: BoardProfile, mut opts: UnitOptions) -> Result<UnitHandle, EdgeError> {
+        let state = opts
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| profile.state_dir.clone());
+        std::fs::create_dir_all(&state).map_err(|source| EdgeError::StateDir {
+            path: state.clone(),
+            source,
+        })?;
+        let (key, key_path) = key::resolve(
+            opts.key_file
+                .as_deref()
+                .or(profile.unit.key_file.as_deref()),
+            &state,
+        )?;
+        let journal = Journal::open(&state.join("journal"), opts.journal)?;
+        tracing::info!(
+            next_seq = journal.next_seq(),
+            first_seq = journal.first_seq(),
+            "journal open"
+        );
+        let journal = Arc::new(Mutex::new(journal));
+
+        if let Some(n) = profile.compute.threads {
+            // Candle's CPU kernels and the pre-processing run on rayon's global pool.
+            if let Err(e) = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+            {
+                tracing::debug!(error = %e, "rayon pool already configured; compute.threads not applied");
+            }
+        }
+        let mut load_error = None;
+        let inspector: Option<Box<dyn Inspector>> = match opts.inspector.take() {
+            Some(i) => Some(i),
+            None => {
+                let dir = opts.model_dir.clone().or_else(|| {
+                    let d = state.join("model");
+                    d.is_dir().then_some(d)
+                });
+                match dir {
+                    None => {
+                        tracing::warn!("no model installed (pass --model DIR or install one in <state>/model); running without verdicts");
+                        None
+                    }
+                    Some(dir) => match VisionInspector::load(&dir, &profile.compute.device) {
+                        Ok(i) => Some(Box::new(i)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "model failed to load; running without verdicts");
+                            load_error = Some(e.to_string());
+                            None
+                        }
+                    },
+                }
+            }
+        };
+        let model = inspector.as_ref().map(|i| i.model_ref());
+        let threshold = inspector
+            .as_ref()
+            .map(|i| i.threshold())
+            .unwrap_or(f32::NAN);
+
+        let source = match opts.source.take() {
+            Some(s) => s,
+            None => crate::camera::open(&profile.camera)?,
+        };
+        tracing::info!(camera = %source.describe(), "camera open");
+        let (line_io, fake_board) = crate::pins::open(&profile.pins)?;
+
+        let (out_tx, _) = tokio::sync::broadcast::channel(link::OUTBOX_LEN);
+        let (io_tx, io_rx) = mpsc::channel();
+        let depth = profile.inspection.queue_depth.max(1);
+        let (trig_tx, trig_rx) = mpsc::sync_channel(depth);
+        let shared = Arc::new(Shared {
+            mode: profile.inspection.mode,
+            stats: UnitStats::new(),
+            threshold_bits: AtomicU32::new(threshold.to_bits()),
+            model,
+            faults: Mutex::new(HashSet::new()),
+            outgoing: out_tx,
+            io_tx: Mutex::new(io_tx),
+            trigger_tx: Mutex::new(Some(trig_tx)),
+            stopping: AtomicBool::new(false),
+        });
+        match (&shared.model, load_error) {
+            (Some(m), _) => {
+                tracing::info!(model = %m.name, threshold, "model active");
+                shared.update_lamps(&HashSet::new());
+            }
+            (None, Some(e)) => shared.raise(FaultCode::ModelLoadFailed, e),
+            (None, None) => shared.raise(FaultCode::ModelLoadFailed, "no model installed".into()),
+        }
+
+        // Links: a runtime owned by its own thread, so the handle can be used (and dropped) from sync or async code.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("kestrel-link")
+            .enable_all()
+            .build()
+            .map_err(|source| EdgeError::Os {
+                what: "link runtime",
+                source,
+            })?;
+        let (links_stop, links_stop_rx) = tokio::sync::watch::channel(false);
+        let ctx = LinkContext {
+            unit_id: profile.unit.id.clone(),
+            board: profile.name.clone(),
+            key: key.clone(),
+            journal: journal.clone(),
+            outgoing: shared.outgoing.clone(),
+            control: shared.clone(),
+            shutdown: links_stop_rx,
+        };
+        let (tcp, serial) = {
+            let _enter = rt.enter();
+            let tcp = match &profile.tcp {
+                Some(t) => Some((link::tcp::bind(t.listen)?, t.max_clients)),
+                None => None,
+            };
+            let serial = match &profile.serial {
+                Some(s) if s.is_pty() => Some(link::serial::SerialLink::open_pty()?),
+                Some(s) => Some(link::serial::SerialLink::open_device(&s.device, s.baud)?),
+                None => None,
+            };
+            (tcp, serial)
+        };
+        let tcp_addr = tcp.as_ref().map(|((_, a), _)| *a);
+        let serial_path = serial.as_ref().map(|s| s.path.clone());
+        if let Some(a) = tcp_addr {
+            tracing::info!(addr = %a, "TCP link listening");
+            eprintln!("kestrel-edge: TCP link listening on {a}");
+        }
+        if let Some(p) = &serial_path {
+            tracing::info!(path = %p.display(), "serial link open");
+            eprintln!("kestrel-edge: serial link on {}", p.display());
+        }
+        let (sig_tx, signal_rx) = mpsc::channel();
+        let handle_signals = opts.handle_signals;
+        let links = std::thread::Builder::new()
+            .name("kestrel-links".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    let mut tasks = tokio::task::JoinSet::new();
+                    if let Some(((listener, _), max)) = tcp {
+                        tasks.spawn(link::tcp::serve_tcp(listener, max, ctx.clone()));
+                    }
+                    if let Some(s) = serial {
+                        tasks.spawn(link::serial::serve_serial(s, ctx.clone()));
+                    }
+                    if handle_signals {
+                        tasks.spawn(wait_for_signal(sig_tx, ctx.shutdown.clone()));
+                    }
+                    while tasks.join_next().await.is_some() {}
+                });
+                // Tasks still blocked (a serial write nobody reads) are abandoned here rather than hanging shutdown.
+                rt.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|source| EdgeError::Os {
+                what: "link thread",
+                source,
+            })?;
+
+        let trigger = (profile.inspection.mode == Mode::Triggered).then(|| {
+            TriggerDetector::new(Duration::from_millis(
+                profile.inspection.trigger_debounce_ms.into(),
+            ))
+        });
+        let sched = RejectScheduler::new(
+            Duration::from_millis(profile.inspection.reject_delay_ms.into()),
+            Duration::from_millis(profile.inspection.reject_pulse_ms.into()),
+        );
+        let ev = shared.clone();
+        let lines = std::thread::Builder::new()
+            .name("kestrel-lines".into())
+            .spawn(move || lines::run(line_io, io_rx, sched, trigger, &ev))
+            .map_err(|source| EdgeError::Os {
+                what: "line I/O thread",
+                source,
+            })?;
+
+        let queue = Arc::new(FrameQueue::new(depth));
+        let (q, sh) = (queue.clone(), shared.clone());
+        let capture = std::thread::Builder::new()
+            .name("kestrel-capture".into())
+            .spawn(move || capture_loop(source, trig_rx, &q, &sh))
+            .map_err(|source| EdgeError::Os {
+                what: "capture thread",
+                source,
+            })?;
+        let (q, sh, j) = (queue.clone(), shared.clone(), journal.clone());
+        let inference = std::thread::Builder::new()
+            .name("kestrel-inference".into())
+            .spawn(move || inference_loop(inspector, &q, &sh, &j))
+            .map_err(|source| EdgeError::Os {
+                what: "inference thread",
+                source,
+            })?;
+
+        Ok(UnitHandle {
+            tcp_addr,
+            serial_is_pty: profile.serial.as_ref().is_some_and(|s| s.is_pty()),
+            serial_path,
+            fake_board,
+            key,
+            key_path,
+            unit_id: profile.unit.id,
+            shared,
+            journal,
+            queue,
+            capture: Some(capture),
+            inference: Some(inference),
+            lines: Some(lines),
+            links: Some(links),
+            links_stop,
+            signal_rx: handle_signals.then_some(signal_rx),
+            stopped: false,
+        })
+    }
+}
+
+async fn wait_for_signal(
+    tx: mpsc::Sender<&'static str>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install SIGTERM/SIGINT handlers; stop the unit another way");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = stop.wait_for(|s| *s) => return,
+    };
+    let _ = tx.send(name);
+}
+
+fn capture_loop(
+    mut source: Box<dyn FrameSource>,
+    triggers: mpsc::Receiver<TriggerReq>,
+    queue: &FrameQueue<Part>,
+    shared: &Shared,
+) {
+    let mut camera_failed = false;
+    let mut grab = |source: &mut Box<dyn FrameSource>| match source.next_frame() {
+        Ok(f) => {
+            if camera_failed {
+                camera_failed = false;
+                shared.clear(FaultCode::CameraLost);
+            }
+            Some(f)
+        }
+        Err(e) => {
+            if !camera_failed {
+                camera_failed = true;
+                shared.raise(FaultCode::CameraLost, e.to_string());
+            }
+            // Do not spin on a dead camera.
+            std::thread::sleep(Duration::from_millis(200));
+            None
+        }
+    };
+    loop {
+        if shared.stopping.load(Ordering::Relaxed) {
+            break;
+        }
+        match shared.mode {
+            Mode::FreeRun => {
+                let Some(frame) = grab(&mut source) else {
+                    continue;
+                };
+                let at = frame.captured_at();
+                let part = Part {
+                    frame,
+                    at,
+                    wall_us: unix_us(at),
+                };
+                if queue.push_drop_oldest(part).is_some() {
+                    shared.stats.record_dropped(1);
+                }
+            }
+            Mode::Triggered => {
+                let req = match triggers.recv_timeout(Duration::from_millis(50)) {
+                    Ok(r) => r,
+                    Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                let Some(frame) = grab(&mut source) else {
+                    shared.part_lost(req.at, "no frame from the camera for a triggered part");
+                    continue;
+                };
+                let part = Part {
+                    frame,
+                    at: req.at,
+                    wall_us: unix_us(req.at),
+                };
+                match queue.push_part(part) {
+                    PartAdmission::Queued => {}
+                    PartAdmission::Overflow => shared.raise(
+                        FaultCode::TriggerOverflow,
+                        format!(
+                            "more triggered parts waiting than queue_depth ({}); inspection is slower than the line",
+                            queue.depth()
+                        ),
+                    ),
+                    PartAdmission::Refused(p) => shared.part_lost(p.at, "inspection queue at its hard limit"),
+                }
+            }
+        }
+    }
+    // Triggers already accepted still get their frame, so no triggered part is silently lost at shutdown.
+    while let Ok(req) = triggers.try_recv() {
+        match source.next_frame() {
+            Ok(frame) => {
+                let part = Part {
+                    frame,
+                    at: req.at,
+                    wall_us: unix_us(req.at),
+                };
+                if let PartAdmission::Refused(p) = queue.push_part(part) {
+                    shared.part_lost(p.at, "inspection queue at its hard limit");
+                }
+            }
+            Err(_) => shared.part_lost(req.at, "no frame from the camera for a triggered part"),
+        }
+    }
+    queue.close();
+}
+
+fn inference_loop(
+    mut inspector: Option<Box<dyn Inspector>>,
+    queue: &FrameQueue<Part>,
+    shared: &Shared,
+    journal: &Mutex<Journal>,
+) {
+    let lock = || journal.lock().unwrap_or_else(|p| p.into_inner());
+    let mut failing = false;
+    loop {
+        let parts = match queue.pop_batch(MAX_BATCH, Duration::from_millis(50)) {
+            Pop::Closed => break,
+            Pop::Timeout => {
+                if let Err(e) = lock().sync_if_due() {
+                    shared.raise(FaultCode::Storage, e.to_string());
+                }
+                continue;
+            }
+            Pop::Items(p) => p,
+        };
+        let Some(insp) = inspector.as_mut() else {
+            // No model: frames keep the camera exercised but produce nothing.
+            continue;
+        };
+        let frames: Vec<Frame> = parts.iter().map(|p| p.frame.clone()).collect();
+        let results = match insp.inspect(&frames) {
+            Ok(r) if r.len() == parts.len() => r,
+            Ok(r) => {
+                let e = format!(
+                    "inspector returned {} results for {} frames",
+                    r.len(),
+                    parts.len()
+                );
+                fail_parts(shared, &parts, &e, &mut failing);
+                continue;
+            }
+            Err(e) => {
+                fail_parts(shared, &parts, &e.to_string(), &mut failing);
+                continue;
+            }
+        };
+        if failing {
+            failing = false;
+            shared.clear(FaultCode::InferenceFailed);
+        }
+        let want_masks = shared.outgoing.receiver_count() > 0;
+        for (part, r) in parts.iter().zip(results) {
+            let threshold = shared.threshold();
+            let pass = inference::passes(r.score, threshold);
+            let latency = part.at.elapsed();
+            let mask = if want_masks {
+                match inference::mask_from_map(&r.map, r.map_side, threshold) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no mask for this verdict");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let mut v = Verdict {
+                seq: 0,
+                frame_id: part.frame.id,
+                t_capture_us: part.wall_us,
+                latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
+                score: r.score,
+                pass,
+                mask,
+            };
+            if !pass {
+                shared.io(IoCmd::Reject(part.at));
+            }
+            let appended = lock().append(&v);
+            match appended {
+                Ok(seq) => {
+                    v.seq = seq;
+                    shared.clear(FaultCode::Storage);
+                }
+                Err(e) => {
+                    v.seq = lock().next_seq();
+                    shared.raise(FaultCode::Storage, e.to_string());
+                }
+            }
+            shared.stats.record_verdict(pass, latency);
+            tracing::debug!(
+                seq = v.seq,
+                frame = v.frame_id,
+                score = v.score,
+                pass,
+                latency_us = v.latency_us,
+                "verdict"
+            );
+            shared.publish(Outgoing::Verdict(v));
+        }
+        if shared.mode == Mode::Triggered && queue.is_empty() {
+            shared.clear(FaultCode::TriggerOverflow);
+        }
+    }
+}
+
+/// Scoring failed for these parts: they are rejected uninspected (fail-safe) and counted as dropped.
+fn fail_parts(shared: &Shared, parts: &[Part], error: &str, failing: &mut bool) {
+    for p in parts {
+        shared.io(IoCmd::Reject(p.at));
+    }
+    shared.stats.record_dropped(parts.len() as u64);
+    if !*failing {
+        *failing = true;
+        shared.raise(FaultCode::InferenceFailed, error.to_string());
+    }
+}
+
+impl UnitHandle {
+    /// The bound TCP address (port 0 in the profile is resolved here).
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// The pseudo-terminal a host opens, when the profile asks for `serial.device = "pty"`.
+    pub fn pty_path(&self) -> Option<&Path> {
+        self.serial_path.as_deref().filter(|_| self.serial_is_pty)
+    }
+
+    /// The serial path a host opens (pty slave or the device).
+    pub fn serial_path(&self) -> Option<&Path> {
+        self.serial_path.as_deref()
+    }
+
+    /// The fake pins, for `pins.kind = "fake"` profiles.
+    pub fn fake_board(&self) -> Option<&FakeBoard> {
+        self.fake_board.as_ref()
+    }
+
+    /// The unit key hosts must hold.
+    pub fn key(&self) -> &UnitKey {
+        &self.key
+    }
+
+    /// Where the unit key is stored.
+    pub fn key_path(&self) -> &Path {
+        &self.key_path
+    }
+
+    /// Unit id (Hello).
+    pub fn unit_id(&self) -> &str {
+        &self.unit_id
+    }
+
+    /// The model in use.
+    pub fn active_model(&self) -> Option<ModelRef> {
+        self.shared.model.clone()
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.stats.snapshot(0, 0)
+    }
+
+    /// Faults currently raised.
+    pub fn faults(&self) -> Vec<FaultCode> {
+        self.shared
+            .faults
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+
+    /// Next journal sequence number.
+    pub fn journal_next_seq(&self) -> u64 {
+        self.journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_seq()
+    }
+
+    /// Block until SIGTERM or SIGINT (needs [`UnitOptions::handle_signals`]); returns the signal's name.
+    pub fn wait(&self) -> Option<&'static str> {
+        self.signal_rx.as_ref().and_then(|rx| rx.recv().ok())
+    }
+
+    /// Stop the unit cleanly (see the module docs for the order). Blocks until every thread has ended.
+    pub fn shutdown(mut self) -> Result<(), EdgeError> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), EdgeError> {
+        if self.stopped {
+            return Ok(());
+        }
+        self.stopped = true;
+        tracing::info!("shutting down: stopping capture");
+        self.shared.stopping.store(true, Ordering::Relaxed);
+        // No new triggers; the capture thread drains the ones already accepted, then closes the queue.
+        self.shared
+            .trigger_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        join(self.capture.take(), "capture");
+        join(self.inference.take(), "inference");
+        let synced = self
+            .journal
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sync();
+        tracing::info!(
+            queued = self.queue.len(),
+            "inference drained; closing links"
+        );
+        let _ = self.links_stop.send(true);
+        join(self.links.take(), "links");
+        self.shared.io(IoCmd::Shutdown);
+        join(self.lines.take(), "line I/O");
+        tracing::info!(frames = self.shared.stats.frames(), "unit stopped");
+        synced.map_err(EdgeError::from)
+    }
+}
+
+fn join(h: Option<JoinHandle<()>>, what: &str) {
+    if let Some(h) = h {
+        if h.join().is_err() {
+            tracing::error!(thread = what, "thread panicked");
+        }
+    }
+}
+
+impl Drop for UnitHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop() {
+            tracing::error!(error = %e, "unit shutdown failed");
+        }
+    }
+}

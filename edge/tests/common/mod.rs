@@ -1,0 +1,263 @@
+//! Shared pieces of the edge integration tests: a simulated board profile, a tiny fitted model, scripted
+//! inspectors, and a minimal authenticated host client over any byte stream.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kestrel_edge::board::{
+    BoardProfile, CameraConfig, ComputeConfig, InspectionConfig, Mode, PinsConfig, SerialConfig,
+    TcpConfig, UnitConfig,
+};
+use kestrel_edge::camera::Frame;
+use kestrel_edge::inference::{InferenceError, Inspection, Inspector};
+use kestrel_wire::{
+    encode_frame, FrameDecoder, Hello, HostAuthenticator, ModelRef, Msg, Role, UnitKey,
+    PROTO_VERSION, SCHEMA_HASH,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A simulated board: synthetic 64×64 camera at `fps`, fake pins, TCP on a free loopback port.
+pub fn sim_profile(state: &Path, mode: Mode, queue_depth: usize, fps: f64) -> BoardProfile {
+    BoardProfile {
+        name: "sim-test".into(),
+        camera: CameraConfig::Synthetic {
+            width: 64,
+            height: 64,
+            fps,
+            defect_every: 4,
+            seed: 3,
+        },
+        pins: PinsConfig::Fake,
+        inspection: InspectionConfig {
+            mode,
+            queue_depth,
+            reject_delay_ms: 20,
+            reject_pulse_ms: 5,
+            trigger_debounce_ms: 1,
+        },
+        tcp: Some(TcpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_clients: 4,
+        }),
+        serial: None,
+        state_dir: state.to_path_buf(),
+        compute: ComputeConfig {
+            device: "cpu".into(),
+            threads: None,
+        },
+        unit: UnitConfig {
+            id: "sim-test-1".into(),
+            key_file: None,
+        },
+    }
+}
+
+/// The same with a pseudo-terminal serial link.
+pub fn with_pty(mut p: BoardProfile) -> BoardProfile {
+    p.serial = Some(SerialConfig {
+        device: "pty".into(),
+        baud: 921_600,
+    });
+    p
+}
+
+/// Scores frames by id: every `reject_every`-th frame scores 2.0 (reject at threshold 1.0), others 0.5; each call
+/// takes `delay` per frame (a slow model).
+pub struct ScriptedInspector {
+    pub reject_every: u64,
+    pub delay: Duration,
+}
+
+impl Inspector for ScriptedInspector {
+    fn inspect(&mut self, frames: &[Frame]) -> Result<Vec<Inspection>, InferenceError> {
+        std::thread::sleep(self.delay * frames.len() as u32);
+        Ok(frames
+            .iter()
+            .map(|f| {
+                let score = if self.reject_every > 0 && f.id.is_multiple_of(self.reject_every) {
+                    2.0
+                } else {
+                    0.5
+                };
+                Inspection {
+                    score,
+                    map: vec![score; 16],
+                    map_side: 4,
+                }
+            })
+            .collect())
+    }
+    fn model_ref(&self) -> ModelRef {
+        ModelRef {
+            name: "scripted".into(),
+            sha256: [1; 32],
+        }
+    }
+    fn threshold(&self) -> f32 {
+        1.0
+    }
+}
+
+/// Fit a tiny PaDiM model (resnet18_narrow, random weights, 64×64 synthetic frames) into `dir`, with a threshold.
+pub fn fit_tiny_model(dir: &Path) -> PathBuf {
+    use kestrel_vision::backbone::{random_weights, Arch, WeightSource};
+    use kestrel_vision::detector::DetectorKind;
+    use kestrel_vision::model::{batch_tensor, DataSpec, FitSettings, Fitter, ThresholdSpec};
+    use kestrel_vision::preprocess::{preprocess_rgb8, PreprocessConfig};
+
+    let pre = PreprocessConfig {
+        image_size: 64,
+        ..PreprocessConfig::default()
+    };
+    let settings = FitSettings {
+        arch: Arch::Resnet18Narrow,
+        weights_source: WeightSource::Random { seed: 1 },
+        preprocess: pre.clone(),
+        kind: DetectorKind::Padim,
+        padim: None,
+        patchcore: Default::default(),
+        blur_sigma: 4.0,
+        data: DataSpec {
+            root: "synthetic".into(),
+            category: "edge-test".into(),
+        },
+    };
+    let dev = candle_core::Device::Cpu;
+    let w = random_weights(&Arch::Resnet18Narrow.config(), 1, &dev).unwrap();
+    let mut fitter = Fitter::new(settings, w, 6, &dev).unwrap();
+    let images: Vec<Vec<f32>> = (0..6u8)
+        .map(|k| {
+            let rgb: Vec<u8> = (0..64 * 64 * 3)
+                .map(|i| ((i as u32 * 7 + k as u32 * 13) % 251) as u8)
+                .collect();
+            preprocess_rgb8(&rgb, 64, 64, &pre).unwrap()
+        })
+        .collect();
+    fitter
+        .add_batch(&batch_tensor(&images, 64, &dev).unwrap())
+        .unwrap();
+    let mut model = fitter.finish(&|_, _| {}).unwrap();
+    model.set_threshold(Some(ThresholdSpec {
+        image: 1e9,
+        method: "test: accept everything".into(),
+        validation_good: 0,
+        validation_defect: 0,
+    }));
+    let out = dir.join("model");
+    model.save(&out).unwrap();
+    out
+}
+
+/// A host client: handshake, authentication, sealed requests, decoded replies.
+pub struct Client<S> {
+    io: S,
+    dec: FrameDecoder,
+    auth: HostAuthenticator,
+    pending: VecDeque<kestrel_wire::Envelope>,
+    pub hello: Option<Hello>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    /// Connect over `io` and authenticate with `key` as a host of `unit_id`.
+    pub async fn handshake(io: S, key: &UnitKey, unit_id: &str) -> Self {
+        let mut c = Client {
+            io,
+            dec: FrameDecoder::new(),
+            auth: HostAuthenticator::new(key.clone(), unit_id),
+            pending: VecDeque::new(),
+            hello: None,
+        };
+        c.io.write_all(&[0]).await.unwrap();
+        let hello = Msg::Hello(Hello {
+            proto_version: PROTO_VERSION,
+            schema_hash: SCHEMA_HASH,
+            role: Role::Host,
+            unit_id: unit_id.into(),
+            board: String::new(),
+            fw_version: "edge-tests".into(),
+            active_model: None,
+        });
+        c.send(hello).await;
+        loop {
+            match c.recv_raw().await.msg {
+                Msg::Hello(h) => c.hello = Some(h),
+                Msg::AuthChallenge(ch) => {
+                    let resp = c.auth.respond_random(&ch).unwrap();
+                    c.write(&resp).await;
+                }
+                Msg::AuthConfirm(conf) => {
+                    c.auth.accept_confirm(&conf).unwrap();
+                    break;
+                }
+                other => panic!("unexpected during handshake: {other:?}"),
+            }
+        }
+        assert!(c.hello.is_some(), "the unit sent its Hello");
+        c
+    }
+
+    async fn write(&mut self, env: &kestrel_wire::Envelope) {
+        let mut out = Vec::new();
+        encode_frame(env, &mut out).unwrap();
+        self.io.write_all(&out).await.unwrap();
+    }
+
+    /// Send a request; returns its envelope seq (what Ack/Nack name).
+    pub async fn send(&mut self, msg: Msg) -> u32 {
+        let env = self.auth.seal(msg).unwrap();
+        self.write(&env).await;
+        env.seq
+    }
+
+    async fn recv_raw(&mut self) -> kestrel_wire::Envelope {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                return e;
+            }
+            let mut buf = [0u8; 8192];
+            let n = tokio::time::timeout(Duration::from_secs(20), self.io.read(&mut buf))
+                .await
+                .expect("the unit answered within 20 s")
+                .unwrap();
+            assert!(n > 0, "the unit closed the link");
+            for r in self.dec.push(&buf[..n]) {
+                self.pending.push_back(r.expect("well-formed frame"));
+            }
+        }
+    }
+
+    /// Next message (tag checked once authenticated).
+    pub async fn recv(&mut self) -> Msg {
+        let env = self.recv_raw().await;
+        self.auth.open(&env).expect("frame from the unit verifies");
+        env.msg
+    }
+
+    /// Next message matching `f`, skipping others (events, stats), within `timeout`.
+    pub async fn recv_until<T>(
+        &mut self,
+        timeout: Duration,
+        mut f: impl FnMut(Msg) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, self.recv()).await {
+                Ok(m) => {
+                    if let Some(t) = f(m) {
+                        return Some(t);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The underlying stream (to drop it: a link loss).
+    pub fn into_inner(self) -> S {
+        self.io
+    }
+}

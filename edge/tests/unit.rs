@@ -1,0 +1,393 @@
+//! A whole unit on a simulated board, in-process: synthetic camera, fake pins, real journal, real TCP and pty links,
+//! driven by an authenticated host client. Each test runs in well under a few seconds (64×64 frames; scripted
+//! inspectors except where the real model is the point).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{fit_tiny_model, sim_profile, with_pty, Client, ScriptedInspector};
+use kestrel_edge::board::Mode;
+use kestrel_edge::journal::{Journal, JournalConfig};
+use kestrel_edge::pins::Signal;
+use kestrel_edge::{Unit, UnitHandle, UnitOptions};
+use kestrel_wire::{Ack, EventKind, FaultCode, Msg, Nack, NackCode, Replay, Subscribe, Verdict};
+use tokio::net::TcpStream;
+
+const ALL: Subscribe = Subscribe {
+    masks_every: 0,
+    min_score: f32::NEG_INFINITY,
+};
+
+fn scripted(
+    reject_every: u64,
+    delay_ms: u64,
+) -> Option<Box<dyn kestrel_edge::inference::Inspector>> {
+    Some(Box::new(ScriptedInspector {
+        reject_every,
+        delay: Duration::from_millis(delay_ms),
+    }))
+}
+
+async fn connect(unit: &UnitHandle) -> Client<TcpStream> {
+    let s = TcpStream::connect(unit.tcp_addr().unwrap()).await.unwrap();
+    Client::handshake(s, unit.key(), unit.unit_id()).await
+}
+
+async fn subscribe(c: &mut Client<TcpStream>, sub: Subscribe) {
+    let re = c.send(Msg::Subscribe(sub)).await;
+    let ack = c
+        .recv_until(Duration::from_secs(5), |m| {
+            matches!(m, Msg::Ack(Ack { re: r }) if r == re).then_some(())
+        })
+        .await;
+    assert!(ack.is_some(), "Subscribe acknowledged");
+}
+
+async fn next_verdict(c: &mut Client<TcpStream>) -> Verdict {
+    c.recv_until(Duration::from_secs(10), |m| match m {
+        Msg::Verdict(v) => Some(v),
+        _ => None,
+    })
+    .await
+    .expect("a verdict within 10 s")
+}
+
+async fn stop(unit: UnitHandle) {
+    tokio::task::spawn_blocking(move || unit.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test]
+async fn verdicts_flow_over_tcp_from_a_fitted_model_with_masks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fit_tiny_model(tmp.path());
+    let profile = sim_profile(&tmp.path().join("state"), Mode::FreeRun, 4, 30.0);
+    let unit = Unit::start(
+        profile,
+        UnitOptions {
+            model_dir: Some(model),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut c = connect(&unit).await;
+    let hello = c.hello.clone().unwrap();
+    assert!(hello.active_model.unwrap().name.contains("edge-test"));
+    subscribe(
+        &mut c,
+        Subscribe {
+            masks_every: 2,
+            min_score: f32::NEG_INFINITY,
+        },
+    )
+    .await;
+    let vs = [
+        next_verdict(&mut c).await,
+        next_verdict(&mut c).await,
+        next_verdict(&mut c).await,
+    ];
+    assert!(vs
+        .windows(2)
+        .all(|w| w[1].seq == w[0].seq + 1 && w[1].frame_id > w[0].frame_id));
+    assert_eq!(
+        vs.iter().map(|v| v.mask.is_some()).collect::<Vec<_>>(),
+        vec![true, false, true]
+    );
+    let m = vs[0].mask.as_ref().unwrap();
+    assert_eq!((m.width, m.height), (64, 64));
+    assert_eq!(m.pixels().unwrap().len(), 64 * 64);
+    assert!(vs
+        .iter()
+        .all(|v| v.pass && v.score.is_finite() && v.latency_us > 0));
+    let board = unit.fake_board().unwrap();
+    assert!(board.level(Signal::Ready), "ready lamp on with a model");
+    assert!(!board.level(Signal::Fault));
+    stop(unit).await;
+}
+
+#[tokio::test]
+async fn without_a_model_the_unit_runs_reports_no_model_and_sends_no_verdicts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = sim_profile(tmp.path(), Mode::Triggered, 4, 100.0);
+    let unit = Unit::start(profile, UnitOptions::default()).unwrap();
+    assert!(
+        unit.key_path().starts_with(tmp.path()),
+        "a key was created in the state dir"
+    );
+    let board = unit.fake_board().unwrap();
+    assert!(
+        board.wait_for(Signal::Fault, true, Duration::from_secs(2)),
+        "fault lamp lit"
+    );
+    assert!(!board.level(Signal::Ready));
+    let mut c = connect(&unit).await;
+    assert_eq!(c.hello.as_ref().unwrap().active_model, None);
+    subscribe(&mut c, ALL).await;
+    let re = c.send(Msg::SoftTrigger).await;
+    let nack = c
+        .recv_until(Duration::from_secs(5), |m| match m {
+            Msg::Nack(n) if n.re == re => Some(n),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(nack.code, NackCode::TriggerUnavailable);
+    assert!(nack.detail.contains("no model"), "{}", nack.detail);
+    c.send(Msg::Status).await;
+    let stats = c
+        .recv_until(Duration::from_secs(5), |m| match m {
+            Msg::Stats(s) => Some(s),
+            Msg::Verdict(v) => panic!("no verdicts without a model, got {v:?}"),
+            _ => None,
+        })
+        .await
+        .unwrap();
+    assert_eq!((stats.frames, stats.passes, stats.rejects), (0, 0, 0));
+    assert_eq!(unit.faults(), vec![FaultCode::ModelLoadFailed]);
+    stop(unit).await;
+}
+
+#[tokio::test]
+async fn free_run_drops_the_oldest_frames_under_load_and_counts_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Camera at 200 fps, model at ~40 ms per frame: most frames must be dropped, none may queue up.
+    let profile = sim_profile(tmp.path(), Mode::FreeRun, 2, 200.0);
+    let unit = Unit::start(
+        profile,
+        UnitOptions {
+            inspector: scripted(0, 40),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut c = connect(&unit).await;
+    subscribe(&mut c, ALL).await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(next_verdict(&mut c).await.frame_id);
+    }
+    let s = unit.stats();
+    assert!(s.dropped > 0, "{s:?}");
+    // Dropping the oldest means the unit keeps up with the present: consecutive verdicts skip frames.
+    assert!(ids.windows(2).any(|w| w[1] > w[0] + 1), "{ids:?}");
+    assert!(ids.windows(2).all(|w| w[1] > w[0]), "{ids:?}");
+    stop(unit).await;
+}
+
+#[tokio::test]
+async fn triggered_parts_are_all_inspected_and_an_overflow_is_a_fault_until_drained() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut profile = sim_profile(tmp.path(), Mode::Triggered, 2, 500.0);
+    // Conveyor travel longer than the backlog (7 parts × 30 ms), so every reject pulse is still ahead of the part.
+    profile.inspection.reject_delay_ms = 400;
+    let unit = Unit::start(
+        profile,
+        UnitOptions {
+            inspector: scripted(1, 30),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let board = unit.fake_board().unwrap().clone();
+    let mut c = connect(&unit).await;
+    subscribe(&mut c, ALL).await;
+    // Six parts on the trigger input, faster than inspection: the queue (depth 2) overflows.
+    for _ in 0..6 {
+        board.set_trigger(true);
+        std::thread::sleep(Duration::from_millis(4));
+        board.set_trigger(false);
+        std::thread::sleep(Duration::from_millis(4));
+    }
+    let mut verdicts = 0;
+    let mut fault = false;
+    let mut cleared = false;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while (verdicts < 6 || !cleared) && Instant::now() < deadline {
+        match c.recv().await {
+            Msg::Verdict(_) => verdicts += 1,
+            Msg::Event(e) => match e.kind {
+                EventKind::Fault {
+                    code: FaultCode::TriggerOverflow,
+                    ..
+                } => fault = true,
+                EventKind::FaultCleared {
+                    code: FaultCode::TriggerOverflow,
+                } => cleared = true,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    assert_eq!(verdicts, 6, "every triggered part gets a verdict");
+    assert!(
+        fault && cleared,
+        "overflow raised then cleared (fault {fault}, cleared {cleared})"
+    );
+    assert_eq!(unit.stats().dropped, 0, "nothing dropped in triggered mode");
+    // The lamp follows the fault (the I/O thread applies it within a poll period).
+    assert!(board.wait_for(Signal::Fault, false, Duration::from_secs(1)));
+    let lamp = board.transitions_of(Signal::Fault);
+    assert!(lamp.iter().any(|t| t.high), "{lamp:?}");
+    // A SoftTrigger is one more part.
+    let re = c.send(Msg::SoftTrigger).await;
+    assert!(c
+        .recv_until(Duration::from_secs(5), |m| {
+            matches!(m, Msg::Ack(Ack { re: r }) if r == re).then_some(())
+        })
+        .await
+        .is_some());
+    assert!(next_verdict(&mut c).await.frame_id > 0);
+    // Every part scored as a reject (scripted): the reject output pulses after the conveyor delay.
+    assert!(board.wait_for(Signal::Reject, true, Duration::from_secs(2)));
+    stop(unit).await;
+}
+
+#[tokio::test]
+async fn a_link_drop_loses_no_verdict_thanks_to_the_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = sim_profile(tmp.path(), Mode::FreeRun, 4, 200.0);
+    let unit = Unit::start(
+        profile,
+        UnitOptions {
+            inspector: scripted(5, 1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut c = connect(&unit).await;
+    subscribe(&mut c, ALL).await;
+    let mut seen = vec![next_verdict(&mut c).await.seq];
+    for _ in 0..4 {
+        seen.push(next_verdict(&mut c).await.seq);
+    }
+    drop(c.into_inner()); // the link drops
+    tokio::time::sleep(Duration::from_millis(150)).await; // verdicts keep coming meanwhile
+    let mut c = connect(&unit).await;
+    subscribe(&mut c, ALL).await;
+    let from = *seen.last().unwrap() + 1;
+    let re = c.send(Msg::Replay(Replay { from_seq: from })).await;
+    let mut end = None;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut live = Vec::new();
+    while end.is_none() && Instant::now() < deadline {
+        match c.recv().await {
+            Msg::ReplayBegin(b) => {
+                assert_eq!((b.re, b.first_seq), (re, from));
+                end = Some(b.end_seq);
+            }
+            Msg::Verdict(v) => live.push(v.seq),
+            _ => {}
+        }
+    }
+    let end = end.unwrap();
+    assert!(
+        end > from + 5,
+        "verdicts were produced while disconnected ({from}..{end})"
+    );
+    loop {
+        match c.recv().await {
+            Msg::Replayed(v) => seen.push(v.seq),
+            Msg::Verdict(v) => live.push(v.seq),
+            Msg::ReplayEnd(e) => {
+                assert_eq!(e.sent, end - from);
+                break;
+            }
+            _ => {}
+        }
+    }
+    seen.extend(live.into_iter().filter(|s| *s >= end));
+    seen.sort_unstable();
+    seen.dedup();
+    let first = seen[0];
+    assert_eq!(
+        seen,
+        (first..first + seen.len() as u64).collect::<Vec<_>>(),
+        "no gap anywhere"
+    );
+    stop(unit).await;
+}
+
+#[tokio::test]
+async fn shutdown_drains_fsyncs_switches_off_and_numbering_survives_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let unit = Unit::start(
+        sim_profile(&state, Mode::FreeRun, 4, 200.0),
+        UnitOptions {
+            inspector: scripted(2, 1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let board = unit.fake_board().unwrap().clone();
+    let mut c = connect(&unit).await;
+    subscribe(&mut c, ALL).await;
+    let mut last = 0;
+    for _ in 0..5 {
+        last = next_verdict(&mut c).await.seq;
+    }
+    let key = unit.key().as_bytes().to_vec();
+    stop(unit).await;
+    for s in [Signal::Ready, Signal::Fault, Signal::Reject] {
+        assert!(!board.level(s), "{s:?} off after shutdown");
+    }
+    let next = {
+        let j = Journal::open(&state.join("journal"), JournalConfig::default()).unwrap();
+        assert_eq!(j.recovery().skipped_seqs, 0, "clean close: no crash skip");
+        assert!(j.next_seq() > last);
+        j.next_seq()
+    };
+    let unit = Unit::start(
+        sim_profile(&state, Mode::FreeRun, 4, 200.0),
+        UnitOptions {
+            inspector: scripted(2, 1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(unit.key().as_bytes().to_vec(), key, "the unit key persists");
+    let mut c = connect(&unit).await;
+    subscribe(&mut c, ALL).await;
+    assert!(
+        next_verdict(&mut c).await.seq >= next,
+        "numbering continues after a restart"
+    );
+    stop(unit).await;
+}
+
+#[tokio::test]
+async fn the_pty_serial_link_speaks_the_same_protocol() {
+    use tokio_serial::SerialPortBuilderExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = with_pty(sim_profile(tmp.path(), Mode::FreeRun, 4, 100.0));
+    let unit = Unit::start(
+        profile,
+        UnitOptions {
+            inspector: scripted(3, 1),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let path = unit
+        .pty_path()
+        .expect("pty path published")
+        .to_string_lossy()
+        .into_owned();
+    let port = tokio_serial::new(&path, 921_600)
+        .open_native_async()
+        .unwrap();
+    let mut c = Client::handshake(port, unit.key(), unit.unit_id()).await;
+    let re = c.send(Msg::Subscribe(ALL)).await;
+    let got = c
+        .recv_until(Duration::from_secs(10), |m| match m {
+            Msg::Verdict(v) => Some(v),
+            Msg::Nack(Nack { re: r, .. }) if r == re => panic!("Subscribe refused"),
+            _ => None,
+        })
+        .await;
+    assert!(got.is_some(), "verdicts over the pty");
+    stop(unit).await;
+}
