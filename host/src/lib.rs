@@ -6,8 +6,8 @@
 pub mod cli;
 pub mod commands;
 pub mod images;
-pub mod pretrain;
 pub mod monitor;
+pub mod pretrain;
 pub mod progress;
 pub mod synth;
 
