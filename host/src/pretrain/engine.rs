@@ -398,6 +398,7 @@ pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, Pre
     let root = checkpoint_root(&opts.output);
     let log = log_path(&opts.output);
     let mut start = 0u64;
+    let mut resumed_loss = f64::NAN;
     if let Some(dir) = &opts.resume {
         let st = read_state(dir)?;
         if st.config.task != cfg.task || st.config.arch != cfg.arch || st.config.seed != cfg.seed {
@@ -431,6 +432,7 @@ pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, Pre
                 detail: e.to_string(),
             })?;
         start = st.step;
+        resumed_loss = st.loss;
     } else {
         initialise(&vm, cfg)?;
     }
@@ -473,7 +475,8 @@ pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, Pre
     let rx = spawn_loader(sampler, cfg, start, cfg.steps);
     let t0 = Instant::now();
     let mut window = (0.0f64, 0u64, vec![0.0f64; names.len()], Instant::now());
-    let (mut first_loss, mut last_loss) = (f64::NAN, f64::NAN);
+    // A resumed run that has nothing left to do keeps the checkpoint's loss in its metadata.
+    let (mut first_loss, mut last_loss) = (f64::NAN, resumed_loss);
     let mut lr = schedule.lr(start);
     let mut step = start;
     while step < cfg.steps {
