@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{fit_tiny_model, sim_profile, with_pty, Client, ScriptedInspector};
-use kestrel_edge::board::Mode;
+use kestrel_edge::board::{BoardProfile, Mode};
 use kestrel_edge::journal::{Journal, JournalConfig};
 use kestrel_edge::pins::Signal;
 use kestrel_edge::{Unit, UnitHandle, UnitOptions};
@@ -27,6 +27,18 @@ fn scripted(
         reject_every,
         delay: Duration::from_millis(delay_ms),
     }))
+}
+
+/// Start a unit on `profile` with the scripted inspector (see [`scripted`]).
+fn start_scripted(profile: BoardProfile, every: u64, ms: u64) -> UnitHandle {
+    Unit::start(
+        profile,
+        UnitOptions {
+            inspector: scripted(every, ms),
+            ..Default::default()
+        },
+    )
+    .unwrap()
 }
 
 async fn connect(unit: &UnitHandle) -> Client<TcpStream> {
@@ -155,14 +167,7 @@ async fn free_run_drops_the_oldest_frames_under_load_and_counts_them() {
     let tmp = tempfile::tempdir().unwrap();
     // Camera at 200 fps, model at ~40 ms per frame: most frames must be dropped, none may queue up.
     let profile = sim_profile(tmp.path(), Mode::FreeRun, 2, 200.0);
-    let unit = Unit::start(
-        profile,
-        UnitOptions {
-            inspector: scripted(0, 40),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let unit = start_scripted(profile, 0, 40);
     let mut c = connect(&unit).await;
     subscribe(&mut c, ALL).await;
     let mut ids = Vec::new();
@@ -183,14 +188,7 @@ async fn triggered_parts_are_all_inspected_and_an_overflow_is_a_fault_until_drai
     let mut profile = sim_profile(tmp.path(), Mode::Triggered, 2, 500.0);
     // Conveyor travel longer than the backlog (7 parts × 30 ms), so every reject pulse is still ahead of the part.
     profile.inspection.reject_delay_ms = 400;
-    let unit = Unit::start(
-        profile,
-        UnitOptions {
-            inspector: scripted(1, 30),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let unit = start_scripted(profile, 1, 30);
     let board = unit.fake_board().unwrap().clone();
     let mut c = connect(&unit).await;
     subscribe(&mut c, ALL).await;
@@ -249,14 +247,7 @@ async fn triggered_parts_are_all_inspected_and_an_overflow_is_a_fault_until_drai
 async fn a_link_drop_loses_no_verdict_thanks_to_the_journal() {
     let tmp = tempfile::tempdir().unwrap();
     let profile = sim_profile(tmp.path(), Mode::FreeRun, 4, 200.0);
-    let unit = Unit::start(
-        profile,
-        UnitOptions {
-            inspector: scripted(5, 1),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let unit = start_scripted(profile, 5, 1);
     let mut c = connect(&unit).await;
     subscribe(&mut c, ALL).await;
     let mut seen = vec![next_verdict(&mut c).await.seq];
@@ -314,14 +305,7 @@ async fn a_link_drop_loses_no_verdict_thanks_to_the_journal() {
 async fn shutdown_drains_fsyncs_switches_off_and_numbering_survives_a_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let state = tmp.path().join("state");
-    let unit = Unit::start(
-        sim_profile(&state, Mode::FreeRun, 4, 200.0),
-        UnitOptions {
-            inspector: scripted(2, 1),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let unit = start_scripted(sim_profile(&state, Mode::FreeRun, 4, 200.0), 2, 1);
     let board = unit.fake_board().unwrap().clone();
     let mut c = connect(&unit).await;
     subscribe(&mut c, ALL).await;
@@ -340,14 +324,7 @@ async fn shutdown_drains_fsyncs_switches_off_and_numbering_survives_a_restart() 
         assert!(j.next_seq() > last);
         j.next_seq()
     };
-    let unit = Unit::start(
-        sim_profile(&state, Mode::FreeRun, 4, 200.0),
-        UnitOptions {
-            inspector: scripted(2, 1),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let unit = start_scripted(sim_profile(&state, Mode::FreeRun, 4, 200.0), 2, 1);
     assert_eq!(unit.key().as_bytes().to_vec(), key, "the unit key persists");
     let mut c = connect(&unit).await;
     subscribe(&mut c, ALL).await;
@@ -363,14 +340,7 @@ async fn the_pty_serial_link_speaks_the_same_protocol() {
     use tokio_serial::SerialPortBuilderExt;
     let tmp = tempfile::tempdir().unwrap();
     let profile = with_pty(sim_profile(tmp.path(), Mode::FreeRun, 4, 100.0));
-    let unit = Unit::start(
-        profile,
-        UnitOptions {
-            inspector: scripted(3, 1),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let unit = start_scripted(profile, 3, 1);
     let path = unit
         .pty_path()
         .expect("pty path published")
