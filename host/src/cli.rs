@@ -136,6 +136,14 @@ pub struct PretrainArgs {
     /// GMM: matching of predicted to true components in the direct loss.
     #[arg(long, value_enum)]
     pub matching: Option<crate::pretrain::gmm_loss::Matching>,
+    /// GMM: pseudo-defect distribution (`subtle`: small, faint, local; `medium`: larger and stronger;
+    /// `reference`: the public sampler's large colour clouds).
+    #[arg(long, value_enum)]
+    pub defects: Option<GmmPresetArg>,
+    /// Start the backbone from these weights instead of random ones (the head starts fresh), e.g. a fractal
+    /// run's output to continue with `gmm`. Same architecture required.
+    #[arg(long)]
+    pub init_weights: Option<PathBuf>,
     /// Save a checkpoint every N steps.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,

@@ -288,3 +288,51 @@ fn cli_pretrain_then_fit_with_the_weights() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("stpes"), "{err}");
 }
+
+#[test]
+fn a_run_can_start_from_another_runs_backbone() {
+    let dir = tempfile::tempdir().unwrap();
+    let fractal = dir.path().join("fractal.safetensors");
+    train(&small(TaskKind::Fractal, 3), &opts(&fractal)).unwrap();
+    let start = backbone::read_weights(&fractal).unwrap();
+
+    // GMM on top of the fractal backbone, with a learning rate too small to move the weights: its export must
+    // still hold the fractal run's convolutions, not the seeded random ones.
+    let mut cfg = small(TaskKind::Gmm, 1);
+    cfg.lr = 1e-12;
+    cfg.warmup_steps = 0;
+    cfg.seed = 7;
+    cfg.init_weights = Some(fractal.clone());
+    let gmm = dir.path().join("gmm.safetensors");
+    train(&cfg, &opts(&gmm)).unwrap();
+    let after = backbone::read_weights(&gmm).unwrap();
+    let diff = |a: &Tensor, b: &Tensor| {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    };
+    for name in [
+        "conv1.weight",
+        "layer2.0.conv1.weight",
+        "layer4.1.conv2.weight",
+    ] {
+        assert!(diff(&start[name], &after[name]) < 1e-6, "{name} moved");
+    }
+    let random = backbone::random_weights(&Arch::Resnet18Narrow.config(), 7, &Device::Cpu).unwrap();
+    assert!(diff(&random["conv1.weight"], &after["conv1.weight"]) > 1e-3);
+    assert!(read_metadata(&gmm).unwrap()["kestrel.config"].contains("init_weights"));
+
+    // Another architecture is refused with the one the file holds.
+    let mut wrong = small(TaskKind::Gmm, 1);
+    wrong.arch = Arch::Resnet18;
+    wrong.init_weights = Some(fractal);
+    let err = train(&wrong, &opts(&dir.path().join("x.safetensors")))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("resnet18_narrow"), "{err}");
+}

@@ -51,6 +51,12 @@ pub fn resolve(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
     if let Some(v) = a.matching {
         cfg.gmm.matching = v;
     }
+    if let Some(v) = a.defects {
+        cfg.gmm.preset = v.into();
+    }
+    if let Some(v) = &a.init_weights {
+        cfg.init_weights = Some(v.clone());
+    }
     if let Some(v) = a.checkpoint_every {
         cfg.checkpoint_every = v;
     }

@@ -108,6 +108,16 @@ pub struct PretrainConfig {
     /// epochs, as FractalDB does); 0 draws fresh samples forever.
     #[serde(default)]
     pub dataset_size: u64,
+    /// Start the backbone from these weights (a `kestrel pretrain` output or torchvision-named safetensors of the
+    /// same architecture) instead of the seeded random initialisation; the task head always starts fresh. Lets one
+    /// task continue another, e.g. GMM regression on top of fractal classification.
+    #[serde(default)]
+    pub init_weights: Option<PathBuf>,
+    /// The head sees the last stage average-pooled to a `head_grid × head_grid` grid, flattened (1: global
+    /// average pooling). Global pooling throws away *where* things are, which the GMM task must regress (the
+    /// means of the mixture); a 2×2 grid keeps the quadrant. Needs `image_size / 32` divisible by it.
+    #[serde(default = "one")]
+    pub head_grid: usize,
     /// Save a checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: u64,
     /// Checkpoints kept (older ones are deleted).
@@ -120,6 +130,10 @@ pub struct PretrainConfig {
     pub fractal: FractalTaskConfig,
     /// GMM settings.
     pub gmm: GmmTaskConfig,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl PretrainConfig {
@@ -155,6 +169,8 @@ impl PretrainConfig {
                 clip_grad_norm: Some(5.0),
                 seed: 0,
                 dataset_size: 0,
+                init_weights: None,
+                head_grid: 1,
                 checkpoint_every: 200,
                 keep_checkpoints: 2,
                 prefetch: 2,
@@ -179,6 +195,8 @@ impl PretrainConfig {
                 clip_grad_norm: None,
                 seed: 0,
                 dataset_size: 0,
+                init_weights: None,
+                head_grid: 1,
                 checkpoint_every: 5000,
                 keep_checkpoints: 3,
                 prefetch: 4,
@@ -232,6 +250,20 @@ impl PretrainConfig {
             return bad(
                 "image_size",
                 format!("must be 32–1024 pixels, got {}", self.image_size),
+            );
+        }
+        let last = self.image_size / 32;
+        if self.head_grid == 0
+            || (self.head_grid > 1
+                && (!last.is_multiple_of(self.head_grid) || !self.image_size.is_multiple_of(32)))
+        {
+            return bad(
+                "head_grid",
+                format!(
+                    "must divide the last stage's side ({}×{} at image_size {}; image_size must be a multiple of \
+                     32), got {}",
+                    last, last, self.image_size, self.head_grid
+                ),
             );
         }
         if self.batch_size == 0 {
@@ -361,5 +393,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("lr"), "{e}");
+        // 64 px leaves a 2×2 last stage: grids 1 and 2 fit, 3 does not.
+        assert!(g
+            .overlay_toml("head_grid = 2\n", Path::new("run.toml"))
+            .is_ok());
+        for bad in [
+            "head_grid = 3\n",
+            "head_grid = 0\n",
+            "image_size = 80\nhead_grid = 2\n",
+        ] {
+            let e = g
+                .overlay_toml(bad, Path::new("run.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("head_grid"), "{bad}: {e}");
+        }
     }
 }

@@ -167,6 +167,51 @@ fn initialise(vm: &VarMap, cfg: &PretrainConfig) -> candle_core::Result<()> {
     Ok(())
 }
 
+/// Overwrite every backbone variable (weights and BatchNorm statistics) with the tensors of `path`; the head keeps
+/// its fresh initialisation. The file must hold exactly this architecture: a missing tensor or a wrong shape is
+/// refused rather than silently left random, and a kestrel file of another architecture is named as such.
+fn load_init_weights(vm: &VarMap, cfg: &PretrainConfig, path: &Path) -> Result<(), PretrainError> {
+    let fail = |detail: String| PretrainError::InitWeights {
+        path: path.to_path_buf(),
+        detail,
+    };
+    if let Some(arch) = read_metadata(path)?.get("kestrel.arch") {
+        if arch != cfg.arch.name() {
+            return Err(fail(format!(
+                "it holds a {arch} backbone, this run trains {}; pass --arch {arch} or other weights",
+                cfg.arch.name()
+            )));
+        }
+    }
+    let file =
+        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| fail(e.to_string()))?;
+    let data = vm.data().lock().expect("VarMap lock poisoned");
+    let mut names: Vec<&String> = data
+        .keys()
+        .filter(|k| !k.starts_with(HEAD_PREFIX))
+        .collect();
+    names.sort();
+    for name in names {
+        let var = &data[name];
+        let t = file.get(name.as_str()).ok_or_else(|| {
+            fail(format!(
+                "no tensor `{name}`: not a {} backbone in torchvision naming",
+                cfg.arch.name()
+            ))
+        })?;
+        if t.dims() != var.dims() {
+            return Err(fail(format!(
+                "`{name}` has shape {:?}, {} needs {:?}",
+                t.dims(),
+                cfg.arch.name(),
+                var.dims()
+            )));
+        }
+        var.set(&t.to_dtype(var.dtype())?.to_device(var.device())?)?;
+    }
+    Ok(())
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PretrainError + '_ {
     move |source| PretrainError::Io {
         path: path.to_path_buf(),
@@ -393,7 +438,7 @@ pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, Pre
     let sampler = Sampler::new(cfg)?;
     let mut vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
-    let net = PretrainNet::new(&cfg.arch.config(), sampler.outputs(), vb)?;
+    let net = PretrainNet::new(&cfg.arch.config(), sampler.outputs(), cfg.head_grid, vb)?;
     let mut opt = Optimizer::new(&vm, cfg.optimizer.clone());
     let root = checkpoint_root(&opts.output);
     let log = log_path(&opts.output);
@@ -435,6 +480,9 @@ pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, Pre
         resumed_loss = st.loss;
     } else {
         initialise(&vm, cfg)?;
+        if let Some(path) = &cfg.init_weights {
+            load_init_weights(&vm, cfg, path)?;
+        }
     }
     if let Some(parent) = opts.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(io_err(parent))?;

@@ -57,6 +57,14 @@ pub enum PretrainError {
         /// The difference.
         detail: String,
     },
+    /// `init_weights` cannot start this run's backbone.
+    #[error("cannot start the backbone from {path}: {detail}")]
+    InitWeights {
+        /// The weights file.
+        path: PathBuf,
+        /// What was wrong, and what to use instead.
+        detail: String,
+    },
     /// File-system error.
     #[error("cannot access {path}: {source}")]
     Io {

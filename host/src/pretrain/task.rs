@@ -179,18 +179,29 @@ pub struct PretrainNet {
     /// The feature extractor being trained.
     pub backbone: ResNet,
     head: Linear,
+    grid: usize,
 }
 
 /// Prefix of the head's variables.
 pub const HEAD_PREFIX: &str = "head.";
 
 impl PretrainNet {
-    /// Build on `vb` (a `VarMap`-backed builder, so everything trains).
-    pub fn new(config: &ResNetConfig, outputs: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+    /// Build on `vb` (a `VarMap`-backed builder, so everything trains). The head reads the last stage pooled to a
+    /// `grid × grid` grid (1: global average pooling).
+    pub fn new(
+        config: &ResNetConfig,
+        outputs: usize,
+        grid: usize,
+        vb: VarBuilder,
+    ) -> candle_core::Result<Self> {
         let backbone = ResNet::new(config, vb.clone())?;
         let c4 = config.stage_channels()[3];
-        let head = candle_nn::linear(c4, outputs, vb.pp("head"))?;
-        Ok(Self { backbone, head })
+        let head = candle_nn::linear(c4 * grid * grid, outputs, vb.pp("head"))?;
+        Ok(Self {
+            backbone,
+            head,
+            grid,
+        })
     }
 
     /// Logits (B × outputs) for a normalised batch.
@@ -200,8 +211,24 @@ impl PretrainNet {
             .stages(x, 4, train)?
             .pop()
             .expect("four stages");
-        self.head.forward(&gmm_loss::spatial_mean(&c4)?)
+        if self.grid == 1 {
+            return self.head.forward(&gmm_loss::spatial_mean(&c4)?);
+        }
+        self.head.forward(&grid_pool(&c4, self.grid)?)
     }
+}
+
+/// Average-pool `x` (B × C × H × W, H and W divisible by `g`) to B × C × g × g and flatten to B × (C·g·g), in
+/// channel-major order. Reshape and mean only, so candle's autograd differentiates it.
+pub fn grid_pool(x: &Tensor, g: usize) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = x.dims4()?;
+    if !h.is_multiple_of(g) || !w.is_multiple_of(g) {
+        candle_core::bail!("grid_pool: {h}×{w} is not divisible by {g}");
+    }
+    x.reshape((b, c, g, h / g, g, w / g))?
+        .mean(5)?
+        .mean(3)?
+        .flatten_from(1)
 }
 
 /// Loss of a batch and the figures logged with it.
@@ -312,4 +339,26 @@ pub fn loss(logits: &Tensor, target: &Target, s: &LossSettings) -> candle_core::
 /// The images of a batch as a tensor.
 pub fn images_tensor(batch: &Batch, size: usize, device: &Device) -> candle_core::Result<Tensor> {
     Tensor::from_slice(&batch.images, (batch.len, 3, size, size), device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_pool_averages_each_cell_channel_major() {
+        // One image, 2 channels, 4×4: channel c holds 100·c + 10·row + col.
+        let v: Vec<f32> = (0..2)
+            .flat_map(|c| (0..16).map(move |i| (100 * c + 10 * (i / 4) + i % 4) as f32))
+            .collect();
+        let x = Tensor::from_vec(v, (1, 2, 4, 4), &Device::Cpu).unwrap();
+        let got = grid_pool(&x, 2).unwrap().to_vec2::<f32>().unwrap();
+        // Cell (0,0) of channel 0 averages rows 0–1, cols 0–1: (0 + 1 + 10 + 11) / 4 = 5.5.
+        let want = [5.5, 7.5, 25.5, 27.5, 105.5, 107.5, 125.5, 127.5];
+        assert_eq!(got[0], want);
+        // Grid 1 is the global mean.
+        let g1 = grid_pool(&x, 1).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(g1[0], [16.5, 116.5]);
+        assert!(grid_pool(&x, 3).is_err());
+    }
 }
