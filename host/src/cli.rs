@@ -144,6 +144,10 @@ pub struct PretrainArgs {
     /// run's output to continue with `gmm`. Same architecture required.
     #[arg(long)]
     pub init_weights: Option<PathBuf>,
+    /// Pool the last stage to an N×N grid for the head instead of globally (1): keeps where things are, which
+    /// the GMM task regresses. `image_size / 32` must be divisible by N.
+    #[arg(long)]
+    pub head_grid: Option<usize>,
     /// Save a checkpoint every N steps.
     #[arg(long)]
     pub checkpoint_every: Option<u64>,

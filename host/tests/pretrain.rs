@@ -287,6 +287,45 @@ fn cli_pretrain_then_fit_with_the_weights() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml") && err.contains("stpes"), "{err}");
+
+    // The two-stage recipe from the flags: GMM with visible defects and a 2×2 head, on top of the first run's
+    // backbone and the category's good images; the resolved settings record all of it.
+    let w2 = dir.path().join("stage2.safetensors");
+    let out = kestrel(&[
+        "pretrain",
+        "gmm",
+        "--steps",
+        "1",
+        "--batch-size",
+        "4",
+        "--image-size",
+        "64",
+        "--defects",
+        "medium",
+        "--head-grid",
+        "2",
+        "--normal-images",
+        data.join("widget/train/good").to_str().unwrap(),
+        "--init-weights",
+        w.to_str().unwrap(),
+        "--json",
+        "-o",
+        w2.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let settings = std::fs::read_to_string(w2.with_extension("toml")).unwrap();
+    for want in [
+        "head_grid = 2",
+        "preset = \"medium\"",
+        "init_weights = ",
+        "normal_images = ",
+    ] {
+        assert!(settings.contains(want), "{want} missing from\n{settings}");
+    }
 }
 
 #[test]

@@ -54,6 +54,9 @@ pub fn resolve(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
     if let Some(v) = a.defects {
         cfg.gmm.preset = v.into();
     }
+    if let Some(v) = a.head_grid {
+        cfg.head_grid = v;
+    }
     if let Some(v) = &a.init_weights {
         cfg.init_weights = Some(v.clone());
     }
