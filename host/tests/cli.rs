@@ -6,18 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod common;
-use common::kestrel;
+use common::{assert_success, kestrel};
 
 use kestrel_vision::synthetic::{write_mvtec_category, SyntheticSpec};
 
 fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "kestrel failed ({:?}):\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(out);
     String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
 }
 

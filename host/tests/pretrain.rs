@@ -4,7 +4,7 @@
 use std::path::Path;
 
 mod common;
-use common::kestrel;
+use common::{assert_success, kestrel};
 
 use candle_core::{Device, Tensor};
 use kestrel_host::pretrain::engine::{self, read_metadata};
@@ -178,11 +178,7 @@ fn cli_pretrain_then_fit_with_the_weights() {
         "-o",
         w.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["steps"], 2);
     // A second invocation continues from the newest checkpoint to a longer schedule.
@@ -200,11 +196,7 @@ fn cli_pretrain_then_fit_with_the_weights() {
         "-o",
         w.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (report["start_step"].as_u64(), report["steps"].as_u64()),
@@ -242,11 +234,7 @@ fn cli_pretrain_then_fit_with_the_weights() {
         model.to_str().unwrap(),
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let toml = std::fs::read_to_string(model.join("model.toml")).unwrap();
     assert!(toml.contains("gmm.safetensors"), "{toml}");
 
@@ -312,11 +300,7 @@ fn cli_pretrain_then_fit_with_the_weights() {
         "-o",
         w2.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out);
     let settings = std::fs::read_to_string(w2.with_extension("toml")).unwrap();
     for want in [
         "head_grid = 2",

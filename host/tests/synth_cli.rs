@@ -5,16 +5,10 @@ use std::path::Path;
 use std::process::Output;
 
 mod common;
-use common::kestrel;
+use common::{assert_success, kestrel};
 
 fn ok(out: &Output) -> serde_json::Value {
-    assert!(
-        out.status.success(),
-        "kestrel failed ({:?}):\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(out);
     serde_json::from_slice(&out.stdout).expect("JSON summary on stdout")
 }
 

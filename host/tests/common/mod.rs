@@ -10,3 +10,15 @@ pub fn kestrel(args: &[&str]) -> Output {
         .output()
         .expect("spawn kestrel")
 }
+
+/// Fail the test with the exit code and both streams unless `out` succeeded.
+#[track_caller]
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "kestrel failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
