@@ -7,11 +7,13 @@ use kestrel_vision::backbone::{self, Arch, WeightSource};
 use kestrel_vision::dataset::{self, ConversionCounts, Dataset, OpenOptions};
 use kestrel_vision::detector::padim::PadimConfig;
 use kestrel_vision::detector::patchcore::PatchCoreConfig;
-use kestrel_vision::detector::DetectorKind;
+use kestrel_vision::detector::{DetectorConfig, DetectorKind};
 use kestrel_vision::device::parse_device;
-use kestrel_vision::metrics::f1_max;
-use kestrel_vision::model::{DataSpec, FitSettings, Fitter, Model, ThresholdSpec};
+use kestrel_vision::model::{preprocess_batch, DataSpec, FitSettings, Fitter, Model, Rgb8};
 use kestrel_vision::preprocess::PreprocessConfig;
+use kestrel_vision::scoring::score_files;
+use kestrel_vision::threshold::ThresholdSpec;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cli::{DetectorArg, FitArgs};
@@ -109,13 +111,17 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
         arch: plan.arch,
         weights_source: source,
         preprocess: plan.preprocess.clone(),
-        kind: plan.kind,
-        padim: plan.n_features.map(|n| PadimConfig {
-            n_features: n,
-            seed: plan.seed,
-            ridge: 0.01,
-        }),
-        patchcore: plan.patchcore.clone(),
+        detector: match plan.kind {
+            DetectorKind::Padim => DetectorConfig::Padim(match plan.n_features {
+                Some(n) => PadimConfig {
+                    n_features: n,
+                    seed: plan.seed,
+                    ridge: 0.01,
+                },
+                None => PadimConfig::for_backbone(cfg.stage_channels()),
+            }),
+            DetectorKind::Patchcore => DetectorConfig::Patchcore(plan.patchcore.clone()),
+        },
         blur_sigma: kestrel_vision::postprocess::DEFAULT_SIGMA,
         data: DataSpec {
             root: plan.data.clone(),
@@ -130,9 +136,13 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
     let pb = progress::bar(ds.train.len() as u64, "features", plan.quiet);
     let paths: Vec<&Path> = ds.train.iter().map(|s| s.path.as_path()).collect();
     for chunk in paths.chunks(plan.batch_size.max(1)) {
-        let prepared = images::prepare(chunk, &plan.preprocess, &mut counts)?;
-        let batch = images::to_batch(&prepared, &plan.preprocess, &device)?;
-        fitter.add_batch(&batch)?;
+        let loaded = chunk
+            .par_iter()
+            .map(|p| dataset::load_rgb(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        loaded.iter().for_each(|l| counts.record_loaded(l));
+        let views: Vec<Rgb8<'_>> = loaded.iter().map(|l| Rgb8::from(&l.image)).collect();
+        fitter.add_batch(&preprocess_batch(&views, &plan.preprocess, &device)?)?;
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
@@ -182,34 +192,19 @@ fn choose_threshold(
     let labels: Vec<bool> = ds.validation.iter().map(|s| !s.is_good()).collect();
     let pb = progress::bar(paths.len() as u64, "validation", plan.quiet);
     let mut scores = Vec::with_capacity(paths.len());
-    images::score_paths(
+    score_files(
         model,
         &paths,
         plan.batch_size,
         counts,
-        &pb,
-        &mut |_, _, s| {
+        &mut |_, _, s| -> anyhow::Result<()> {
             scores.push(s.score);
+            pb.inc(1);
             Ok(())
         },
     )?;
     pb.finish_and_clear();
-    let f = f1_max(&scores, &labels)?;
-    let good = labels.iter().filter(|l| !**l).count();
-    let defect = labels.len() - good;
-    let method = if defect == 0 {
-        format!(
-            "maximum score of {good} held-out good training images (no validation defects given)"
-        )
-    } else {
-        format!("F1-max on a validation split of {good} good and {defect} defect images")
-    };
-    Ok(Some(ThresholdSpec {
-        image: f.threshold as f32,
-        method,
-        validation_good: good,
-        validation_defect: defect,
-    }))
+    Ok(Some(ThresholdSpec::from_validation(&scores, &labels)?))
 }
 
 /// `kestrel fit`.
