@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod npy;
 pub mod ops;
+pub mod pool;
 pub mod postprocess;
 pub mod preprocess;
 pub mod resample;
