@@ -80,7 +80,8 @@ pub enum TableProblem {
 /// A key file that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyProblem {
-    #[error("expected 64 hex digits (a 32-byte key) and a newline, found {found} characters")]
+    /// `found` counts bytes read, at most 128: nothing longer is read from a key file.
+    #[error("expected 64 hex digits (a 32-byte key) and a newline, found {found} bytes")]
     WrongLength { found: usize },
     #[error("it is not hexadecimal")]
     NotHex,

@@ -65,15 +65,12 @@ impl SigningKey {
     /// any permission on ([`BundleError::InsecureKeyFile`] says to `chmod 600` it): a readable signing key lets
     /// anyone sign models for every unit that trusts it.
     pub fn read_file(path: &Path) -> Result<Self, BundleError> {
-        let file = File::open(path).map_err(BundleError::io("open signing key", path))?;
+        let (file, _meta) = open_key_file(path, "open signing key")?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             // Mode of the opened file (fstat), not of whatever the path names by now.
-            let meta = file
-                .metadata()
-                .map_err(BundleError::io("stat signing key", path))?;
-            let mode = meta.permissions().mode() & 0o7777;
+            let mode = _meta.permissions().mode() & 0o7777;
             if mode & 0o077 != 0 {
                 return Err(BundleError::InsecureKeyFile {
                     path: path.to_owned(),
@@ -140,7 +137,7 @@ impl PublicKey {
     }
 
     pub fn read_file(path: &Path) -> Result<Self, BundleError> {
-        let file = File::open(path).map_err(BundleError::io("open public key", path))?;
+        let (file, _) = open_key_file(path, "open public key")?;
         let bytes = read_key_bytes(file, path)?;
         PublicKey::from_bytes(&bytes).map_err(|problem| BundleError::KeyFile {
             path: path.to_owned(),
@@ -224,6 +221,19 @@ fn write_key_text(path: &Path, options: OpenOptions, hex_text: &str) -> Result<(
     file.write_all(format!("{hex_text}\n").as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(BundleError::io("write key file", path))
+}
+
+/// Opens a key file and checks that it is a regular file (a directory or device is a configuration mistake).
+fn open_key_file(path: &Path, action: &'static str) -> Result<(File, fs::Metadata), BundleError> {
+    let file = File::open(path).map_err(BundleError::io(action, path))?;
+    let meta = file.metadata().map_err(BundleError::io(action, path))?;
+    if !meta.is_file() {
+        return Err(BundleError::KeyFile {
+            path: path.to_owned(),
+            problem: KeyProblem::NotAFile,
+        });
+    }
+    Ok((file, meta))
 }
 
 /// Reads a one-line hex key file: exactly 64 hex digits, then an optional `\n` or `\r\n`.
