@@ -92,6 +92,88 @@ pub enum Command {
     /// lost for longer than `--reconnect-for`, 6 the unit speaks another protocol version or schema, 7 the unit
     /// refused the key (or could not prove it holds it), 8 the unit refused the subscription, 1 anything else.
     Monitor(MonitorArgs),
+    /// Create an Ed25519 signing key for model bundles: `DIR/signing.key` (mode 0600, keep it on the host) and
+    /// `DIR/signing.pub` (copy it to units' `<state>/trusted/` and pass it to `--trusted-key`). Never overwrites.
+    Keygen(KeygenArgs),
+    /// Export a fitted model as a signed, quantised `.kbundle` for inspection units.
+    ///
+    /// BatchNorm is folded into the convolutions; `--quant int8` stores convolution weights as int8 per output
+    /// channel and the detector state as f16, `f16` stores both as f16, `f32` changes nothing (bit-identical
+    /// scores). Prints the size of each part against f32 and the metric differences between the model and the
+    /// bundle on the model's validation images and, with `--data`, on the test split. The bundle embeds a
+    /// validation image and the score the quantised model gives it, as a self-test for units.
+    Export(ExportArgs),
+}
+
+/// Where the public keys that may sign a bundle come from (`eval`/`predict` with a `.kbundle`).
+#[derive(Debug, Args, Clone, Default)]
+pub struct TrustArgs {
+    /// Public key (`signing.pub` from `kestrel keygen`) a `.kbundle` model must be signed with. Repeatable.
+    #[arg(long, value_name = "FILE.pub", help_heading = "Bundles")]
+    pub trusted_key: Vec<PathBuf>,
+    /// Folder of trusted public keys (`*.pub`), as on a unit's `<state>/trusted/`.
+    #[arg(long, value_name = "DIR", help_heading = "Bundles")]
+    pub trusted_dir: Option<PathBuf>,
+}
+
+/// `kestrel keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Folder for `signing.key` and `signing.pub` (created if missing).
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+}
+
+/// Storage of bundle weights.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum QuantArg {
+    /// Convolutions int8 per output channel, detector state f16.
+    Int8,
+    /// Convolutions and detector state f16.
+    F16,
+    /// Everything f32 (scores bit-identical to the model directory).
+    F32,
+}
+
+/// `kestrel export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Model directory from `kestrel fit`.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Signing key from `kestrel keygen` (must not be readable by group or others).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Weight storage.
+    #[arg(long, value_enum, default_value_t = QuantArg::Int8)]
+    pub quant: QuantArg,
+    /// Model version for anti-rollback: units refuse a bundle older than their active model. Increase it with
+    /// every export of a model line.
+    #[arg(long, default_value_t = 1)]
+    pub model_version: u64,
+    /// Model name shown by units (default: the model's category).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Oldest unit firmware the bundle runs on (default: this kestrel's version).
+    #[arg(long)]
+    pub firmware_min: Option<String>,
+    /// Newest unit firmware the bundle runs on (default: the last patch release of this kestrel's minor version).
+    #[arg(long)]
+    pub firmware_max: Option<String>,
+    /// Dataset root: also compare the model and the bundle on its test split (all metrics).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Category of `--data` (default: the model's).
+    #[arg(long, requires = "data")]
+    pub category: Option<String>,
+    /// Output bundle file.
+    #[arg(short = 'o', long = "output")]
+    pub output: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 /// `kestrel pretrain`.
@@ -270,7 +352,8 @@ pub struct FitArgs {
 /// `kestrel eval`.
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// Model directory from `kestrel fit` (or a directory of per-category model directories).
+    /// Model directory from `kestrel fit` (or a directory of per-category model directories), or a `.kbundle`
+    /// from `kestrel export` (then `--trusted-key` or `--trusted-dir` is required).
     #[arg(long)]
     pub model: PathBuf,
     /// Dataset root.
@@ -289,13 +372,16 @@ pub struct EvalArgs {
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
+    pub trust: TrustArgs,
+    #[command(flatten)]
     pub compute: ComputeArgs,
 }
 
 /// `kestrel predict`.
 #[derive(Debug, Args)]
 pub struct PredictArgs {
-    /// Model directory from `kestrel fit`.
+    /// Model directory from `kestrel fit`, or a `.kbundle` from `kestrel export` (then `--trusted-key` or
+    /// `--trusted-dir` is required).
     #[arg(long)]
     pub model: PathBuf,
     /// Images to score (files or folders).
@@ -307,6 +393,8 @@ pub struct PredictArgs {
     /// Print one JSON object per image (name, score, verdict) instead of a table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }

@@ -11,7 +11,9 @@ pub mod pretrain;
 pub mod progress;
 pub mod synth;
 
+use kestrel_bundle::BundleError;
 use kestrel_vision::backbone::BackboneError;
+use kestrel_vision::bundle::BundleModelError;
 use kestrel_vision::dataset::DatasetError;
 use kestrel_vision::metrics::MetricsError;
 use kestrel_vision::model::ModelError;
@@ -19,6 +21,8 @@ use kestrel_vision::preprocess::PreprocessError;
 
 /// Exit code: unexpected failure.
 pub const EXIT_FAILURE: u8 = 1;
+/// Exit code: bad command line (clap's own code), including unusable key files.
+pub const EXIT_USAGE: u8 = 2;
 /// Exit code: bad input data (dataset layout, images, masks, maps, CSV).
 pub const EXIT_BAD_DATA: u8 = 3;
 /// Exit code: bad model directory or weights.
@@ -37,6 +41,8 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Synth(a) => commands::synth::run(&a),
         Command::Pretrain(a) => commands::pretrain::run(&a),
         Command::Monitor(a) => commands::monitor::run(&a),
+        Command::Keygen(a) => commands::keygen::run(&a),
+        Command::Export(a) => commands::export::run(&a),
     }
 }
 
@@ -77,7 +83,19 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 _ => EXIT_FAILURE,
             };
         }
-        if cause.is::<BackboneError>() {
+        if let Some(b) = cause.downcast_ref::<BundleError>() {
+            return match b {
+                // A key file given on the command line that cannot be used (like `monitor --key-file`).
+                BundleError::KeyFile { .. }
+                | BundleError::InsecureKeyFile { .. }
+                | BundleError::NoTrustedKeysIn { .. } => EXIT_USAGE,
+                _ => EXIT_BAD_MODEL,
+            };
+        }
+        if cause.is::<commands::Untrusted>() {
+            return EXIT_USAGE;
+        }
+        if cause.is::<BackboneError>() || cause.is::<BundleModelError>() {
             return EXIT_BAD_MODEL;
         }
         if let Some(m) = cause.downcast_ref::<ModelError>() {

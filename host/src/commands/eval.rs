@@ -177,7 +177,7 @@ fn models_to_run(
     model: &Path,
     category: Option<&str>,
 ) -> anyhow::Result<Vec<(Option<String>, PathBuf)>> {
-    if model.join("model.toml").is_file() {
+    if model.join("model.toml").is_file() || super::is_bundle(model) {
         if category == Some("all") {
             anyhow::bail!("{} holds a single model; `--category all` needs a folder of per-category models (from `kestrel fit --category all`)", model.display());
         }
@@ -214,8 +214,7 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.compute.device)?;
     let mut rows = Vec::new();
     for (cat, dir) in models_to_run(&a.model, a.category.as_deref())? {
-        let model = Model::load(&dir, &device)
-            .with_context(|| format!("loading model {}", dir.display()))?;
+        let (model, _) = super::load_model(&dir, &a.trust, &device)?;
         let category = cat.unwrap_or_else(|| model.spec().data.category.clone());
         let ds = dataset::open_with(
             &a.data,

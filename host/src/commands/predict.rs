@@ -6,7 +6,6 @@ use std::path::Path;
 use anyhow::Context;
 use kestrel_vision::dataset::ConversionCounts;
 use kestrel_vision::device::parse_device;
-use kestrel_vision::model::Model;
 use kestrel_vision::preprocess::overlay_heatmap;
 use kestrel_vision::resample;
 use kestrel_vision::scoring::score_files;
@@ -32,8 +31,7 @@ pub struct Prediction {
 /// `kestrel predict`.
 pub fn run(a: &PredictArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.compute.device)?;
-    let model = Model::load(&a.model, &device)
-        .with_context(|| format!("loading model {}", a.model.display()))?;
+    let (model, _) = super::load_model(&a.model, &a.trust, &device)?;
     let files = images::expand_image_paths(&a.images)?;
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("creating {}", a.output.display()))?;

@@ -223,12 +223,17 @@ impl ConvBn {
         stride: usize,
         padding: usize,
         conv_vb: VarBuilder,
-        bn_vb: VarBuilder,
+        bn_vb: Option<VarBuilder>,
     ) -> candle_core::Result<Self> {
         let cfg = Conv2dConfig {
             padding,
             stride,
             ..Default::default()
+        };
+        // No BatchNorm: the weights were folded already (a model bundle), so the conv carries its bias.
+        let Some(bn_vb) = bn_vb else {
+            let conv = candle_nn::conv2d(cin, cout, k, cfg, conv_vb)?;
+            return Ok(Self { conv, bn: None });
         };
         let conv = candle_nn::conv2d_no_bias(cin, cout, k, cfg, conv_vb)?;
         let bn = candle_nn::batch_norm(
@@ -318,20 +323,22 @@ impl Block {
         planes: usize,
         stride: usize,
         vb: VarBuilder,
+        folded: bool,
     ) -> candle_core::Result<Self> {
         let cout = planes * cfg.expansion();
+        let bn = |name: &str| (!folded).then(|| vb.pp(name));
         let convs = match cfg.block {
             BlockKind::Basic => vec![
-                ConvBn::new(cin, planes, 3, stride, 1, vb.pp("conv1"), vb.pp("bn1"))?,
-                ConvBn::new(planes, planes, 3, 1, 1, vb.pp("conv2"), vb.pp("bn2"))?,
+                ConvBn::new(cin, planes, 3, stride, 1, vb.pp("conv1"), bn("bn1"))?,
+                ConvBn::new(planes, planes, 3, 1, 1, vb.pp("conv2"), bn("bn2"))?,
             ],
             BlockKind::Bottleneck => {
                 // torchvision: width = planes * (base_width / 64) * groups; stride sits on the 3×3 conv ("v1.5").
                 let width = planes * cfg.width_per_group / 64;
                 vec![
-                    ConvBn::new(cin, width, 1, 1, 0, vb.pp("conv1"), vb.pp("bn1"))?,
-                    ConvBn::new(width, width, 3, stride, 1, vb.pp("conv2"), vb.pp("bn2"))?,
-                    ConvBn::new(width, cout, 1, 1, 0, vb.pp("conv3"), vb.pp("bn3"))?,
+                    ConvBn::new(cin, width, 1, 1, 0, vb.pp("conv1"), bn("bn1"))?,
+                    ConvBn::new(width, width, 3, stride, 1, vb.pp("conv2"), bn("bn2"))?,
+                    ConvBn::new(width, cout, 1, 1, 0, vb.pp("conv3"), bn("bn3"))?,
                 ]
             }
         };
@@ -343,7 +350,7 @@ impl Block {
                 stride,
                 0,
                 vb.pp("downsample.0"),
-                vb.pp("downsample.1"),
+                bn("downsample.1"),
             )?)
         } else {
             None
@@ -404,7 +411,18 @@ pub struct ResNet {
 impl ResNet {
     /// Build from a `VarBuilder` with torchvision names (a `VarMap` for training, safetensors for inference).
     pub fn new(config: &ResNetConfig, vb: VarBuilder) -> candle_core::Result<Self> {
-        let stem = ConvBn::new(3, config.stem_width, 7, 2, 3, vb.pp("conv1"), vb.pp("bn1"))?;
+        Self::build(config, vb, false)
+    }
+
+    /// Build an inference network from BatchNorm-folded weights ([`ResNet::folded_tensors`]'s names: every
+    /// convolution's `weight` and `bias`, no BatchNorm tensors), as model bundles store it.
+    pub fn from_folded(config: &ResNetConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+        Self::build(config, vb, true)
+    }
+
+    fn build(config: &ResNetConfig, vb: VarBuilder, folded: bool) -> candle_core::Result<Self> {
+        let bn = |name: &str| (!folded).then(|| vb.pp(name));
+        let stem = ConvBn::new(3, config.stem_width, 7, 2, 3, vb.pp("conv1"), bn("bn1"))?;
         let mut cin = config.stem_width;
         let mut stages = Vec::with_capacity(4);
         for s in 0..4 {
@@ -418,6 +436,7 @@ impl ResNet {
                     config.planes[s],
                     if b == 0 { stride } else { 1 },
                     vb_s.pp(b.to_string()),
+                    folded,
                 )?;
                 cin = config.planes[s] * config.expansion();
                 blocks.push(block);
@@ -461,6 +480,35 @@ impl ResNet {
                 .collect::<candle_core::Result<_>>()?,
             conv_impl: self.conv_impl,
         })
+    }
+
+    /// The folded network's convolution weights and biases by name (`conv1.weight`, `layer1.0.conv1.bias`,
+    /// `layer2.0.downsample.0.weight`, ...): what [`ResNet::from_folded`] reads back. Fails on a network that still
+    /// has BatchNorm (call [`ResNet::fold_batch_norm`] first).
+    pub fn folded_tensors(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        let mut push = |name: String, c: &ConvBn| -> candle_core::Result<()> {
+            let bias = match (&c.bn, c.conv.bias()) {
+                (None, Some(b)) => b.clone(),
+                _ => candle_core::bail!("`{name}` still has BatchNorm: fold the network first"),
+            };
+            out.push((format!("{name}.weight"), c.conv.weight().clone()));
+            out.push((format!("{name}.bias"), bias));
+            Ok(())
+        };
+        push("conv1".into(), &self.stem)?;
+        for (s, blocks) in self.stages.iter().enumerate() {
+            for (b, block) in blocks.iter().enumerate() {
+                let prefix = format!("layer{}.{b}", s + 1);
+                for (i, c) in block.convs.iter().enumerate() {
+                    push(format!("{prefix}.conv{}", i + 1), c)?;
+                }
+                if let Some(d) = &block.downsample {
+                    push(format!("{prefix}.downsample.0"), d)?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Run the network on `x` (N×3×H×W, normalised) up to stage `last` (1..=4) and return the stage outputs
@@ -632,6 +680,35 @@ pub fn resnet_from_weights(
     origin: &Path,
     device: &Device,
 ) -> Result<ResNet, BackboneError> {
+    build_checked(config, arch_label, weights, origin, device, ResNet::new)
+}
+
+/// [`resnet_from_weights`] for BatchNorm-folded weights ([`ResNet::folded_tensors`]), e.g. from a model bundle.
+pub fn resnet_from_folded_weights(
+    config: &ResNetConfig,
+    arch_label: &str,
+    weights: HashMap<String, Tensor>,
+    origin: &Path,
+    device: &Device,
+) -> Result<ResNet, BackboneError> {
+    build_checked(
+        config,
+        arch_label,
+        weights,
+        origin,
+        device,
+        ResNet::from_folded,
+    )
+}
+
+fn build_checked(
+    config: &ResNetConfig,
+    arch_label: &str,
+    weights: HashMap<String, Tensor>,
+    origin: &Path,
+    device: &Device,
+    build: fn(&ResNetConfig, VarBuilder) -> candle_core::Result<ResNet>,
+) -> Result<ResNet, BackboneError> {
     let mut sample: Vec<&String> = weights.keys().collect();
     sample.sort();
     let sample_txt = if sample.is_empty() {
@@ -653,7 +730,7 @@ pub fn resnet_from_weights(
         .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
         .collect::<candle_core::Result<_>>()?;
     let vb = VarBuilder::from_tensors(weights, DType::F32, device);
-    ResNet::new(config, vb).map_err(|e| BackboneError::Mismatch {
+    build(config, vb).map_err(|e| BackboneError::Mismatch {
         path: origin.to_path_buf(),
         arch: arch_label.to_string(),
         count,
@@ -736,6 +813,32 @@ mod tests {
         }
         let three = net.stages(&x, 3, false).unwrap();
         assert_eq!(three.len(), 3);
+    }
+
+    /// Folded weights written out and read back build a network with bit-identical outputs; an unfolded network
+    /// has no folded weights to give.
+    #[test]
+    fn folded_tensors_rebuild_the_same_network() {
+        let dev = Device::Cpu;
+        let cfg = tiny();
+        let w = random_weights(&cfg, 3, &dev).unwrap();
+        let net = resnet_from_weights(&cfg, "tiny", w, Path::new("mem"), &dev).unwrap();
+        assert!(net.folded_tensors().is_err());
+        let folded = net.fold_batch_norm().unwrap();
+        let tensors: HashMap<String, Tensor> =
+            folded.folded_tensors().unwrap().into_iter().collect();
+        assert!(tensors.contains_key("layer2.0.downsample.0.bias"));
+        assert!(!tensors.keys().any(|k| k.contains("bn")));
+        let back =
+            resnet_from_folded_weights(&cfg, "tiny", tensors, Path::new("mem"), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &dev).unwrap();
+        let a = folded.stages(&x, 4, false).unwrap();
+        let b = back.stages(&x, 4, false).unwrap();
+        for (a, b) in a.iter().zip(&b) {
+            let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+            let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(a, b);
+        }
     }
 
     #[test]

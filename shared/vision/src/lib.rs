@@ -12,6 +12,7 @@
 //! construction. Every resize is in [`resample`]. Algorithm notes: the repository's `docs/`.
 
 pub mod backbone;
+pub mod bundle;
 pub mod conv;
 pub mod dataset;
 pub mod detector;

@@ -114,6 +114,9 @@ pub enum ModelError {
         /// Model input side.
         size: u32,
     },
+    /// [`Model::save`] on a model loaded from a bundle: it holds folded (and maybe quantised) weights only.
+    #[error("this model was loaded from a bundle and holds only folded weights; save the original model directory")]
+    NoCheckpoint,
     /// Any other tensor error.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -221,8 +224,10 @@ pub struct FitSettings {
 #[derive(Debug, Clone)]
 pub struct Model {
     spec: ModelSpec,
-    weights: HashMap<String, Tensor>,
-    net: ResNet,
+    /// The unfolded (torchvision-named) backbone checkpoint, for [`Model::save`]; `None` for a model loaded from a
+    /// bundle, which carries only folded weights.
+    weights: Option<HashMap<String, Tensor>>,
+    pub(crate) net: ResNet,
     device: Device,
     detector: Arc<dyn Detector>,
 }
@@ -310,7 +315,7 @@ impl Fitter {
         };
         Ok(Model {
             spec,
-            weights: self.weights,
+            weights: Some(self.weights),
             net: self.net,
             device: self.device,
             detector,
@@ -393,25 +398,49 @@ impl Model {
         self.detector.as_ref()
     }
 
+    /// A model from its parts (a bundle's spec, folded network and detector); it cannot be [saved](Model::save).
+    pub(crate) fn from_parts(
+        spec: ModelSpec,
+        net: ResNet,
+        device: &Device,
+        detector: Arc<dyn Detector>,
+    ) -> Self {
+        Self {
+            spec,
+            weights: None,
+            net,
+            device: device.clone(),
+            detector,
+        }
+    }
+
+    /// model.toml's text (without the comment header): what [`Model::save`] writes and bundles carry as their spec.
+    pub fn spec_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(&self.spec)
+    }
+
     /// Write the model directory (created if missing; existing model files are replaced atomically per file).
+    /// A model loaded from a bundle has no unfolded backbone checkpoint and cannot be saved.
     pub fn save(&self, dir: &Path) -> Result<(), ModelError> {
+        let Some(weights) = &self.weights else {
+            return Err(ModelError::NoCheckpoint);
+        };
         let io = |path: &Path| {
             let path = path.to_path_buf();
             move |source| ModelError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let toml_txt =
-            toml::to_string_pretty(&self.spec).map_err(|source| ModelError::SpecWrite {
-                path: dir.join("model.toml"),
-                source,
-            })?;
+        let toml_txt = self.spec_toml().map_err(|source| ModelError::SpecWrite {
+            path: dir.join("model.toml"),
+            source,
+        })?;
         let header = "# kestrel model: written by `kestrel fit`. Edit `threshold.image` to move the reject threshold.\n";
         write_atomic(
             &dir.join("model.toml"),
             format!("{header}{toml_txt}").as_bytes(),
         )?;
         save_tensors(
-            &self.weights.clone().into_iter().collect::<Vec<_>>(),
+            &weights.clone().into_iter().collect::<Vec<_>>(),
             &dir.join("backbone.safetensors"),
         )?;
         let tensors = self.detector.state()?;
@@ -462,7 +491,7 @@ impl Model {
             })?;
         Ok(Self {
             spec,
-            weights,
+            weights: Some(weights),
             net,
             device: device.clone(),
             detector,
