@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 /// Fit an unsupervised anomaly detector on a product's good images, evaluate it against annotated defects, and
 /// predict heatmaps for new images. Start with `kestrel demo`, which does all of it on a synthetic product.
 ///
-/// Exit codes: 0 success, 1 unexpected failure, 2 bad command line, 3 bad input data (dataset, images, masks,
-/// maps), 4 bad model or weights; `monitor`: 5 unit unreachable or link lost, 6 unit speaks another protocol,
-/// 7 unit refused the key, 8 unit refused a request.
+/// Exit codes: 0 success, 1 unexpected failure, 2 bad command line (or an unusable key file), 3 bad input data
+/// (dataset, images, masks, maps), 4 bad model, weights or bundle; `monitor`: 5 unit unreachable or link lost,
+/// 6 unit speaks another protocol, 7 unit refused the key, 8 unit refused a request.
 #[derive(Debug, Parser)]
 #[command(
     name = "kestrel",

@@ -54,9 +54,9 @@ pub enum BundleModelError {
     /// The container refused (structure, signature, table).
     #[error(transparent)]
     Bundle(#[from] BundleError),
-    /// Building or scoring the model failed.
+    /// Building or scoring the model failed (boxed: `ModelError` is large and this is the cold path).
     #[error(transparent)]
-    Model(#[from] ModelError),
+    Model(Box<ModelError>),
     /// The bundle's folded backbone weights do not build the network its spec names.
     #[error("the bundle's backbone weights do not fit its spec")]
     Backbone(#[source] BackboneError),
@@ -86,6 +86,12 @@ pub enum BundleModelError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+impl From<ModelError> for BundleModelError {
+    fn from(e: ModelError) -> Self {
+        BundleModelError::Model(Box::new(e))
+    }
 }
 
 /// Largest accepted `|score − expected|` for the self-test image, given the expected score: 0.1 % of the score
