@@ -10,10 +10,6 @@ use serde::{Deserialize, Serialize};
 ///
 /// Fit an unsupervised anomaly detector on a product's good images, evaluate it against annotated defects, and
 /// predict heatmaps for new images. Start with `kestrel demo`, which does all of it on a synthetic product.
-///
-/// Exit codes: 0 success, 1 unexpected failure, 2 bad command line, 3 bad input data (dataset, images, masks,
-/// maps), 4 bad model or weights; `monitor`: 5 unit unreachable or link lost, 6 unit speaks another protocol,
-/// 7 unit refused the key, 8 unit refused a request.
 #[derive(Debug, Parser)]
 #[command(
     name = "kestrel",
@@ -88,9 +84,10 @@ pub enum Command {
     /// `--json`. If the link drops it reconnects and replays the unit's journal from the first verdict not yet
     /// shown, so no verdict is lost or shown twice (journal sequence numbers).
     ///
-    /// Exit codes: 0 done (`--count` reached or Ctrl-C), 2 bad address or key file, 5 unit unreachable or link
-    /// lost for longer than `--reconnect-for`, 6 the unit speaks another protocol version or schema, 7 the unit
-    /// refused the key (or could not prove it holds it), 8 the unit refused the subscription, 1 anything else.
+    /// Exit codes (the numbers of `kestrel --help`): 0 done (`--count` reached or Ctrl-C), 2 bad address or key
+    /// file, 5 unit unreachable or link lost for longer than `--reconnect-for`, 6 the unit speaks another protocol
+    /// version or schema, 7 the unit refused the key (or could not prove it holds it), 8 the unit refused the
+    /// subscription, 1 anything else.
     Monitor(MonitorArgs),
 }
 
@@ -447,8 +444,13 @@ pub struct MonitorArgs {
 
 /// Parse the process arguments, layering `kestrel fit --config FILE` under the command line.
 pub fn parse() -> anyhow::Result<Cli> {
-    let matches = Cli::command().get_matches();
+    let matches = command().get_matches();
     from_matches(&matches)
+}
+
+/// The clap command with the generated exit-code paragraph (from kestrel-wire's table) after the help.
+pub fn command() -> clap::Command {
+    Cli::command().after_help(crate::exit_codes_help())
 }
 
 /// [`parse`] on given matches (separate for tests).

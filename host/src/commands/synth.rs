@@ -168,9 +168,9 @@ pub fn run(a: &SynthArgs) -> anyhow::Result<()> {
         threads: rayon::current_num_threads(),
     };
     if a.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        crate::outln!("{}", serde_json::to_string(&summary)?)?;
     } else {
-        println!(
+        crate::outln!(
             "wrote {} {kind} images ({} px, seed {}) to {} in {:.2}s ({:.0} images/s on {} threads, PNG writing included)",
             a.count,
             a.size,
@@ -179,7 +179,7 @@ pub fn run(a: &SynthArgs) -> anyhow::Result<()> {
             seconds,
             summary.images_per_s,
             summary.threads
-        );
+        )?;
     }
     Ok(())
 }
