@@ -66,8 +66,8 @@ pub enum DetectorError {
     #[error("numerical problem: {0}")]
     Numerical(String),
     /// Temporary storage failed.
-    #[error("temporary storage for training patches failed: {0}")]
-    Io(std::io::Error),
+    #[error("temporary storage for training patches failed")]
+    Io(#[source] std::io::Error),
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
