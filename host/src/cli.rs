@@ -225,9 +225,11 @@ pub struct FitArgs {
     /// Dataset layout.
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
     pub layout: LayoutArg,
-    /// Backbone architecture: resnet18, resnet34, resnet50, wide_resnet50_2, resnet18_narrow.
-    #[arg(long, default_value = "resnet18")]
-    pub arch: String,
+    /// Backbone architecture: resnet18, resnet34, resnet50, wide_resnet50_2, resnet18_narrow. Default: the
+    /// architecture `kestrel pretrain` recorded in the `--weights` file, else resnet18. Given with weights that
+    /// record another architecture, it is refused with the one to use.
+    #[arg(long)]
+    pub arch: Option<String>,
     /// Backbone weights (.safetensors from `kestrel import`/`kestrel pretrain`, or a torchvision .pth). Without it
     /// the backbone is randomly initialised from `--seed` (works, but pretrained features are far better).
     #[arg(long)]
@@ -481,7 +483,7 @@ fn layer_fit_config(
     let known: Vec<String> = merged
         .keys()
         .cloned()
-        .chain(["weights".into(), "category".into(), "n_features".into()])
+        .chain(["weights", "category", "n_features", "arch"].map(String::from))
         .collect();
     for (key, value) in file {
         let key = key.replace('-', "_");
