@@ -56,59 +56,45 @@ impl Generator {
         a: &SynthArgs,
         pb: &indicatif::ProgressBar,
     ) -> anyhow::Result<serde_json::Value> {
-        let width = (a.count - 1).to_string().len().max(4);
-        let stem = |i: u64| a.output.join(format!("{i:0width$}"));
         Ok(match self {
             Generator::Fractal(g) => {
-                write_each(a, pb, |i| {
+                write_each(a, pb, |i, stem| {
                     let s = g.sample(i);
-                    let stem = stem(i);
-                    save_png(&s.image, &stem, "")?;
-                    save_json(
-                        &stem,
-                        &json!({ "index": i, "class": s.params.class, "params": s.params }),
-                    )
+                    save_png(&s.image, stem, "")?;
+                    Ok(json!({ "index": i, "class": s.params.class, "params": s.params }))
                 })?;
                 json!({ "classes": a.classes, "fractal": g.config() })
             }
             Generator::Multi(g) => {
-                write_each(a, pb, |i| {
+                write_each(a, pb, |i, stem| {
                     let s = g.sample(i);
-                    let stem = stem(i);
-                    save_png(&s.image, &stem, "")?;
-                    save_json(
-                        &stem,
-                        &json!({
-                            "index": i,
-                            "labels": s.params.labels,
-                            "pos_weight": s.params.pos_weight(a.classes),
-                            "params": s.params,
-                        }),
-                    )
+                    save_png(&s.image, stem, "")?;
+                    Ok(json!({
+                        "index": i,
+                        "labels": s.params.labels,
+                        "pos_weight": s.params.pos_weight(a.classes),
+                        "params": s.params,
+                    }))
                 })?;
                 json!({ "classes": a.classes, "multi": g.config() })
             }
             Generator::Gmm(g) => {
-                write_each(a, pb, |i| {
+                write_each(a, pb, |i, stem| {
                     let s = g.sample(i);
-                    let stem = stem(i);
-                    save_png(&s.image, &stem, "")?;
-                    save_png(&s.normal, &stem, "_normal")?;
-                    save_alpha(&s.alpha, a.size, &stem)?;
+                    save_png(&s.image, stem, "")?;
+                    save_png(&s.normal, stem, "_normal")?;
+                    save_alpha(&s.alpha, a.size, stem)?;
                     let components: Vec<_> = s
                         .target
                         .active()
                         .map(|k| json!({ "slot": k, "component": s.target.components[k] }))
                         .collect();
-                    save_json(
-                        &stem,
-                        &json!({
-                            "index": i,
-                            "strength": s.target.strength,
-                            "components": components,
-                            "info": s.info,
-                        }),
-                    )
+                    Ok(json!({
+                        "index": i,
+                        "strength": s.target.strength,
+                        "components": components,
+                        "info": s.info,
+                    }))
                 })?;
                 json!({
                     "gmm": g.config(),
@@ -198,14 +184,18 @@ fn prepare_output(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
-/// Render and write every sample in parallel (rendering and PNG encoding both scale with cores).
+/// Render and write every sample in parallel (rendering and PNG encoding both scale with cores): `one` writes
+/// sample `i`'s images at its file stem (`<output>/NNNN`) and returns the parameters written to `NNNN.json`.
 fn write_each(
     a: &SynthArgs,
     pb: &indicatif::ProgressBar,
-    one: impl Fn(u64) -> anyhow::Result<()> + Sync,
+    one: impl Fn(u64, &Path) -> anyhow::Result<serde_json::Value> + Sync,
 ) -> anyhow::Result<()> {
+    let width = (a.count - 1).to_string().len().max(4);
     (0..a.count as u64).into_par_iter().try_for_each(|i| {
-        one(i)?;
+        let stem = a.output.join(format!("{i:0width$}"));
+        let params = one(i, &stem)?;
+        save_json(&stem, &params)?;
         pb.inc(1);
         Ok(())
     })
