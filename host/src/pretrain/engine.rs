@@ -396,12 +396,6 @@ pub fn first_layer_filters(vm: &VarMap) -> Result<image::RgbImage, PretrainError
     Ok(img)
 }
 
-/// Read the metadata of a weights file (empty for files without kestrel metadata).
-pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, PretrainError> {
-    let bytes = fs::read(path).map_err(io_err(path))?;
-    metadata_of(&bytes, path)
-}
-
 /// The metadata in the header of safetensors `bytes` read from `path`.
 fn metadata_of(bytes: &[u8], path: &Path) -> Result<HashMap<String, String>, PretrainError> {
     let (_, meta) =
