@@ -2,15 +2,16 @@
 //!
 //! The runtime talks to an [`Inspector`] trait, not to candle, so its threading, queueing and fault logic is tested
 //! with a scripted fake and the real model is tested here. [`VisionInspector`] loads a model directory written by
-//! `kestrel fit` (`Model::load`) and pre-processes frames with the same kestrel-vision function `kestrel eval` uses
-//! (`preprocess_rgb8`, antialiased resize + ImageNet normalisation from the model's own `PreprocessConfig`), so a
-//! frame scores the same on the unit as the same image does on the host.
+//! `kestrel fit` (`Model::load`) and scores frames with `Model::score_rgb8`, the one kestrel-vision path from pixels
+//! to score that `kestrel eval` and `kestrel predict` also run, so a frame scores the same on the unit as the same
+//! image does on the host by construction, not by keeping two copies in step.
 //!
-//! The verdict rule is the model's: a part is rejected when its score is **at or above** the threshold
-//! (`ThresholdSpec::image`); `SetThreshold` replaces it at run time. A model directory without a threshold is refused
-//! at load: the unit would otherwise have to invent one.
+//! The verdict rule is kestrel-vision's (`threshold::rejects`): a part is rejected when its score is **at or above**
+//! the threshold, or NaN; `SetThreshold` replaces the threshold at run time. A model directory without a threshold is
+//! refused at load: the unit would otherwise have to invent one.
 //!
-//! The wire mask is the anomaly map resized bilinearly to at most [`MASK_SIDE`]² and quantised to `u8` relative to
+//! The wire mask is the anomaly map resized bilinearly (`resample::bilinear`, the resize the host uses for its
+//! overlays) to at most [`MASK_SIDE`]² and quantised to `u8` relative to
 //! the threshold (`128` = exactly at threshold, `255` = twice it or more), so a host can draw "how far over" without
 //! knowing the model's score scale; it is sent RLE-encoded when that is smaller (anomaly maps are smooth, so mostly
 //! flat regions compress well), raw otherwise.
@@ -18,9 +19,10 @@
 use std::path::{Path, PathBuf};
 
 use kestrel_vision::device::parse_device;
-use kestrel_vision::model::{batch_tensor, Model};
-use kestrel_vision::preprocess::{preprocess_rgb8, resize_map_bilinear};
-use kestrel_wire::{Mask, ModelRef};
+use kestrel_vision::map::{MapError, ScoreMap};
+use kestrel_vision::model::{Model, Rgb8};
+use kestrel_vision::resample;
+use kestrel_wire::{Mask, MaskError, ModelRef};
 use sha2::{Digest, Sha256};
 
 use crate::camera::Frame;
@@ -57,33 +59,26 @@ pub enum InferenceError {
         /// The OS error.
         source: std::io::Error,
     },
-    /// A frame could not be pre-processed (wrong buffer size for its declared shape).
-    #[error("frame {frame_id}: {source}")]
-    Preprocess {
-        /// The frame.
-        frame_id: u64,
+    /// The frames (first id given) could not be scored: a frame buffer that does not match its declared size, or
+    /// a failure in the network or detector.
+    #[error("scoring frames from id {first_frame}")]
+    Score {
+        /// Id of the first frame of the batch.
+        first_frame: u64,
         /// Why.
         #[source]
-        source: kestrel_vision::preprocess::PreprocessError,
+        source: Box<kestrel_vision::model::ModelError>,
     },
-    /// The network or detector failed.
-    #[error("scoring failed: {0}")]
-    Score(#[source] Box<kestrel_vision::model::ModelError>),
-    /// A map could not be turned into a mask.
-    #[error("building the wire mask: {0}")]
-    Mask(String),
+    /// A map could not be resized to the mask grid.
+    #[error("building the wire mask")]
+    MaskSize(#[from] MapError),
+    /// The mask could not be encoded.
+    #[error("building the wire mask")]
+    MaskEncode(#[from] MaskError),
 }
 
-/// Result of scoring one frame.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Inspection {
-    /// Image anomaly score.
-    pub score: f32,
-    /// Anomaly map, `map_side × map_side`, row-major.
-    pub map: Vec<f32>,
-    /// Side of `map`.
-    pub map_side: u32,
-}
+/// Result of scoring one frame: kestrel-vision's, unchanged (score and the anomaly map at the model's input size).
+pub type Inspection = kestrel_vision::model::Scored;
 
 /// Something that scores frames. Batches may be any size ≥ 1; results come back in frame order.
 pub trait Inspector: Send {
@@ -135,7 +130,7 @@ impl VisionInspector {
         let name = format!(
             "{name} ({} {:?})",
             model.spec().data.category,
-            model.spec().detector.kind
+            model.spec().detector.kind()
         );
         let model_ref = ModelRef {
             name,
@@ -151,32 +146,20 @@ impl VisionInspector {
 
 impl Inspector for VisionInspector {
     fn inspect(&mut self, frames: &[Frame]) -> Result<Vec<Inspection>, InferenceError> {
-        let cfg = &self.model.spec().preprocess;
-        let inputs = frames
+        let views: Vec<Rgb8<'_>> = frames
             .iter()
-            .map(|f| {
-                preprocess_rgb8(&f.rgb, f.width, f.height, cfg).map_err(|source| {
-                    InferenceError::Preprocess {
-                        frame_id: f.id,
-                        source,
-                    }
-                })
+            .map(|f| Rgb8 {
+                pixels: &f.rgb,
+                width: f.width,
+                height: f.height,
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        let batch = batch_tensor(&inputs, cfg.output_size(), self.model.device())
-            .map_err(|e| InferenceError::Score(Box::new(e)))?;
-        let scored = self
-            .model
-            .score_batch(&batch)
-            .map_err(|e| InferenceError::Score(Box::new(e)))?;
-        Ok(scored
-            .into_iter()
-            .map(|s| Inspection {
-                score: s.score,
-                map: s.map,
-                map_side: s.size as u32,
+            .collect();
+        self.model
+            .score_rgb8(&views)
+            .map_err(|e| InferenceError::Score {
+                first_frame: frames.first().map_or(0, |f| f.id),
+                source: Box::new(e),
             })
-            .collect())
     }
 
     fn model_ref(&self) -> ModelRef {
@@ -188,32 +171,38 @@ impl Inspector for VisionInspector {
     }
 }
 
-/// The verdict rule: `true` (good part) when the score is below the threshold. A NaN score is a reject (fail safe).
+/// The verdict rule: `true` (good part) when the score is below the threshold; a NaN score is a reject (fail safe).
+/// kestrel-vision's [`kestrel_vision::threshold::rejects`], the rule `kestrel predict` applies too.
 pub fn passes(score: f32, threshold: f32) -> bool {
-    score < threshold
+    !kestrel_vision::threshold::rejects(score, threshold)
 }
 
 /// The wire mask of an anomaly map (see the module docs for the grid and the quantisation).
-pub fn mask_from_map(map: &[f32], side: u32, threshold: f32) -> Result<Mask, InferenceError> {
-    let grid = side.clamp(1, MASK_SIDE);
-    let small = if grid == side {
-        map.to_vec()
+pub fn mask_from_map(map: &ScoreMap, threshold: f32) -> Result<Mask, InferenceError> {
+    let (w, h) = (map.width(), map.height());
+    let grid_w = w.clamp(1, MASK_SIDE as usize);
+    let grid_h = h.clamp(1, MASK_SIDE as usize);
+    let small = if (grid_w, grid_h) == (w, h) {
+        map.clone()
     } else {
-        resize_map_bilinear(map, side, side, grid, grid)
-            .map_err(|e| InferenceError::Mask(e.to_string()))?
+        resample::bilinear(map, grid_w, grid_h)?
     };
     // A non-positive threshold cannot scale the map; fall back to the map's own maximum so the picture is still useful.
     let scale = if threshold > 0.0 {
         threshold
     } else {
-        small.iter().copied().fold(f32::MIN_POSITIVE, f32::max)
+        small
+            .data()
+            .iter()
+            .copied()
+            .fold(f32::MIN_POSITIVE, f32::max)
     };
     let pixels: Vec<u8> = small
+        .data()
         .iter()
         .map(|v| (v / scale * 128.0).round().clamp(0.0, 255.0) as u8)
         .collect();
-    Mask::compact(grid as u16, grid as u16, &pixels)
-        .map_err(|e| InferenceError::Mask(e.to_string()))
+    Ok(Mask::compact(grid_w as u16, grid_h as u16, &pixels)?)
 }
 
 /// SHA-256 over the model directory's regular files in name order (name, length, bytes of each), so a different
@@ -254,11 +243,11 @@ mod tests {
     #[test]
     fn mask_is_quantised_against_the_threshold_and_downsampled() {
         // 128×128 map: left half at the threshold, right half at twice it.
-        let side = 128u32;
+        let side = 128usize;
         let map: Vec<f32> = (0..side * side)
             .map(|i| if i % side < side / 2 { 2.0 } else { 4.0 })
             .collect();
-        let m = mask_from_map(&map, side, 2.0).unwrap();
+        let m = mask_from_map(&ScoreMap::new(side, side, map).unwrap(), 2.0).unwrap();
         assert_eq!((m.width, m.height), (64, 64));
         let px = m.pixels().unwrap();
         assert_eq!(px[0], 128);
@@ -270,7 +259,8 @@ mod tests {
 
     #[test]
     fn small_maps_keep_their_size_and_bad_thresholds_do_not_divide_by_zero() {
-        let m = mask_from_map(&[0.0, 1.0, 2.0, 4.0], 2, 0.0).unwrap();
+        let m =
+            mask_from_map(&ScoreMap::new(2, 2, vec![0.0, 1.0, 2.0, 4.0]).unwrap(), 0.0).unwrap();
         assert_eq!((m.width, m.height), (2, 2));
         assert_eq!(m.pixels().unwrap(), vec![0, 32, 64, 128]);
     }

@@ -83,7 +83,7 @@ async fn verdicts_flow_over_tcp_from_a_fitted_model_with_masks() {
     let unit = Unit::start(
         profile,
         UnitOptions {
-            model_dir: Some(model),
+            model_dir: Some(model.clone()),
             ..Default::default()
         },
     )
@@ -117,6 +117,34 @@ async fn verdicts_flow_over_tcp_from_a_fitted_model_with_masks() {
     assert!(vs
         .iter()
         .all(|v| v.pass && v.score.is_finite() && v.latency_us > 0));
+    // One scoring path: the host scoring the same frames with the same model directory gets the unit's scores.
+    let host = kestrel_vision::model::Model::load(&model, &candle_core::Device::Cpu).unwrap();
+    let camera = kestrel_edge::camera::synthetic::SyntheticSource::new(
+        kestrel_edge::camera::synthetic::SyntheticParams {
+            width: 64,
+            height: 64,
+            fps: None,
+            defect_every: 4,
+            seed: 3,
+        },
+    )
+    .unwrap();
+    for v in &vs {
+        let f = camera.render(v.frame_id);
+        let frame = kestrel_vision::model::Rgb8 {
+            pixels: &f.rgb,
+            width: f.width,
+            height: f.height,
+        };
+        let on_host = host.score_rgb8(&[frame]).unwrap()[0].score;
+        let rel = (on_host - v.score).abs() / on_host.abs().max(1e-6);
+        assert!(
+            rel < 1e-5,
+            "frame {}: host {on_host} vs unit {}",
+            v.frame_id,
+            v.score
+        );
+    }
     let board = unit.fake_board().unwrap();
     assert!(board.level(Signal::Ready), "ready lamp on with a model");
     assert!(!board.level(Signal::Fault));

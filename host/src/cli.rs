@@ -96,7 +96,7 @@ pub enum Command {
 pub struct PretrainArgs {
     /// Task.
     #[arg(value_enum)]
-    pub task: crate::pretrain::TaskKind,
+    pub task: crate::synth::TaskKind,
     /// Starting configuration.
     #[arg(long, value_enum, default_value_t = crate::pretrain::Preset::Tiny)]
     pub preset: crate::pretrain::Preset,
@@ -136,7 +136,7 @@ pub struct PretrainArgs {
     /// GMM: pseudo-defect distribution (`subtle`: small, faint, local; `medium`: larger and stronger;
     /// `reference`: the public sampler's large colour clouds).
     #[arg(long, value_enum)]
-    pub defects: Option<GmmPresetArg>,
+    pub defects: Option<crate::synth::gmm::GmmPreset>,
     /// Start the backbone from these weights instead of random ones (the head starts fresh), e.g. a fractal
     /// run's output to continue with `gmm`. Same architecture required.
     #[arg(long)]
@@ -222,9 +222,11 @@ pub struct FitArgs {
     /// Dataset layout.
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
     pub layout: LayoutArg,
-    /// Backbone architecture: resnet18, resnet34, resnet50, wide_resnet50_2, resnet18_narrow.
-    #[arg(long, default_value = "resnet18")]
-    pub arch: String,
+    /// Backbone architecture: resnet18, resnet34, resnet50, wide_resnet50_2, resnet18_narrow. Default: the
+    /// architecture `kestrel pretrain` recorded in the `--weights` file, else resnet18. Given with weights that
+    /// record another architecture, it is refused with the one to use.
+    #[arg(long)]
+    pub arch: Option<String>,
     /// Backbone weights (.safetensors from `kestrel import`/`kestrel pretrain`, or a torchvision .pth). Without it
     /// the backbone is randomly initialised from `--seed` (works, but pretrained features are far better).
     #[arg(long)]
@@ -355,35 +357,12 @@ pub struct DemoArgs {
     pub compute: ComputeArgs,
 }
 
-/// What `kestrel synth` generates.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum SynthKind {
-    /// One colourised fractal per image on a plasma background; the class is the IFS code.
-    Fractal,
-    /// 1-5 fractals of random classes pasted on one background; the target is the set of classes.
-    MultiFractal,
-    /// A Gaussian-mixture pseudo-defect blended into a normal image; the target is the mixture.
-    Gmm,
-}
-
-/// Parameter distributions of GMM pseudo-defects.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
-pub enum GmmPresetArg {
-    /// Small, faint, local defects (1-6 components; spots, stains, scratches).
-    #[default]
-    Subtle,
-    /// Larger and stronger defects (1-12 components).
-    Medium,
-    /// The published reference sampler: 30 large smooth components, often filling the image.
-    Reference,
-}
-
 /// `kestrel synth`.
 #[derive(Debug, Args)]
 pub struct SynthArgs {
     /// What to generate.
     #[arg(value_enum)]
-    pub kind: SynthKind,
+    pub kind: crate::synth::TaskKind,
     /// Number of images.
     #[arg(short = 'n', long = "count", default_value_t = 64)]
     pub count: usize,
@@ -403,8 +382,8 @@ pub struct SynthArgs {
     #[arg(long, help_heading = "GMM")]
     pub normal_images: Option<PathBuf>,
     /// GMM: parameter distribution.
-    #[arg(long, value_enum, default_value_t = GmmPresetArg::Subtle, help_heading = "GMM")]
-    pub preset: GmmPresetArg,
+    #[arg(long, value_enum, default_value_t = crate::synth::gmm::GmmPreset::Subtle, help_heading = "GMM")]
+    pub preset: crate::synth::gmm::GmmPreset,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
@@ -483,7 +462,7 @@ fn layer_fit_config(
     let known: Vec<String> = merged
         .keys()
         .cloned()
-        .chain(["weights".into(), "category".into(), "n_features".into()])
+        .chain(["weights", "category", "n_features", "arch"].map(String::from))
         .collect();
     for (key, value) in file {
         let key = key.replace('-', "_");

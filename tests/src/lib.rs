@@ -24,7 +24,7 @@ pub use kestrel_host::monitor::{
 };
 pub use kestrel_wire::{UnitKey, Verdict, PROTO_VERSION};
 pub use proxy::TcpProxy;
-pub use sim::{ScriptedScorer, SimOptions, SimUnit};
+pub use sim::{ScriptedScorer, SimOptions, SimUnit, THRESHOLD};
 
 /// Environment variable naming a real unit (`tcp://HOST:PORT`).
 pub const ENV_UNIT: &str = "KESTREL_UNIT";

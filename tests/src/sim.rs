@@ -8,6 +8,7 @@ use kestrel_edge::inference::{InferenceError, Inspection, Inspector};
 use kestrel_edge::pins::FakeBoard;
 use kestrel_edge::runtime::{Unit, UnitHandle, UnitOptions};
 use kestrel_host::monitor::UnitAddr;
+use kestrel_vision::map::ScoreMap;
 use kestrel_wire::{ModelRef, UnitKey};
 
 use crate::HilError;
@@ -69,14 +70,14 @@ impl ScriptedScorer {
         self.reject_every > 0 && (id + 1).is_multiple_of(self.reject_every)
     }
 
-    fn map(&self, id: u64, reject: bool) -> Vec<f32> {
+    fn map(&self, id: u64, reject: bool) -> ScoreMap {
         let side = MAP_SIDE as usize;
         let (cx, cy) = (
             1 + (id as usize % (side - 2)),
             1 + (id as usize / 3 % (side - 2)),
         );
         let hot = if reject { 0.9 } else { 0.3 };
-        (0..side * side)
+        let data = (0..side * side)
             .map(|i| {
                 let (x, y) = (i % side, i / side);
                 if x.abs_diff(cx) <= 1 && y.abs_diff(cy) <= 1 {
@@ -85,7 +86,8 @@ impl ScriptedScorer {
                     0.05
                 }
             })
-            .collect()
+            .collect();
+        ScoreMap::new(side, side, data).expect("MAP_SIDE² values")
     }
 }
 
@@ -98,7 +100,6 @@ impl Inspector for ScriptedScorer {
                 Inspection {
                     score: if reject { 0.9 } else { 0.2 },
                     map: self.map(f.id, reject),
-                    map_side: MAP_SIDE,
                 }
             })
             .collect())

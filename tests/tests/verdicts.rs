@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use kestrel_hil::{verdicts, Monitor, SimOptions, Target};
+use kestrel_vision::threshold::rejects;
 
 #[tokio::test]
 async fn verdicts_are_contiguous_and_match_the_scorer() {
@@ -29,6 +30,8 @@ async fn verdicts_are_contiguous_and_match_the_scorer() {
                 "frame {}",
                 v.frame_id
             );
+            // The unit's verdict is kestrel-vision's rule on the score it reported, as on the host.
+            assert_eq!(v.pass, !rejects(v.score, kestrel_hil::THRESHOLD));
             assert!(v.latency_us < 1_000_000, "latency {} µs", v.latency_us);
             assert!(v.mask.is_none(), "no masks were asked for");
         }

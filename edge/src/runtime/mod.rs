@@ -915,7 +915,7 @@ fn inference_loop(
             let pass = inference::passes(r.score, threshold);
             let latency = part.at.elapsed();
             let mask = if want_masks {
-                match inference::mask_from_map(&r.map, r.map_side, threshold) {
+                match inference::mask_from_map(&r.map, threshold) {
                     Ok(m) => Some(m),
                     Err(e) => {
                         tracing::warn!(error = %e, "no mask for this verdict");

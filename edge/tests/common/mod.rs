@@ -13,6 +13,7 @@ use kestrel_edge::board::{
 use kestrel_edge::camera::Frame;
 use kestrel_edge::inference::{InferenceError, Inspection, Inspector};
 use kestrel_host::monitor::{ConnectOptions, Session, UnitAddr};
+use kestrel_vision::map::ScoreMap;
 use kestrel_wire::{ModelRef, Msg, UnitKey};
 
 /// A simulated board: synthetic 64×64 camera at `fps`, fake pins, TCP on a free loopback port.
@@ -80,8 +81,7 @@ impl Inspector for ScriptedInspector {
                 };
                 Inspection {
                     score,
-                    map: vec![score; 16],
-                    map_side: 4,
+                    map: ScoreMap::filled(4, 4, score).unwrap(),
                 }
             })
             .collect())
@@ -100,9 +100,11 @@ impl Inspector for ScriptedInspector {
 /// Fit a tiny PaDiM model (resnet18_narrow, random weights, 64×64 synthetic frames) into `dir`, with a threshold.
 pub fn fit_tiny_model(dir: &Path) -> PathBuf {
     use kestrel_vision::backbone::{random_weights, Arch, WeightSource};
-    use kestrel_vision::detector::DetectorKind;
-    use kestrel_vision::model::{batch_tensor, DataSpec, FitSettings, Fitter, ThresholdSpec};
-    use kestrel_vision::preprocess::{preprocess_rgb8, PreprocessConfig};
+    use kestrel_vision::detector::padim::PadimConfig;
+    use kestrel_vision::detector::DetectorConfig;
+    use kestrel_vision::model::{preprocess_batch, DataSpec, FitSettings, Fitter, Rgb8};
+    use kestrel_vision::preprocess::PreprocessConfig;
+    use kestrel_vision::threshold::ThresholdSpec;
 
     let pre = PreprocessConfig {
         image_size: 64,
@@ -112,9 +114,9 @@ pub fn fit_tiny_model(dir: &Path) -> PathBuf {
         arch: Arch::Resnet18Narrow,
         weights_source: WeightSource::Random { seed: 1 },
         preprocess: pre.clone(),
-        kind: DetectorKind::Padim,
-        padim: None,
-        patchcore: Default::default(),
+        detector: DetectorConfig::Padim(PadimConfig::for_backbone(
+            Arch::Resnet18Narrow.config().stage_channels(),
+        )),
         blur_sigma: 4.0,
         data: DataSpec {
             root: "synthetic".into(),
@@ -124,16 +126,23 @@ pub fn fit_tiny_model(dir: &Path) -> PathBuf {
     let dev = candle_core::Device::Cpu;
     let w = random_weights(&Arch::Resnet18Narrow.config(), 1, &dev).unwrap();
     let mut fitter = Fitter::new(settings, w, 6, &dev).unwrap();
-    let images: Vec<Vec<f32>> = (0..6u8)
+    let frames: Vec<Vec<u8>> = (0..6u8)
         .map(|k| {
-            let rgb: Vec<u8> = (0..64 * 64 * 3)
+            (0..64 * 64 * 3)
                 .map(|i| ((i as u32 * 7 + k as u32 * 13) % 251) as u8)
-                .collect();
-            preprocess_rgb8(&rgb, 64, 64, &pre).unwrap()
+                .collect()
+        })
+        .collect();
+    let views: Vec<Rgb8<'_>> = frames
+        .iter()
+        .map(|pixels| Rgb8 {
+            pixels,
+            width: 64,
+            height: 64,
         })
         .collect();
     fitter
-        .add_batch(&batch_tensor(&images, 64, &dev).unwrap())
+        .add_batch(&preprocess_batch(&views, &pre, &dev).unwrap())
         .unwrap();
     let mut model = fitter.finish(&|_, _| {}).unwrap();
     model.set_threshold(Some(ThresholdSpec {

@@ -7,10 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use kestrel_vision::dataset::{self, ConversionCounts, Dataset, OpenOptions};
 use kestrel_vision::device::parse_device;
+use kestrel_vision::map::ScoreMap;
 use kestrel_vision::metrics::{self, AnomalyMap, MetricsReport, PixelMetricsOptions};
 use kestrel_vision::model::Model;
 use kestrel_vision::npy::{write_npy_file, Array2};
-use kestrel_vision::preprocess::{overlay_heatmap, resize_map_bilinear, resize_mask_nearest};
+use kestrel_vision::preprocess::{overlay_heatmap, resize_mask_nearest};
+use kestrel_vision::resample;
+use kestrel_vision::scoring::score_files;
 use serde::Serialize;
 
 use crate::cli::EvalArgs;
@@ -57,15 +60,15 @@ pub fn evaluate(
     let mut scores: HashMap<String, f64> = HashMap::new();
     let mut score_list = Vec::with_capacity(paths.len());
     let t0 = std::time::Instant::now();
-    images::score_paths(
+    score_files(
         model,
         &paths,
         batch_size,
         &mut counts,
-        &pb,
-        &mut |i, prep, scored| {
+        &mut |i, image, scored| -> anyhow::Result<()> {
+            pb.inc(1);
             let sample = &ds.test[i];
-            let (w, h) = prep.image.image.dimensions();
+            let (w, h) = image.image.dimensions();
             let mask = match sample.load_mask(w, h)? {
                 Some(m) => Some(resize_mask_nearest(&m, size, size)?),
                 None => None,
@@ -73,16 +76,16 @@ pub fn evaluate(
             if let Some(dir) = heatmaps {
                 write_npy_file(
                     &dir.join("maps").join(format!("{}.npy", sample.name)),
-                    &Array2::new(size as usize, size as usize, scored.map.clone())?,
+                    &Array2::new(size as usize, size as usize, scored.map.data().to_vec())?,
                 )?;
                 if let Some(m) = &mask {
                     m.to_image()
                         .save(dir.join("masks").join(format!("{}.png", sample.name)))
                         .with_context(|| format!("writing mask for {}", sample.name))?;
                 }
-                let full = resize_map_bilinear(&scored.map, size, size, w, h)?;
+                let full = resample::bilinear(&scored.map, w as usize, h as usize)?;
                 let (lo, hi) = overlay_range(threshold, &scored.map);
-                overlay_heatmap(&prep.image.image, &full, lo, hi)?
+                overlay_heatmap(&image.image, full.data(), lo, hi)?
                     .save(dir.join("overlays").join(format!("{}.png", sample.name)))
                     .with_context(|| format!("writing overlay for {}", sample.name))?;
             }
@@ -92,7 +95,7 @@ pub fn evaluate(
                 sample.name.clone(),
                 size as usize,
                 size as usize,
-                scored.map,
+                scored.map.into_data(),
                 mask.map(|m| m.data),
             )?);
             Ok(())
@@ -129,12 +132,12 @@ pub fn evaluate(
 
 /// Colour range of overlays: around the model threshold when there is one (the threshold maps to the middle of the
 /// colour scale), else the map's own range.
-fn overlay_range(threshold: Option<f32>, map: &[f32]) -> (f32, f32) {
+fn overlay_range(threshold: Option<f32>, map: &ScoreMap) -> (f32, f32) {
     match threshold {
         Some(t) if t > 0.0 => (0.5 * t, 1.5 * t),
         _ => {
-            let lo = map.iter().cloned().fold(f32::INFINITY, f32::min);
-            let hi = map.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let lo = map.min();
+            let hi = map.data().iter().cloned().fold(f32::NEG_INFINITY, f32::max);
             (lo, hi.max(lo + 1e-6))
         }
     }

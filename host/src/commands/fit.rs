@@ -7,11 +7,13 @@ use kestrel_vision::backbone::{self, Arch, WeightSource};
 use kestrel_vision::dataset::{self, ConversionCounts, Dataset, OpenOptions};
 use kestrel_vision::detector::padim::PadimConfig;
 use kestrel_vision::detector::patchcore::PatchCoreConfig;
-use kestrel_vision::detector::DetectorKind;
+use kestrel_vision::detector::{DetectorConfig, DetectorKind};
 use kestrel_vision::device::parse_device;
-use kestrel_vision::metrics::f1_max;
-use kestrel_vision::model::{DataSpec, FitSettings, Fitter, Model, ThresholdSpec};
+use kestrel_vision::model::{preprocess_batch, DataSpec, FitSettings, Fitter, Model, Rgb8};
 use kestrel_vision::preprocess::PreprocessConfig;
+use kestrel_vision::scoring::score_files;
+use kestrel_vision::threshold::ThresholdSpec;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::cli::{DetectorArg, FitArgs};
@@ -109,13 +111,17 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
         arch: plan.arch,
         weights_source: source,
         preprocess: plan.preprocess.clone(),
-        kind: plan.kind,
-        padim: plan.n_features.map(|n| PadimConfig {
-            n_features: n,
-            seed: plan.seed,
-            ridge: 0.01,
-        }),
-        patchcore: plan.patchcore.clone(),
+        detector: match plan.kind {
+            DetectorKind::Padim => DetectorConfig::Padim(match plan.n_features {
+                Some(n) => PadimConfig {
+                    n_features: n,
+                    seed: plan.seed,
+                    ridge: 0.01,
+                },
+                None => PadimConfig::for_backbone(cfg.stage_channels()),
+            }),
+            DetectorKind::Patchcore => DetectorConfig::Patchcore(plan.patchcore.clone()),
+        },
         blur_sigma: kestrel_vision::postprocess::DEFAULT_SIGMA,
         data: DataSpec {
             root: plan.data.clone(),
@@ -130,9 +136,13 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
     let pb = progress::bar(ds.train.len() as u64, "features", plan.quiet);
     let paths: Vec<&Path> = ds.train.iter().map(|s| s.path.as_path()).collect();
     for chunk in paths.chunks(plan.batch_size.max(1)) {
-        let prepared = images::prepare(chunk, &plan.preprocess, &mut counts)?;
-        let batch = images::to_batch(&prepared, &plan.preprocess, &device)?;
-        fitter.add_batch(&batch)?;
+        let loaded = chunk
+            .par_iter()
+            .map(|p| dataset::load_rgb(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        loaded.iter().for_each(|l| counts.record_loaded(l));
+        let views: Vec<Rgb8<'_>> = loaded.iter().map(|l| Rgb8::from(&l.image)).collect();
+        fitter.add_batch(&preprocess_batch(&views, &plan.preprocess, &device)?)?;
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
@@ -182,39 +192,24 @@ fn choose_threshold(
     let labels: Vec<bool> = ds.validation.iter().map(|s| !s.is_good()).collect();
     let pb = progress::bar(paths.len() as u64, "validation", plan.quiet);
     let mut scores = Vec::with_capacity(paths.len());
-    images::score_paths(
+    score_files(
         model,
         &paths,
         plan.batch_size,
         counts,
-        &pb,
-        &mut |_, _, s| {
+        &mut |_, _, s| -> anyhow::Result<()> {
             scores.push(s.score);
+            pb.inc(1);
             Ok(())
         },
     )?;
     pb.finish_and_clear();
-    let f = f1_max(&scores, &labels)?;
-    let good = labels.iter().filter(|l| !**l).count();
-    let defect = labels.len() - good;
-    let method = if defect == 0 {
-        format!(
-            "maximum score of {good} held-out good training images (no validation defects given)"
-        )
-    } else {
-        format!("F1-max on a validation split of {good} good and {defect} defect images")
-    };
-    Ok(Some(ThresholdSpec {
-        image: f.threshold as f32,
-        method,
-        validation_good: good,
-        validation_defect: defect,
-    }))
+    Ok(Some(ThresholdSpec::from_validation(&scores, &labels)?))
 }
 
 /// `kestrel fit`.
 pub fn run(a: &FitArgs) -> anyhow::Result<()> {
-    let arch = Arch::parse(&a.arch)?;
+    let arch = resolve_arch(a.arch.as_deref(), a.weights.as_deref())?;
     if !(0.0..1.0).contains(&a.validation_fraction) {
         anyhow::bail!(
             "--validation-fraction must be in [0, 1), got {}",
@@ -293,30 +288,49 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Weights written by `kestrel pretrain` name their architecture in the file's metadata: refuse a mismatch with a
-/// message that says which `--arch` to use, rather than a list of missing tensors.
-fn check_pretrained_arch(
-    path: &std::path::Path,
-    arch: kestrel_vision::backbone::Arch,
-) -> anyhow::Result<()> {
+/// The backbone to fit: `--arch` when given, else the architecture `kestrel pretrain` recorded in the weights'
+/// metadata, else resnet18.
+fn resolve_arch(arch: Option<&str>, weights: Option<&Path>) -> anyhow::Result<Arch> {
+    if let Some(name) = arch {
+        return Ok(Arch::parse(name)?);
+    }
+    let recorded = weights
+        .and_then(pretrained_metadata)
+        .and_then(|meta| meta.get("kestrel.arch").cloned());
+    Ok(match recorded {
+        Some(name) => Arch::parse(&name)?,
+        None => Arch::Resnet18,
+    })
+}
+
+/// The metadata of a safetensors weights file (header only). `None` for other formats and for files whose header
+/// cannot be read: the weights reader reports those with its own error.
+fn pretrained_metadata(path: &Path) -> Option<std::collections::HashMap<String, String>> {
     let is_safetensors = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     if !is_safetensors {
-        return Ok(());
+        return None;
     }
-    // Unreadable files are reported by the weights reader with its own error.
-    let Ok(meta) = crate::pretrain::engine::read_metadata(path) else {
+    backbone::read_metadata(path).ok()
+}
+
+/// Weights written by `kestrel pretrain` name their architecture in the file's metadata: refuse a mismatch with a
+/// message that says which `--arch` to use, rather than a list of missing tensors.
+fn check_pretrained_arch(path: &Path, arch: Arch) -> anyhow::Result<()> {
+    let Some(meta) = pretrained_metadata(path) else {
         return Ok(());
     };
     if let Some(trained) = meta.get("kestrel.arch") {
         if trained != arch.name() {
             anyhow::bail!(
-                "{} holds a {trained} backbone (kestrel pretrain {}, preset {}, step {}); fit with --arch {trained}",
+                "{} holds a {trained} backbone (kestrel pretrain {}, preset {}, step {}), not the {} asked for; \
+                 fit with --arch {trained}, or leave --arch out to use the file's",
                 path.display(),
                 meta.get("kestrel.task").map_or("?", String::as_str),
                 meta.get("kestrel.preset").map_or("?", String::as_str),
                 meta.get("kestrel.step").map_or("?", String::as_str),
+                arch.name(),
             );
         }
     }

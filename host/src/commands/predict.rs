@@ -7,7 +7,9 @@ use anyhow::Context;
 use kestrel_vision::dataset::ConversionCounts;
 use kestrel_vision::device::parse_device;
 use kestrel_vision::model::Model;
-use kestrel_vision::preprocess::{overlay_heatmap, resize_map_bilinear};
+use kestrel_vision::preprocess::overlay_heatmap;
+use kestrel_vision::resample;
+use kestrel_vision::scoring::score_files;
 use serde::Serialize;
 
 use crate::cli::PredictArgs;
@@ -35,23 +37,22 @@ pub fn run(a: &PredictArgs) -> anyhow::Result<()> {
     let files = images::expand_image_paths(&a.images)?;
     std::fs::create_dir_all(&a.output)
         .with_context(|| format!("creating {}", a.output.display()))?;
-    let size = model.spec().preprocess.output_size();
-    let threshold = model.spec().threshold.as_ref().map(|t| t.image);
+    let threshold = model.spec().threshold.clone();
     let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
     let mut counts = ConversionCounts::default();
     let pb = progress::bar(paths.len() as u64, "scoring", a.json);
     let mut preds = Vec::with_capacity(paths.len());
-    images::score_paths(
+    score_files(
         &model,
         &paths,
         a.compute.batch_size,
         &mut counts,
-        &pb,
-        &mut |i, prep, s| {
+        &mut |i, image, s| -> anyhow::Result<()> {
+            pb.inc(1);
             let path = paths[i];
-            let (w, h) = prep.image.image.dimensions();
-            let full = resize_map_bilinear(&s.map, size, size, w, h)?;
-            let (lo, hi) = match threshold {
+            let (w, h) = image.image.dimensions();
+            let full = resample::bilinear(&s.map, w as usize, h as usize)?;
+            let (lo, hi) = match threshold.as_ref().map(|t| t.image) {
                 Some(t) if t > 0.0 => (0.5 * t, 1.5 * t),
                 _ => (0.0, s.score.max(1e-6)),
             };
@@ -60,11 +61,11 @@ pub fn run(a: &PredictArgs) -> anyhow::Result<()> {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| format!("image{i}"));
             let out = a.output.join(format!("{stem}_heatmap.png"));
-            overlay_heatmap(&prep.image.image, &full, lo, hi)?
+            overlay_heatmap(&image.image, full.data(), lo, hi)?
                 .save(&out)
                 .with_context(|| format!("writing {}", out.display()))?;
-            let verdict = match threshold {
-                Some(t) if s.score >= t => "reject",
+            let verdict = match &threshold {
+                Some(t) if t.rejects(s.score) => "reject",
                 Some(_) => "pass",
                 None => "unknown",
             };

@@ -52,7 +52,7 @@ pub fn resolve(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
         cfg.gmm.matching = v;
     }
     if let Some(v) = a.defects {
-        cfg.gmm.preset = v.into();
+        cfg.gmm.preset = v;
     }
     if let Some(v) = a.head_grid {
         cfg.head_grid = v;

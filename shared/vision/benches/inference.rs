@@ -505,9 +505,7 @@ fn bench_knn(b: &mut Bench) {
 /// PatchCore: a 20,480-entry bank, 32×32 grid, k = 9 re-weighting).
 fn bench_detector_scoring(b: &mut Bench) {
     use kestrel_vision::detector::padim::{Padim, PadimConfig};
-    use kestrel_vision::postprocess::{
-        gaussian_blur, upsample_bilinear, upsample_nearest, DEFAULT_SIGMA,
-    };
+    use kestrel_vision::postprocess::{heatmap, Upsample, DEFAULT_SIGMA};
     let dev = Device::Cpu;
     let relu = |shape: (usize, usize, usize, usize), seed: u64| {
         let n = shape.0 * shape.1 * shape.2 * shape.3;
@@ -553,8 +551,9 @@ fn bench_detector_scoring(b: &mut Bench) {
             warm,
             || {
                 for m in padim.score(&stages).expect("score") {
-                    let up = upsample_bilinear(&m.data, m.w, m.h, 256, 256);
-                    std::hint::black_box(gaussian_blur(&up, 256, 256, DEFAULT_SIGMA));
+                    std::hint::black_box(
+                        heatmap(&m, Upsample::Bilinear, 256, DEFAULT_SIGMA).expect("heatmap"),
+                    );
                 }
             },
             json!({"d": d, "positions": p, "torch_key": key}),
@@ -583,8 +582,10 @@ fn bench_detector_scoring(b: &mut Bench) {
             warm,
             || {
                 for (m, s) in pc.score(&stages).expect("score") {
-                    let up = upsample_nearest(&m.data, m.w, m.h, 256, 256);
-                    std::hint::black_box((gaussian_blur(&up, 256, 256, DEFAULT_SIGMA), s));
+                    std::hint::black_box((
+                        heatmap(&m, Upsample::Nearest, 256, DEFAULT_SIGMA).expect("heatmap"),
+                        s,
+                    ));
                 }
             },
             json!({"bank": 20_480, "dim": dim, "torch_key": key}),

@@ -32,6 +32,11 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
+/// Re-exported here because the pooling functions of this module take it; it lives with the rest of the pooling
+/// rules in [`crate::pool`].
+pub use crate::pool::PoolSpec;
+use crate::pool::{max_pool_f32, pool_row_f32, PoolGeometryError, PoolShape};
+
 /// Why the fused convolution rejected its arguments.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -80,6 +85,9 @@ pub enum ConvError {
         /// Padding.
         padding: usize,
     },
+    /// The max pool does not fit its input (the same rules as [`crate::ops::max_pool2d_padded`]).
+    #[error(transparent)]
+    Pool(#[from] PoolGeometryError),
     /// The fast path was asked to run on something it does not handle (the public functions fall back to candle
     /// instead of returning this).
     #[error("fused convolution needs {0}")]
@@ -100,26 +108,6 @@ pub struct ConvSpec {
     pub stride: usize,
     /// Zero padding on every side.
     pub padding: usize,
-}
-
-/// A max pool: window, stride and implicit `-inf` padding (PyTorch's `max_pool2d` arguments).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolSpec {
-    /// Window size in both directions.
-    pub kernel: usize,
-    /// Stride in both directions.
-    pub stride: usize,
-    /// Padding on every side (at most `kernel / 2`).
-    pub padding: usize,
-}
-
-impl PoolSpec {
-    /// The ResNet stem pool: 3×3, stride 2, padding 1.
-    pub const RESNET_STEM: PoolSpec = PoolSpec {
-        kernel: 3,
-        stride: 2,
-        padding: 1,
-    };
 }
 
 /// What happens to `conv(x) + bias` before it is written: applied in the same pass as the bias.
@@ -240,27 +228,34 @@ pub fn conv2d_candle(
 }
 
 /// Max pooling with implicit `-inf` padding (PyTorch's `max_pool2d(x, kernel, stride, padding)`), e.g. the ResNet
-/// stem's 3×3/s2/p1 pool. Fast on CPU f32 without autograd; elsewhere replicate padding + candle's pool, which gives
-/// the same maxima because every window keeps at least one real element.
+/// stem's 3×3/s2/p1 pool, with [`crate::pool`]'s geometry and rules; on the CPU, NaN propagates as in PyTorch.
+///
+/// On the CPU in f32 without autograd this is [`crate::pool`]'s separable kernel. Other float tensors go to
+/// [`crate::ops::max_pool2d_padded`] (the same geometry and maxima, with a backward pass; on a GPU, candle's pool,
+/// which does not propagate NaN).
+/// Integer tensors use replicate padding and candle's pool, which gives the same maxima because every window keeps
+/// at least one real element.
 pub fn max_pool2d(x: &Tensor, pool: PoolSpec) -> candle_core::Result<Tensor> {
-    let (n, c, h, w) = x.dims4()?;
-    let g = PoolGeom::new([n, c, h, w], pool)?;
+    let (_, _, h, w) = x.dims4()?;
+    let g = pool.shape(h, w).map_err(ConvError::from)?;
     let PoolSpec {
         kernel,
         stride,
         padding,
     } = pool;
-    let fast = matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !x.track_op();
-    if !fast {
-        let mut y = x.clone();
-        if padding > 0 {
-            y = y
-                .pad_with_same(3, padding, padding)?
-                .pad_with_same(2, padding, padding)?;
-        }
-        return y.max_pool2d_with_stride(kernel, stride);
+    if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !x.track_op() {
+        return x.contiguous()?.apply_op1_no_bwd(&MaxPool(g));
     }
-    x.contiguous()?.apply_op1_no_bwd(&MaxPool(g))
+    if x.dtype().is_float() {
+        return Ok(crate::ops::max_pool2d_padded(x, kernel, stride, padding)?);
+    }
+    let mut y = x.clone();
+    if padding > 0 {
+        y = y
+            .pad_with_same(3, padding, padding)?
+            .pad_with_same(2, padding, padding)?;
+    }
+    y.max_pool2d_with_stride(kernel, stride)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -411,7 +406,7 @@ impl FusedConv<'_> {
         }
         let pool = self
             .pool
-            .map(|p| PoolGeom::new(g.out_dims(), p))
+            .map(|p| p.shape(g.ho, g.wo).map_err(ConvError::from))
             .transpose()?;
         let run = |w: &[f32], b: Option<&[f32]>| match &pool {
             Some(pg) => conv_relu_pool_f32(&ConvArgs::new(x, w, b, g), pg),
@@ -422,7 +417,7 @@ impl FusedConv<'_> {
             None => Ok(run(w, None)),
         })?;
         let dims = match &pool {
-            Some(pg) => [pg.n, pg.c, pg.ho, pg.wo],
+            Some(pg) => [g.n, g.cout, pg.out_h, pg.out_w],
             None => g.out_dims(),
         };
         Ok((CpuStorage::F32(y), Shape::from(dims.to_vec())))
@@ -716,27 +711,28 @@ fn conv_f32(
 
 /// Max pooling over the ReLU'd convolution output, fused: each task computes a band of convolution rows into a
 /// per-thread buffer and pools it straight away, so the full-resolution activation is never stored.
-fn conv_relu_pool_f32(a: &ConvArgs<'_>, pg: &PoolGeom) -> Vec<f32> {
+fn conv_relu_pool_f32(a: &ConvArgs<'_>, pg: &PoolShape) -> Vec<f32> {
     let g = &a.g;
     // Pooled rows per band: the band's conv rows (m·s + k − s of them) should fit ~1 MiB for all channels, and
     // there should be enough bands for every thread.
     let row_bytes = (g.cout * g.wo * 4).max(1);
-    let fit = ((1 << 20) / row_bytes).saturating_sub(pg.k.saturating_sub(pg.s)) / pg.s;
+    let (k, s) = (pg.spec.kernel, pg.spec.stride);
+    let fit = ((1 << 20) / row_bytes).saturating_sub(k.saturating_sub(s)) / s;
     let want = 2 * rayon::current_num_threads();
-    let mut m = fit.clamp(1, pg.ho);
-    if g.n * pg.ho.div_ceil(m) < want {
-        m = pg.ho.div_ceil(want.div_ceil(g.n.max(1))).max(1);
+    let mut m = fit.clamp(1, pg.out_h);
+    if g.n * pg.out_h.div_ceil(m) < want {
+        m = pg.out_h.div_ceil(want.div_ceil(g.n.max(1))).max(1);
     }
-    let bands = pg.ho.div_ceil(m);
-    let out_plane = pg.ho * pg.wo;
+    let bands = pg.out_h.div_ceil(m);
+    let out_plane = pg.out_h * pg.out_w;
     let out_len = g.n * g.cout * out_plane;
     let mut y: Vec<f32> = Vec::with_capacity(out_len);
     let out = OutPtr(y.as_mut_ptr());
     (0..g.n * bands).into_par_iter().for_each(|t| {
         let (b, band) = (t / bands, t % bands);
-        let (oy0, oy1) = (band * m, ((band + 1) * m).min(pg.ho));
-        let r0 = pg.window(oy0, g.ho).0;
-        let r1 = pg.window(oy1 - 1, g.ho).1;
+        let (oy0, oy1) = (band * m, ((band + 1) * m).min(pg.out_h));
+        let r0 = pg.rows(oy0).start;
+        let r1 = pg.rows(oy1 - 1).end;
         let band_px = (r1 - r0) * g.wo;
         BAND.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -757,16 +753,15 @@ fn conv_relu_pool_f32(a: &ConvArgs<'_>, pg: &PoolGeom) -> Vec<f32> {
             }
             let mut vmax = vec![f32::NEG_INFINITY; g.wo];
             for (co, plane) in buf.chunks_exact(band_px).enumerate() {
-                let out_off = (b * g.cout + co) * out_plane + oy0 * pg.wo;
+                let out_off = (b * g.cout + co) * out_plane + oy0 * pg.out_w;
                 // SAFETY: pooled rows oy0..oy1 of channel co of image b: this task's alone, inside the allocation.
                 let dst = unsafe {
-                    std::slice::from_raw_parts_mut(out.get().add(out_off), (oy1 - oy0) * pg.wo)
+                    std::slice::from_raw_parts_mut(out.get().add(out_off), (oy1 - oy0) * pg.out_w)
                 };
-                for (oy, orow) in (oy0..oy1).zip(dst.chunks_exact_mut(pg.wo)) {
-                    let (ya, yb) = pg.window(oy, g.ho);
-                    pool_row(
-                        &plane[(ya - r0) * g.wo..(yb - r0) * g.wo],
-                        g.wo,
+                for (oy, orow) in (oy0..oy1).zip(dst.chunks_exact_mut(pg.out_w)) {
+                    let rows = pg.rows(oy);
+                    pool_row_f32(
+                        &plane[(rows.start - r0) * g.wo..(rows.end - r0) * g.wo],
                         pg,
                         &mut vmax,
                         orow,
@@ -778,23 +773,6 @@ fn conv_relu_pool_f32(a: &ConvArgs<'_>, pg: &PoolGeom) -> Vec<f32> {
     // SAFETY: the bands cover every (image, channel, pooled row) exactly once and each row was written.
     unsafe { y.set_len(out_len) };
     y
-}
-
-/// One pooled output row from the input rows of its window (`rows`: whole rows of width `w`): a vertical max into
-/// `vmax`, then the horizontal windows.
-fn pool_row(rows: &[f32], w: usize, pg: &PoolGeom, vmax: &mut [f32], out: &mut [f32]) {
-    vmax.fill(f32::NEG_INFINITY);
-    for xrow in rows.chunks_exact(w) {
-        for (m, v) in vmax.iter_mut().zip(xrow) {
-            *m = if *v > *m { *v } else { *m };
-        }
-    }
-    for (ox, o) in out.iter_mut().enumerate() {
-        let (a, b) = pg.window(ox, w);
-        *o = vmax[a..b]
-            .iter()
-            .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
-    }
 }
 
 /// Fill `col` (k rows × `tw` columns) with the receptive fields of output pixels `p0..p0+tw` of image `b`.
@@ -944,56 +922,8 @@ impl<'a> Src<'a> {
 // ---------------------------------------------------------------------------------------------------------------
 // Max pool
 
-#[derive(Debug, Clone, Copy)]
-struct PoolGeom {
-    n: usize,
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    s: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
-}
-
-impl PoolGeom {
-    fn new(dims: [usize; 4], pool: PoolSpec) -> Result<Self, ConvError> {
-        let [n, c, h, w] = dims;
-        let (k, s, pad) = (pool.kernel, pool.stride, pool.padding);
-        // PyTorch requires pad ≤ k/2, which also guarantees every window holds a real element.
-        if k == 0 || s == 0 || 2 * pad > k || h + 2 * pad < k || w + 2 * pad < k {
-            return Err(ConvError::Geometry {
-                input: [h, w],
-                kernel: [k, k],
-                stride: s,
-                padding: pad,
-            });
-        }
-        Ok(Self {
-            n,
-            c,
-            h,
-            w,
-            k,
-            s,
-            pad,
-            ho: (h + 2 * pad - k) / s + 1,
-            wo: (w + 2 * pad - k) / s + 1,
-        })
-    }
-
-    /// Input index range `[lo, hi)` covered by window `o` along an axis of length `len`.
-    fn window(&self, o: usize, len: usize) -> (usize, usize) {
-        let start = o * self.s;
-        (
-            start.saturating_sub(self.pad),
-            (start + self.k).saturating_sub(self.pad).min(len),
-        )
-    }
-}
-
-struct MaxPool(PoolGeom);
+/// [`max_pool2d`]'s fast path: [`crate::pool`]'s separable f32 kernel as a candle op.
+struct MaxPool(PoolShape);
 
 impl CustomOp1 for MaxPool {
     fn name(&self) -> &'static str {
@@ -1001,19 +931,10 @@ impl CustomOp1 for MaxPool {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = self.0;
-        let x = contiguous_f32(s, l)?;
-        let mut y = vec![0f32; g.n * g.c * g.ho * g.wo];
-        y.par_chunks_mut(g.ho * g.wo)
-            .zip(x.par_chunks(g.h * g.w))
-            .for_each(|(yp, xp)| {
-                let mut vmax = vec![f32::NEG_INFINITY; g.w];
-                for (oy, yrow) in yp.chunks_exact_mut(g.wo).enumerate() {
-                    let (a, b) = g.window(oy, g.h);
-                    pool_row(&xp[a * g.w..b * g.w], g.w, &g, &mut vmax, yrow);
-                }
-            });
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.c, g.ho, g.wo))))
+        let g = &self.0;
+        let (n, c, ..) = l.shape().dims4()?;
+        let y = max_pool_f32(contiguous_f32(s, l)?, n * c, g);
+        Ok((CpuStorage::F32(y), Shape::from((n, c, g.out_h, g.out_w))))
     }
 }
 

@@ -14,12 +14,18 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
 use crate::backbone::{self, Arch, BackboneError, ResNet, ResNetConfig, WeightSource};
-use crate::detector::padim::{Padim, PadimConfig, PadimFit};
-use crate::detector::patchcore::{PatchCore, PatchCoreConfig, PatchCoreFit};
-use crate::detector::{DetectorError, DetectorKind, PatchMap};
+use crate::detector::{Detector, DetectorConfig, DetectorError, DetectorFit, FeatureShape};
+use crate::map::{MapError, ScoreMap};
 use crate::postprocess;
-use crate::preprocess::PreprocessConfig;
+use crate::preprocess::{preprocess_rgb8, PreprocessConfig, PreprocessError};
+
+pub use crate::detector::DetectorSpec;
+pub use crate::threshold::ThresholdSpec;
 
 /// Current model directory format version.
 pub const MODEL_FORMAT: u32 = 1;
@@ -39,15 +45,36 @@ pub enum ModelError {
         /// File.
         path: PathBuf,
         /// Why.
+        #[source]
         source: std::io::Error,
     },
-    /// `model.toml` is malformed.
-    #[error("{path}: invalid model description: {detail}\n  hint: was this directory written by `kestrel fit`?")]
-    Spec {
+    /// `model.toml` cannot be parsed.
+    #[error(
+        "{path}: invalid model description\n  hint: was this directory written by `kestrel fit`?"
+    )]
+    SpecSyntax {
         /// File.
         path: PathBuf,
-        /// Why.
-        detail: String,
+        /// The TOML parser's error.
+        #[source]
+        source: toml::de::Error,
+    },
+    /// `model.toml` could not be written (a value TOML cannot represent).
+    #[error("{path}: cannot write the model description")]
+    SpecWrite {
+        /// File.
+        path: PathBuf,
+        /// The TOML writer's error.
+        #[source]
+        source: toml::ser::Error,
+    },
+    /// `model.toml` was written by a newer kestrel.
+    #[error("{path}: model format {found} is newer than this kestrel understands ({MODEL_FORMAT}); upgrade kestrel")]
+    FormatTooNew {
+        /// File.
+        path: PathBuf,
+        /// Format found.
+        found: u32,
     },
     /// A tensor file is missing or inconsistent.
     #[error("{path}")]
@@ -55,8 +82,30 @@ pub enum ModelError {
         /// File.
         path: PathBuf,
         /// Why.
+        #[source]
         source: candle_core::Error,
     },
+    /// A detector state file does not rebuild its detector.
+    #[error("{path}")]
+    DetectorState {
+        /// File.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: DetectorError,
+    },
+    /// An image could not be pre-processed (e.g. a frame buffer shorter than its declared size).
+    #[error("image {index} of the batch")]
+    Preprocess {
+        /// Position in the batch.
+        index: usize,
+        /// Why.
+        #[source]
+        source: PreprocessError,
+    },
+    /// A map had an impossible size (a bug, reported rather than panicking).
+    #[error(transparent)]
+    Map(#[from] MapError),
     /// Input batch does not match the model's input size.
     #[error("input batch has shape {got:?}, the model expects N×3×{size}×{size}")]
     InputShape {
@@ -81,41 +130,11 @@ pub struct BackboneSpec {
     pub weights: WeightSource,
 }
 
-/// Detector section of model.toml.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DetectorSpec {
-    /// Which detector.
-    pub kind: DetectorKind,
-    /// PaDiM settings (when `kind = "padim"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub padim: Option<PadimConfig>,
-    /// PatchCore settings (when `kind = "patchcore"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub patchcore: Option<PatchCoreConfig>,
-    /// Feature grid [h, w] of the patch map.
-    pub grid: [usize; 2],
-    /// Number of good images fitted on.
-    pub train_images: usize,
-}
-
 /// Post-processing section of model.toml.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PostprocessSpec {
     /// Gaussian blur σ applied to the upsampled map (anomalib: 4).
     pub blur_sigma: f32,
-}
-
-/// Decision threshold and its provenance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ThresholdSpec {
-    /// Image score at or above which a part is rejected.
-    pub image: f32,
-    /// How it was chosen (e.g. "max score of 12 held-out good images").
-    pub method: String,
-    /// Good images in the validation split.
-    pub validation_good: usize,
-    /// Defect images in the validation split.
-    pub validation_defect: usize,
 }
 
 /// Training data provenance.
@@ -151,21 +170,34 @@ pub struct ModelSpec {
     pub threshold: Option<ThresholdSpec>,
 }
 
-#[derive(Debug, Clone)]
-enum Fitted {
-    Padim(Padim),
-    PatchCore(PatchCore),
-}
-
 /// Scoring output for one image, at model input resolution.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scored {
-    /// Anomaly map, `size`×`size` row-major, after upsampling and blur.
-    pub map: Vec<f32>,
-    /// Map side.
-    pub size: usize,
+    /// Anomaly map at the model's input size, after upsampling and blur.
+    pub map: ScoreMap,
     /// Image anomaly score.
     pub score: f32,
+}
+
+/// Borrowed interleaved RGB8 pixels (`width × height × 3` bytes, row-major): a camera frame or a decoded image.
+#[derive(Debug, Clone, Copy)]
+pub struct Rgb8<'a> {
+    /// The pixels.
+    pub pixels: &'a [u8],
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
+}
+
+impl<'a> From<&'a image::RgbImage> for Rgb8<'a> {
+    fn from(img: &'a image::RgbImage) -> Self {
+        Self {
+            pixels: img.as_raw(),
+            width: img.width(),
+            height: img.height(),
+        }
+    }
 }
 
 /// Settings for fitting.
@@ -177,12 +209,8 @@ pub struct FitSettings {
     pub weights_source: WeightSource,
     /// Pre-processing.
     pub preprocess: PreprocessConfig,
-    /// Detector kind.
-    pub kind: DetectorKind,
-    /// PaDiM settings override (defaults depend on the backbone).
-    pub padim: Option<PadimConfig>,
-    /// PatchCore settings.
-    pub patchcore: PatchCoreConfig,
+    /// Detector and its settings.
+    pub detector: DetectorConfig,
     /// Blur σ.
     pub blur_sigma: f32,
     /// Data provenance.
@@ -196,7 +224,7 @@ pub struct Model {
     weights: HashMap<String, Tensor>,
     net: ResNet,
     device: Device,
-    fitted: Fitted,
+    detector: Arc<dyn Detector>,
 }
 
 /// Incremental fitting: feed batches of pre-processed good images, then [`Fitter::finish`].
@@ -205,13 +233,7 @@ pub struct Fitter {
     weights: HashMap<String, Tensor>,
     net: ResNet,
     device: Device,
-    state: FitState,
-    last_stage: usize,
-}
-
-enum FitState {
-    Padim(Box<PadimFit>),
-    PatchCore(Box<PatchCoreFit>),
+    fit: Box<dyn DetectorFit>,
 }
 
 impl Fitter {
@@ -232,82 +254,40 @@ impl Fitter {
             device,
         )?
         .fold_batch_norm()?;
-        let ch = cfg.stage_channels();
-        let size = settings.preprocess.output_size() as usize;
-        let state = match settings.kind {
-            DetectorKind::Padim => {
-                let total = ch[0] + ch[1] + ch[2];
-                let pc = settings
-                    .padim
-                    .clone()
-                    .unwrap_or_else(|| PadimConfig::default_for(total));
-                FitState::Padim(Box::new(PadimFit::new(pc, total)?))
-            }
-            DetectorKind::Patchcore => {
-                let grid = (size.div_ceil(8), size.div_ceil(8));
-                FitState::PatchCore(Box::new(PatchCoreFit::new(
-                    settings.patchcore.clone(),
-                    ch[1] + ch[2],
-                    grid,
-                    expected_images,
-                )?))
-            }
-        };
-        let last_stage = *settings.kind.stages().last().expect("non-empty");
+        let fit = settings.detector.fitter(
+            FeatureShape {
+                stage_channels: cfg.stage_channels(),
+                input_size: settings.preprocess.output_size() as usize,
+            },
+            expected_images,
+        )?;
         Ok(Self {
             settings,
             weights,
             net,
             device: device.clone(),
-            state,
-            last_stage,
+            fit,
         })
     }
 
     /// Whether PatchCore spills training patches to disk (so the CLI can say so).
     pub fn spills_to_disk(&self) -> bool {
-        matches!(&self.state, FitState::PatchCore(f) if f.spills())
+        self.fit.spills_to_disk()
     }
 
     /// Add a batch (N×3×S×S, pre-processed) of good images.
     pub fn add_batch(&mut self, x: &Tensor) -> Result<(), ModelError> {
         check_input(x, self.settings.preprocess.output_size())?;
         let x = x.to_device(&self.device)?;
-        let stages = self.net.stages(&x, self.last_stage, false)?;
-        match &mut self.state {
-            FitState::Padim(f) => f.add(&stages)?,
-            FitState::PatchCore(f) => f.add(&stages)?,
-        }
-        Ok(())
+        let last = self.settings.detector.kind().last_stage();
+        let stages = self.net.stages(&x, last, false)?;
+        Ok(self.fit.add(&stages)?)
     }
 
     /// Finish fitting; `progress(done, total)` reports coreset selection.
     pub fn finish(self, progress: &dyn Fn(usize, usize)) -> Result<Model, ModelError> {
         let s = self.settings;
-        let (fitted, det) = match self.state {
-            FitState::Padim(f) => {
-                let m = f.finish()?;
-                let spec = DetectorSpec {
-                    kind: DetectorKind::Padim,
-                    padim: Some(m.config.clone()),
-                    patchcore: None,
-                    grid: [m.grid.0, m.grid.1],
-                    train_images: m.images,
-                };
-                (Fitted::Padim(m), spec)
-            }
-            FitState::PatchCore(f) => {
-                let m = f.finish(progress)?;
-                let spec = DetectorSpec {
-                    kind: DetectorKind::Patchcore,
-                    padim: None,
-                    patchcore: Some(m.config.clone()),
-                    grid: [m.grid.0, m.grid.1],
-                    train_images: m.images,
-                };
-                (Fitted::PatchCore(m), spec)
-            }
-        };
+        let detector = self.fit.finish(progress)?;
         let spec = ModelSpec {
             format: MODEL_FORMAT,
             kestrel_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -322,7 +302,7 @@ impl Fitter {
                 weights: s.weights_source,
             },
             preprocess: s.preprocess,
-            detector: det,
+            detector: detector.spec(),
             postprocess: PostprocessSpec {
                 blur_sigma: s.blur_sigma,
             },
@@ -333,7 +313,7 @@ impl Fitter {
             weights: self.weights,
             net: self.net,
             device: self.device,
-            fitted,
+            detector,
         })
     }
 }
@@ -372,42 +352,45 @@ impl Model {
         self.spec.threshold = t;
     }
 
-    /// Score a batch of pre-processed images (N×3×S×S).
+    /// Score a batch of pre-processed images (N×3×S×S): backbone → detector → heatmap ([`postprocess::heatmap`],
+    /// the detector's own upsampling, then the blur) → image score (the detector's own, else the heatmap's
+    /// maximum; a NaN anywhere in the heatmap makes the score NaN, which every verdict rule treats as a reject).
     pub fn score_batch(&self, x: &Tensor) -> Result<Vec<Scored>, ModelError> {
         check_input(x, self.spec.preprocess.output_size())?;
         let x = x.to_device(&self.device)?;
-        let last = *self.spec.detector.kind.stages().last().expect("non-empty");
-        let stages = self.net.stages(&x, last, false)?;
+        let stages = self
+            .net
+            .stages(&x, self.detector.kind().last_stage(), false)?;
         let size = self.spec.preprocess.output_size() as usize;
         let sigma = self.spec.postprocess.blur_sigma;
-        let raw: Vec<(PatchMap, Option<f32>, bool)> = match &self.fitted {
-            Fitted::Padim(p) => p
-                .score(&stages)?
-                .into_iter()
-                .map(|m| (m, None, true))
-                .collect(),
-            Fitted::PatchCore(p) => p
-                .score(&stages)?
-                .into_iter()
-                .map(|(m, s)| (m, Some(s), false))
-                .collect(),
-        };
-        use rayon::prelude::*;
-        Ok(raw
+        let upsample = self.detector.upsample();
+        self.detector
+            .score(&stages)?
             .into_par_iter()
-            .map(|(m, score, bilinear)| {
-                // anomalib: PaDiM upsamples bilinearly, PatchCore with nearest (F.interpolate default).
-                let up = if bilinear {
-                    postprocess::upsample_bilinear(&m.data, m.w, m.h, size, size)
-                } else {
-                    postprocess::upsample_nearest(&m.data, m.w, m.h, size, size)
-                };
-                let map = postprocess::gaussian_blur(&up, size, size, sigma);
-                let score =
-                    score.unwrap_or_else(|| map.iter().cloned().fold(f32::NEG_INFINITY, f32::max));
-                Scored { map, size, score }
+            .map(|p| {
+                let map = postprocess::heatmap(&p.map, upsample, size, sigma)?;
+                let score = p.image_score.unwrap_or_else(|| map.max());
+                Ok(Scored { map, score })
             })
-            .collect())
+            .collect()
+    }
+
+    /// Score RGB8 images of any size (camera frames, decoded files): the one path from pixels to scores that
+    /// `kestrel eval`, `kestrel predict`, `kestrel fit`'s threshold and the edge unit all use. Images are
+    /// pre-processed in parallel with the model's own [`PreprocessConfig`], stacked and scored as one batch.
+    pub fn score_rgb8(&self, images: &[Rgb8<'_>]) -> Result<Vec<Scored>, ModelError> {
+        let batch = self.batch_rgb8(images)?;
+        self.score_batch(&batch)
+    }
+
+    /// Pre-process RGB8 images with the model's settings and stack them into its input batch.
+    pub fn batch_rgb8(&self, images: &[Rgb8<'_>]) -> Result<Tensor, ModelError> {
+        preprocess_batch(images, &self.spec.preprocess, &self.device)
+    }
+
+    /// The fitted detector.
+    pub fn detector(&self) -> &dyn Detector {
+        self.detector.as_ref()
     }
 
     /// Write the model directory (created if missing; existing model files are replaced atomically per file).
@@ -417,10 +400,11 @@ impl Model {
             move |source| ModelError::Io { path, source }
         };
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        let toml_txt = toml::to_string_pretty(&self.spec).map_err(|e| ModelError::Spec {
-            path: dir.join("model.toml"),
-            detail: e.to_string(),
-        })?;
+        let toml_txt =
+            toml::to_string_pretty(&self.spec).map_err(|source| ModelError::SpecWrite {
+                path: dir.join("model.toml"),
+                source,
+            })?;
         let header = "# kestrel model: written by `kestrel fit`. Edit `threshold.image` to move the reject threshold.\n";
         write_atomic(
             &dir.join("model.toml"),
@@ -430,11 +414,8 @@ impl Model {
             &self.weights.clone().into_iter().collect::<Vec<_>>(),
             &dir.join("backbone.safetensors"),
         )?;
-        let (name, tensors) = match &self.fitted {
-            Fitted::Padim(p) => ("padim.safetensors", p.tensors()?),
-            Fitted::PatchCore(p) => ("patchcore.safetensors", p.tensors()),
-        };
-        save_tensors(&tensors, &dir.join(name))
+        let tensors = self.detector.state()?;
+        save_tensors(&tensors, &dir.join(detector_file(&self.spec.detector)))
     }
 
     /// Load a model directory onto `device`.
@@ -444,17 +425,14 @@ impl Model {
             path: toml_path.clone(),
             source,
         })?;
-        let spec: ModelSpec = toml::from_str(&txt).map_err(|e| ModelError::Spec {
+        let spec: ModelSpec = toml::from_str(&txt).map_err(|source| ModelError::SpecSyntax {
             path: toml_path.clone(),
-            detail: e.to_string(),
+            source,
         })?;
         if spec.format > MODEL_FORMAT {
-            return Err(ModelError::Spec {
+            return Err(ModelError::FormatTooNew {
                 path: toml_path,
-                detail: format!(
-                    "format {} is newer than this kestrel understands ({MODEL_FORMAT}); upgrade kestrel",
-                    spec.format
-                ),
+                found: spec.format,
             });
         }
         let bb_path = dir.join("backbone.safetensors");
@@ -467,56 +445,34 @@ impl Model {
             device,
         )?
         .fold_batch_norm()?;
-        let grid = (spec.detector.grid[0], spec.detector.grid[1]);
-        let missing = |what: &str| ModelError::Spec {
-            path: toml_path.clone(),
-            detail: format!("detector.{what} section missing"),
+        let state_path = dir.join(detector_file(&spec.detector));
+        let state = load_tensors(&state_path)?;
+        let get = |n: &str| {
+            state
+                .get(n)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("tensor `{n}` missing")))
         };
-        let fitted = match spec.detector.kind {
-            DetectorKind::Padim => {
-                let p = dir.join("padim.safetensors");
-                let t = load_tensors(&p)?;
-                let cfg = spec
-                    .detector
-                    .padim
-                    .clone()
-                    .ok_or_else(|| missing("padim"))?;
-                let get = |n: &str| {
-                    t.get(n)
-                        .cloned()
-                        .ok_or_else(|| candle_core::Error::Msg(format!("tensor `{n}` missing")))
-                };
-                Fitted::Padim(
-                    Padim::from_tensors(cfg, grid, spec.detector.train_images, &get)
-                        .map_err(|source| ModelError::Tensors { path: p, source })?,
-                )
-            }
-            DetectorKind::Patchcore => {
-                let p = dir.join("patchcore.safetensors");
-                let t = load_tensors(&p)?;
-                let cfg = spec
-                    .detector
-                    .patchcore
-                    .clone()
-                    .ok_or_else(|| missing("patchcore"))?;
-                let bank = t.get("bank").cloned().ok_or_else(|| ModelError::Tensors {
-                    path: p.clone(),
-                    source: candle_core::Error::Msg("tensor `bank` missing".into()),
-                })?;
-                Fitted::PatchCore(
-                    PatchCore::new(cfg, grid, spec.detector.train_images, bank)
-                        .map_err(|source| ModelError::Tensors { path: p, source })?,
-                )
-            }
-        };
+        let detector = spec
+            .detector
+            .load(&get)
+            .map_err(|source| ModelError::DetectorState {
+                path: state_path,
+                source,
+            })?;
         Ok(Self {
             spec,
             weights,
             net,
             device: device.clone(),
-            fitted,
+            detector,
         })
     }
+}
+
+/// File name of a detector's state in a model directory.
+fn detector_file(spec: &DetectorSpec) -> String {
+    format!("{}.safetensors", spec.kind().name())
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ModelError> {
@@ -552,6 +508,24 @@ fn load_tensors(path: &Path) -> Result<HashMap<String, Tensor>, ModelError> {
     })
 }
 
+/// Pre-process RGB8 images (in parallel; each image's result does not depend on the others) and stack them into
+/// an N×3×S×S batch on `device`.
+pub fn preprocess_batch(
+    images: &[Rgb8<'_>],
+    cfg: &PreprocessConfig,
+    device: &Device,
+) -> Result<Tensor, ModelError> {
+    let inputs: Vec<Vec<f32>> = images
+        .par_iter()
+        .enumerate()
+        .map(|(index, im)| {
+            preprocess_rgb8(im.pixels, im.width, im.height, cfg)
+                .map_err(|source| ModelError::Preprocess { index, source })
+        })
+        .collect::<Result<_, _>>()?;
+    batch_tensor(&inputs, cfg.output_size(), device)
+}
+
 /// Stack pre-processed CHW images (each `3·size·size` floats) into an N×3×S×S tensor.
 pub fn batch_tensor(images: &[Vec<f32>], size: u32, device: &Device) -> Result<Tensor, ModelError> {
     let s = size as usize;
@@ -571,6 +545,9 @@ pub fn batch_tensor(images: &[Vec<f32>], size: u32, device: &Device) -> Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detector::padim::PadimConfig;
+    use crate::detector::patchcore::PatchCoreConfig;
+    use crate::detector::DetectorKind;
 
     fn settings(kind: DetectorKind) -> FitSettings {
         FitSettings {
@@ -580,11 +557,14 @@ mod tests {
                 image_size: 64,
                 ..PreprocessConfig::default()
             },
-            kind,
-            padim: None,
-            patchcore: PatchCoreConfig {
-                coreset_ratio: 0.2,
-                ..Default::default()
+            detector: match kind {
+                DetectorKind::Padim => DetectorConfig::Padim(PadimConfig::for_backbone(
+                    Arch::Resnet18Narrow.config().stage_channels(),
+                )),
+                DetectorKind::Patchcore => DetectorConfig::Patchcore(PatchCoreConfig {
+                    coreset_ratio: 0.2,
+                    ..Default::default()
+                }),
             },
             blur_sigma: 4.0,
             data: DataSpec {
@@ -613,7 +593,7 @@ mod tests {
             let b = back.score_batch(&test).unwrap();
             assert_eq!(a, b, "{kind:?}");
             assert_eq!(back.spec(), m.spec());
-            assert_eq!(a[0].map.len(), 64 * 64);
+            assert_eq!((a[0].map.width(), a[0].map.height()), (64, 64));
         }
     }
 

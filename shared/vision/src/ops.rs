@@ -2,9 +2,10 @@
 //! overlapping windows (the torchvision ResNet stem pool, 3×3, stride 2, padding 1) and bilinear upsampling.
 //!
 //! Why they exist: candle's `max_pool2d_with_stride` refuses its backward whenever kernel ≠ stride, and
-//! `upsample_bilinear2d` has no backward at all (see the candle notes, §3). Without them a torchvision-compatible
-//! backbone could only be pretrained with a 2×2 stem pool, which changes the architecture and would have to be
-//! recorded with the weights. With them the same network trains and loads torchvision checkpoints unchanged.
+//! `upsample_bilinear2d` has no backward at all (candle 0.11's `backprop.rs` bails on both). Without them a
+//! torchvision-compatible backbone could only be pretrained with a 2×2 stem pool, which changes the architecture and
+//! would have to be recorded with the weights. With them the same network trains and loads torchvision checkpoints
+//! unchanged.
 //!
 //! Design decisions:
 //! * Both are candle [`CustomOp1`]s whose `bwd` applies a second, forward-only custom op (the backward kernel), so the
@@ -13,6 +14,17 @@
 //!   of its window in row-major order (ties) and accumulates where windows overlap, and NaN propagates (a NaN in a
 //!   window is its maximum). Bilinear upsampling uses exactly candle's own arithmetic (f64 weights, PyTorch's
 //!   `align_corners` rules, size mode), so forwards are bit-identical to `Tensor::upsample_bilinear2d`.
+//! * The pool's geometry, validation, window and maximum rules are [`crate::pool`]'s, shared with the fast inference
+//!   pool [`crate::conv::max_pool2d`]; the two give the same outputs (tested there). The forward keeps its own
+//!   row-major scan ([`crate::pool::PoolShape::argmax`]) rather than the separable f32 kernel inference uses: the
+//!   scan is what the backward routes gradients with, so every forward value is exactly the input element that gets
+//!   its gradient (the separable kernel may pick the other sign when a window's maximum is a zero present with both
+//!   signs), and for the 3×3 stem pool the forward is a small part of a training step.
+//! * Why a second bilinear resize next to [`crate::resample::bilinear`]: that one resizes plain `f32` maps with
+//!   torch's `f32` arithmetic (what anomalib does to anomaly maps, on host and edge alike); this one works on candle
+//!   tensors, needs a backward pass, and must equal candle's `f64`-weight `upsample_bilinear2d`, whose rounding can
+//!   differ from torch's `f32` kernel in the last bit. Each is bit-exact against its own reference, so neither can
+//!   replace the other.
 //! * Kernels read any CPU layout (strides, offsets) in f16, bf16, f32 or f64. On another device, an input that needs no
 //!   gradient runs candle's own forward ops there (for the pool, explicit `-inf` padding and
 //!   `max_pool2d_with_stride`; it does not propagate NaN); one that needs a gradient makes a round trip through the
@@ -25,6 +37,8 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Shape, Tensor, WithDType,
 };
 use rayon::prelude::*;
+
+use crate::pool::{PoolGeometryError, PoolShape, PoolSpec};
 
 /// Errors of the differentiable ops.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +123,36 @@ pub enum OpsError {
     Candle(#[from] candle_core::Error),
 }
 
+impl From<PoolGeometryError> for OpsError {
+    /// The shared pool validation's answer, as this op's variant of it.
+    fn from(e: PoolGeometryError) -> Self {
+        match e {
+            PoolGeometryError::EmptyInput { h, w } => OpsError::EmptyInput {
+                op: MAX_POOL_OP,
+                h,
+                w,
+            },
+            PoolGeometryError::ZeroKernelOrStride { kernel, stride } => {
+                OpsError::ZeroKernelOrStride { kernel, stride }
+            }
+            PoolGeometryError::PaddingTooLarge { kernel, padding } => {
+                OpsError::PaddingTooLarge { kernel, padding }
+            }
+            PoolGeometryError::KernelTooLarge {
+                kernel,
+                padding,
+                h,
+                w,
+            } => OpsError::KernelTooLarge {
+                kernel,
+                padding,
+                h,
+                w,
+            },
+        }
+    }
+}
+
 impl From<OpsError> for candle_core::Error {
     fn from(e: OpsError) -> Self {
         match e {
@@ -130,8 +174,14 @@ pub fn max_pool2d_padded(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor, OpsError> {
-    let geom = PoolGeom::new(x, kernel, stride, padding)?;
-    apply_differentiable(x, MaxPool2dPadded(geom), |x| {
+    let (_, _, h, w) = dims4(x, MAX_POOL_OP)?;
+    check_float(x, MAX_POOL_OP)?;
+    let spec = PoolSpec {
+        kernel,
+        stride,
+        padding,
+    };
+    apply_differentiable(x, MaxPool2dPadded(spec.shape(h, w)?), |x| {
         pad_neg_inf(x, padding)?.max_pool2d_with_stride(kernel, stride)
     })
 }
@@ -289,142 +339,81 @@ impl View4 {
     fn plane(&self, plane: usize, channels: usize) -> usize {
         self.offset + (plane / channels) * self.stride[0] + (plane % channels) * self.stride[1]
     }
-}
 
-fn is_nan<T: PartialOrd>(v: T) -> bool {
-    v.partial_cmp(&v).is_none()
-}
-
-/// Shape of one padded max-pool.
-#[derive(Debug, Clone, Copy)]
-struct PoolGeom {
-    c: usize,
-    h: usize,
-    w: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-    out_h: usize,
-    out_w: usize,
-}
-
-impl PoolGeom {
-    const OP: &'static str = "max_pool2d_padded";
-
-    fn new(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> Result<Self, OpsError> {
-        let (_, c, h, w) = dims4(x, Self::OP)?;
-        check_float(x, Self::OP)?;
-        if kernel == 0 || stride == 0 {
-            return Err(OpsError::ZeroKernelOrStride { kernel, stride });
-        }
-        if padding > kernel / 2 {
-            return Err(OpsError::PaddingTooLarge { kernel, padding });
-        }
-        if h + 2 * padding < kernel || w + 2 * padding < kernel {
-            return Err(OpsError::KernelTooLarge {
-                kernel,
-                padding,
-                h,
-                w,
-            });
-        }
-        Ok(Self {
-            c,
-            h,
-            w,
-            kernel,
-            stride,
-            padding,
-            out_h: (h + 2 * padding - kernel) / stride + 1,
-            out_w: (w + 2 * padding - kernel) / stride + 1,
-        })
-    }
-
-    /// The input rows (or columns) `lo..hi` of output row `o` that are not padding. Never empty: `padding <
-    /// kernel` and the output size rule keep every window overlapping the input.
-    fn window(&self, o: usize, size: usize) -> (usize, usize) {
-        let start = o * self.stride;
-        let lo = start.saturating_sub(self.padding);
-        let hi = (start + self.kernel - self.padding).min(size);
-        (lo, hi)
-    }
-
-    /// Row and column (in the plane) and value of the first maximum of output (`oy`, `ox`)'s window, PyTorch's rule:
-    /// strictly greater replaces, and so does NaN.
-    fn argmax<T: WithDType>(
+    /// Element (row, column) of that plane of `src`.
+    fn reader<'s, T: Copy>(
         &self,
-        src: &[T],
-        base: usize,
-        s: [usize; 4],
-        oy: usize,
-        ox: usize,
-    ) -> (usize, T) {
-        let (y0, y1) = self.window(oy, self.h);
-        let (x0, x1) = self.window(ox, self.w);
-        let mut best = y0 * self.w + x0;
-        let mut max = T::from_f64(f64::NEG_INFINITY);
-        for iy in y0..y1 {
-            let row = base + iy * s[2];
-            for ix in x0..x1 {
-                let v = src[row + ix * s[3]];
-                if v > max || is_nan(v) {
-                    max = v;
-                    best = iy * self.w + ix;
+        src: &'s [T],
+        plane: usize,
+        channels: usize,
+    ) -> impl Fn(usize, usize) -> T + 's {
+        let (base, [.., sy, sx]) = (self.plane(plane, channels), self.stride);
+        move |y, x| src[base + y * sy + x * sx]
+    }
+}
+
+/// The name [`max_pool2d_padded`] reports in errors.
+const MAX_POOL_OP: &str = "max_pool2d_padded";
+
+/// [`max_pool2d_padded`]'s forward on any float layout: [`PoolShape::argmax`]'s row-major scan, the same scan the
+/// backward uses to route gradients.
+fn max_pool_forward<T: WithDType>(
+    g: &PoolShape,
+    src: &[T],
+    view: View4,
+    c: usize,
+    planes: usize,
+) -> Vec<T> {
+    let plane_len = g.out_h * g.out_w;
+    let neg_inf = T::from_f64(f64::NEG_INFINITY);
+    let mut dst = vec![T::zero(); planes * plane_len];
+    dst.par_chunks_mut(plane_len)
+        .enumerate()
+        .for_each(|(p, out)| {
+            let at = view.reader(src, p, c);
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    out[oy * g.out_w + ox] = g.argmax(oy, ox, neg_inf, &at).1;
                 }
             }
-        }
-        (best, max)
-    }
+        });
+    dst
+}
 
-    fn forward<T: WithDType>(&self, src: &[T], view: View4, planes: usize) -> Vec<T> {
-        let plane_len = self.out_h * self.out_w;
-        let mut dst = vec![T::zero(); planes * plane_len];
-        dst.par_chunks_mut(plane_len)
-            .enumerate()
-            .for_each(|(p, out)| {
-                let base = view.plane(p, self.c);
-                for oy in 0..self.out_h {
-                    for ox in 0..self.out_w {
-                        out[oy * self.out_w + ox] = self.argmax(src, base, view.stride, oy, ox).1;
-                    }
+/// dL/dx of [`max_pool2d_padded`]: each output gradient added at its window's first maximum (PyTorch's rule).
+fn max_pool_backward<T: WithDType>(
+    geom: &PoolShape,
+    x: &[T],
+    xv: View4,
+    g: &[T],
+    gv: View4,
+    c: usize,
+    planes: usize,
+) -> Vec<T> {
+    let plane_len = geom.h * geom.w;
+    let neg_inf = T::from_f64(f64::NEG_INFINITY);
+    let mut dst = vec![T::zero(); planes * plane_len];
+    dst.par_chunks_mut(plane_len)
+        .enumerate()
+        .for_each(|(p, dx)| {
+            let at = xv.reader(x, p, c);
+            let gbase = gv.plane(p, c);
+            for oy in 0..geom.out_h {
+                for ox in 0..geom.out_w {
+                    let (best, _) = geom.argmax(oy, ox, neg_inf, &at);
+                    dx[best] += g[gbase + oy * gv.stride[2] + ox * gv.stride[3]];
                 }
-            });
-        dst
-    }
-
-    /// dL/dx: each output gradient added at its window's argmax.
-    fn backward<T: WithDType>(
-        &self,
-        x: &[T],
-        xv: View4,
-        g: &[T],
-        gv: View4,
-        planes: usize,
-    ) -> Vec<T> {
-        let plane_len = self.h * self.w;
-        let mut dst = vec![T::zero(); planes * plane_len];
-        dst.par_chunks_mut(plane_len)
-            .enumerate()
-            .for_each(|(p, dx)| {
-                let xbase = xv.plane(p, self.c);
-                let gbase = gv.plane(p, self.c);
-                for oy in 0..self.out_h {
-                    for ox in 0..self.out_w {
-                        let (at, _) = self.argmax(x, xbase, xv.stride, oy, ox);
-                        dx[at] += g[gbase + oy * gv.stride[2] + ox * gv.stride[3]];
-                    }
-                }
-            });
-        dst
-    }
+            }
+        });
+    dst
 }
 
 /// Forward of [`max_pool2d_padded`].
-struct MaxPool2dPadded(PoolGeom);
+struct MaxPool2dPadded(PoolShape);
 
 impl CustomOp1 for MaxPool2dPadded {
     fn name(&self) -> &'static str {
-        PoolGeom::OP
+        MAX_POOL_OP
     }
 
     fn cpu_fwd(
@@ -435,7 +424,13 @@ impl CustomOp1 for MaxPool2dPadded {
         let g = &self.0;
         let (n, c, ..) = layout.shape().dims4()?;
         let view = View4::new(layout)?;
-        let out = map_float_storage!(PoolGeom::OP, storage, |s| g.forward(s, view, n * c));
+        let out = map_float_storage!(MAX_POOL_OP, storage, |s| max_pool_forward(
+            g,
+            s,
+            view,
+            c,
+            n * c
+        ));
         Ok((out, Shape::from((n, c, g.out_h, g.out_w))))
     }
 
@@ -452,7 +447,7 @@ impl CustomOp1 for MaxPool2dPadded {
 }
 
 /// Backward of [`max_pool2d_padded`]: (forward input, output gradient) → input gradient.
-struct MaxPool2dBackward(PoolGeom);
+struct MaxPool2dBackward(PoolShape);
 
 impl CustomOp2 for MaxPool2dBackward {
     fn name(&self) -> &'static str {
@@ -478,11 +473,13 @@ impl CustomOp2 for MaxPool2dBackward {
             .bt());
         }
         let (xv, gv) = (View4::new(xl)?, View4::new(gl)?);
-        let out = map_float_storage_pair!(self.name(), xs, gs, |x, g| geom.backward(
+        let out = map_float_storage_pair!(self.name(), xs, gs, |x, g| max_pool_backward(
+            geom,
             x,
             xv,
             g,
             gv,
+            c,
             n * c
         ));
         Ok((out, Shape::from((n, c, h, w))))

@@ -1,8 +1,11 @@
 //! Post-processing of patch-level anomaly maps into full-resolution heatmaps, as anomalib does it: upsample to the
 //! model input size, then a Gaussian blur with σ = 4 (kernel 2·⌊4σ + 0.5⌋ + 1 = 33, reflect padding).
 //!
-//! Written on plain slices (not tensors) because the same code runs on the edge after scoring and in `kestrel eval`;
-//! the blur is separable and parallel over images by the caller.
+//! Written on [`ScoreMap`]s (not tensors) because the same code runs on the edge after scoring and in `kestrel eval`;
+//! the blur is separable and parallel over images by the caller. The resize filters are in [`crate::resample`].
+
+use crate::map::{MapError, ScoreMap};
+use crate::resample;
 
 /// Default blur σ (anomalib).
 pub const DEFAULT_SIGMA: f32 = 4.0;
@@ -34,12 +37,13 @@ fn reflect(i: isize, n: usize) -> usize {
     i as usize
 }
 
-/// Separable Gaussian blur of a `w`×`h` row-major map with reflect padding. `sigma <= 0` returns the map unchanged.
-pub fn gaussian_blur(map: &[f32], w: usize, h: usize, sigma: f32) -> Vec<f32> {
-    assert_eq!(map.len(), w * h, "map size mismatch");
-    if sigma <= 0.0 || map.is_empty() {
-        return map.to_vec();
+/// Separable Gaussian blur with reflect padding. `sigma <= 0` returns the map unchanged.
+pub fn gaussian_blur(map: &ScoreMap, sigma: f32) -> ScoreMap {
+    if sigma <= 0.0 {
+        return map.clone();
     }
+    let (w, h) = (map.width(), map.height());
+    let map = map.data();
     let k = gaussian_kernel(sigma);
     let r = (k.len() / 2) as isize;
     // Precompute reflected source indices per output index so the inner loops have no branches.
@@ -72,46 +76,32 @@ pub fn gaussian_blur(map: &[f32], w: usize, h: usize, sigma: f32) -> Vec<f32> {
             }
         }
     }
-    out
+    ScoreMap::new(w, h, out).expect("same size as the input map")
 }
 
-/// Nearest-neighbour upsampling (torch `F.interpolate(mode="nearest")`: source index ⌊dst · in/out⌋).
-pub fn upsample_nearest(map: &[f32], w: usize, h: usize, nw: usize, nh: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(nw * nh);
-    for y in 0..nh {
-        let sy = ((y * h) / nh).min(h - 1);
-        for x in 0..nw {
-            let sx = ((x * w) / nw).min(w - 1);
-            out.push(map[sy * w + sx]);
-        }
-    }
-    out
+/// How a detector's patch map is brought to the model's input size before the blur. anomalib uses bilinear for
+/// PaDiM and nearest (the `F.interpolate` default) for PatchCore; each [`crate::detector::Detector`] says which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upsample {
+    /// [`resample::bilinear`].
+    Bilinear,
+    /// [`resample::nearest`].
+    Nearest,
 }
 
-/// Bilinear upsampling with `align_corners=False` and no antialiasing (torch `F.interpolate(mode="bilinear")`).
-pub fn upsample_bilinear(map: &[f32], w: usize, h: usize, nw: usize, nh: usize) -> Vec<f32> {
-    let coords = |n_in: usize, n_out: usize| -> Vec<(usize, usize, f32)> {
-        let scale = n_in as f32 / n_out as f32;
-        (0..n_out)
-            .map(|o| {
-                let src = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
-                let i0 = (src.floor() as usize).min(n_in - 1);
-                let i1 = (i0 + 1).min(n_in - 1);
-                (i0, i1, src - i0 as f32)
-            })
-            .collect()
+/// Patch map → full-resolution heatmap: upsample to `size × size`, then blur with `sigma` (anomalib's
+/// post-processing; see the module docs).
+pub fn heatmap(
+    patch: &ScoreMap,
+    upsample: Upsample,
+    size: usize,
+    sigma: f32,
+) -> Result<ScoreMap, MapError> {
+    let up = match upsample {
+        Upsample::Bilinear => resample::bilinear(patch, size, size)?,
+        Upsample::Nearest => resample::nearest(patch, size, size)?,
     };
-    let cx = coords(w, nw);
-    let cy = coords(h, nh);
-    let mut out = Vec::with_capacity(nw * nh);
-    for &(y0, y1, fy) in &cy {
-        for &(x0, x1, fx) in &cx {
-            let a = map[y0 * w + x0] * (1.0 - fx) + map[y0 * w + x1] * fx;
-            let b = map[y1 * w + x0] * (1.0 - fx) + map[y1 * w + x1] * fx;
-            out.push(a * (1.0 - fy) + b * fy);
-        }
-    }
-    out
+    Ok(gaussian_blur(&up, sigma))
 }
 
 #[cfg(test)]
@@ -128,12 +118,13 @@ mod tests {
 
     #[test]
     fn blur_keeps_constants_and_mass_centre() {
-        let m = vec![3.0f32; 20 * 10];
-        let b = gaussian_blur(&m, 20, 10, 4.0);
-        assert!(b.iter().all(|v| (v - 3.0).abs() < 1e-5));
-        let mut d = vec![0f32; 41 * 41];
-        d[20 * 41 + 20] = 1.0;
-        let b = gaussian_blur(&d, 41, 41, 2.0);
+        let m = ScoreMap::filled(20, 10, 3.0).unwrap();
+        let b = gaussian_blur(&m, 4.0);
+        assert!(b.data().iter().all(|v| (v - 3.0).abs() < 1e-5));
+        let mut d = ScoreMap::filled(41, 41, 0.0).unwrap();
+        d.data_mut()[20 * 41 + 20] = 1.0;
+        let b = gaussian_blur(&d, 2.0);
+        let b = b.data();
         let max_at = b
             .iter()
             .enumerate()
@@ -152,16 +143,14 @@ mod tests {
     }
 
     #[test]
-    fn bilinear_matches_hand_computed_torch_values() {
-        // torch: F.interpolate([[0,1],[2,3]], size=4, mode="bilinear", align_corners=False) first row:
-        // [0, 0.25, 0.75, 1]
-        let out = upsample_bilinear(&[0.0, 1.0, 2.0, 3.0], 2, 2, 4, 4);
-        let row0 = &out[0..4];
-        for (a, b) in row0.iter().zip([0.0, 0.25, 0.75, 1.0]) {
-            assert!((a - b).abs() < 1e-6, "{row0:?}");
-        }
-        assert!((out[15] - 3.0).abs() < 1e-6);
-        let n = upsample_nearest(&[0.0, 1.0, 2.0, 3.0], 2, 2, 4, 4);
-        assert_eq!(&n[0..4], &[0.0, 0.0, 1.0, 1.0]);
+    fn heatmap_upsamples_with_the_detector_rule_then_blurs() {
+        let patch = ScoreMap::new(2, 2, vec![0.0, 1.0, 2.0, 3.0]).unwrap();
+        let near = heatmap(&patch, Upsample::Nearest, 4, 0.0).unwrap();
+        assert_eq!(near.row(0), &[0.0, 0.0, 1.0, 1.0]);
+        let lin = heatmap(&patch, Upsample::Bilinear, 4, 0.0).unwrap();
+        assert_eq!(lin, resample::bilinear(&patch, 4, 4).unwrap());
+        let blurred = heatmap(&patch, Upsample::Bilinear, 4, 1.0).unwrap();
+        assert_eq!(blurred, gaussian_blur(&lin, 1.0));
+        assert_ne!(blurred, lin);
     }
 }

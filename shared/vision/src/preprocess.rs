@@ -1,5 +1,5 @@
-//! Pre-processing: RGB8 pixels → the normalised CHW `f32` tensor a backbone consumes, plus the resampling and
-//! colouring helpers used to bring anomaly maps back onto images.
+//! Pre-processing: RGB8 pixels → the normalised CHW `f32` tensor a backbone consumes, plus the colouring helpers
+//! used to draw anomaly maps over images.
 //!
 //! This module runs on the host (`kestrel fit/eval`) *and* on the edge, and a bundle must give the same anomaly
 //! map on both, so everything here is pure, single-threaded and deterministic, and works on plain buffers
@@ -22,13 +22,14 @@
 //!   `Resize(256)` + `CenterCrop(224)` recipe, with the same rounding of the crop offset.
 //! * **Masks** are resized with nearest neighbour ([`resize_mask_nearest`], torch's legacy `mode="nearest"`),
 //!   so they stay binary.
-//! * **Anomaly maps** are upsampled with [`resize_map_bilinear`], which matches `F.interpolate(mode="bilinear",
-//!   align_corners=False)` without antialiasing — what anomalib uses to bring patch scores to image size.
+//! * **Anomaly maps** are resized by [`crate::resample::bilinear`] (torch `F.interpolate(mode="bilinear",
+//!   align_corners=False)` without antialiasing); every filter lives in [`crate::resample`].
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::Mask;
+use crate::resample::{self, resample_planes, Taps};
 
 /// ImageNet channel means (RGB), the normalisation torchvision/timm backbones were trained with.
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -184,139 +185,6 @@ fn check_len(
     }
 }
 
-/// Sparse resampling weights along one axis: output `i` reads `len[i]` input samples starting at `start[i]`,
-/// with weights `weights[offset[i]..offset[i] + len[i]]`.
-struct AxisWeights {
-    start: Vec<usize>,
-    offset: Vec<usize>,
-    len: Vec<usize>,
-    weights: Vec<f32>,
-}
-
-impl AxisWeights {
-    /// Antialiased bilinear (triangle filter stretched by the downscale factor), as torch's
-    /// `_upsample_bilinear2d_aa` and PIL compute it: centre `(i + 0.5)·scale`, support `max(scale, 1)`, weights
-    /// normalised to sum to one over the taps inside the image.
-    fn antialiased(input: usize, output: usize) -> Self {
-        let scale = input as f64 / output as f64;
-        let support = scale.max(1.0);
-        let inv = 1.0 / support;
-        let mut w = Self::with_capacity(output);
-        for i in 0..output {
-            let center = scale * (i as f64 + 0.5);
-            // `as i64` truncates toward zero like the C++ `int64_t` cast the reference uses.
-            let xmin = ((center - support + 0.5) as i64).clamp(0, input as i64 - 1) as usize;
-            let xmax = ((center + support + 0.5) as i64)
-                .min(input as i64)
-                .max(xmin as i64 + 1) as usize;
-            let taps: Vec<f64> = (xmin..xmax)
-                .map(|j| {
-                    let x = (j as f64 - center + 0.5) * inv;
-                    (1.0 - x.abs()).max(0.0)
-                })
-                .collect();
-            let total: f64 = taps.iter().sum();
-            w.push(
-                xmin,
-                taps.iter()
-                    .map(|t| if total > 0.0 { t / total } else { 0.0 }),
-            );
-        }
-        w
-    }
-
-    /// Plain bilinear with `align_corners=False` and no antialiasing (torch `F.interpolate` default):
-    /// source `(i + 0.5)·scale − 0.5`, clamped at 0, interpolating between its two neighbours.
-    fn linear(input: usize, output: usize) -> Self {
-        let scale = input as f64 / output as f64;
-        let mut w = Self::with_capacity(output);
-        for i in 0..output {
-            let src = ((i as f64 + 0.5) * scale - 0.5).max(0.0);
-            let i0 = (src.floor() as usize).min(input - 1);
-            let i1 = (i0 + 1).min(input - 1);
-            let l1 = if i1 == i0 { 0.0 } else { src - i0 as f64 };
-            if i1 == i0 {
-                w.push(i0, [1.0]);
-            } else {
-                w.push(i0, [1.0 - l1, l1]);
-            }
-        }
-        w
-    }
-
-    fn with_capacity(n: usize) -> Self {
-        Self {
-            start: Vec::with_capacity(n),
-            offset: Vec::with_capacity(n),
-            len: Vec::with_capacity(n),
-            weights: Vec::with_capacity(n * 2),
-        }
-    }
-
-    fn push(&mut self, start: usize, taps: impl IntoIterator<Item = f64>) {
-        let before = self.weights.len();
-        self.weights.extend(taps.into_iter().map(|t| t as f32));
-        self.start.push(start);
-        self.offset.push(before);
-        self.len.push(self.weights.len() - before);
-    }
-
-    fn taps(&self, i: usize) -> (usize, &[f32]) {
-        (
-            self.start[i],
-            &self.weights[self.offset[i]..self.offset[i] + self.len[i]],
-        )
-    }
-
-    fn outputs(&self) -> usize {
-        self.start.len()
-    }
-}
-
-/// Resample `planes` planes of `w × h` (`src`, planar) with separable weights: horizontal pass, then vertical.
-/// `read(plane, i)` returns plane `plane` of interleaved pixel `i · planes`, so the horizontal pass reads straight
-/// from interleaved `u8` input or a single `f32` plane without a conversion copy.
-fn resample_planes(
-    planes: usize,
-    w: usize,
-    h: usize,
-    xw: &AxisWeights,
-    yw: &AxisWeights,
-    read: impl Fn(usize, usize) -> f32,
-) -> Vec<f32> {
-    let (ow, oh) = (xw.outputs(), yw.outputs());
-    // Horizontal: (planes, h, ow).
-    let mut tmp = vec![0f32; planes * h * ow];
-    for p in 0..planes {
-        for y in 0..h {
-            let row = &mut tmp[(p * h + y) * ow..(p * h + y + 1) * ow];
-            for (x, out) in row.iter_mut().enumerate() {
-                let (s, ws) = xw.taps(x);
-                let mut acc = 0f32;
-                for (k, wt) in ws.iter().enumerate() {
-                    acc += wt * read(p, (y * w + s + k) * planes);
-                }
-                *out = acc;
-            }
-        }
-    }
-    // Vertical: (planes, oh, ow).
-    let mut out = vec![0f32; planes * oh * ow];
-    for p in 0..planes {
-        for y in 0..oh {
-            let (s, ws) = yw.taps(y);
-            let dst = &mut out[(p * oh + y) * ow..(p * oh + y + 1) * ow];
-            for (k, wt) in ws.iter().enumerate() {
-                let src = &tmp[(p * h + s + k) * ow..(p * h + s + k + 1) * ow];
-                for (d, v) in dst.iter_mut().zip(src) {
-                    *d += wt * v;
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Round half to even, like Python's `round`, which torchvision's `CenterCrop` uses for the crop offset.
 fn crop_offset(size: u32, crop: u32) -> usize {
     let diff = size - crop;
@@ -347,8 +215,8 @@ pub fn preprocess_rgb8(
     check_nonempty("image", width, height)?;
     check_len("RGB8 image buffer", pixels.len(), width, height, 3)?;
     let size = cfg.image_size as usize;
-    let xw = AxisWeights::antialiased(width as usize, size);
-    let yw = AxisWeights::antialiased(height as usize, size);
+    let xw = Taps::antialiased(width as usize, size);
+    let yw = Taps::antialiased(height as usize, size);
     // Values stay in 0..=255 through resampling (weights are non-negative and sum to one); the /255 is folded
     // into the normalisation below.
     let resized = resample_planes(3, width as usize, height as usize, &xw, &yw, |p, i| {
@@ -376,51 +244,21 @@ pub fn resize_mask_nearest(mask: &Mask, width: u32, height: u32) -> Result<Mask,
     check_nonempty("mask", mask.width, mask.height)?;
     check_nonempty("target mask size", width, height)?;
     check_len("mask", mask.data.len(), mask.width, mask.height, 1)?;
-    let index = |out: u32, input: u32| -> Vec<usize> {
-        let scale = input as f32 / out as f32;
-        (0..out)
-            .map(|i| ((i as f32 * scale).floor() as usize).min(input as usize - 1))
-            .collect()
-    };
-    let xs = index(width, mask.width);
-    let ys = index(height, mask.height);
-    let mut data = Vec::with_capacity(width as usize * height as usize);
-    for &sy in &ys {
-        let row = &mask.data[sy * mask.width as usize..(sy + 1) * mask.width as usize];
-        data.extend(xs.iter().map(|&sx| u8::from(row[sx] != 0)));
-    }
+    let data = resample::nearest_values(
+        &mask.data,
+        mask.width as usize,
+        mask.height as usize,
+        width as usize,
+        height as usize,
+    )
+    .into_iter()
+    .map(|v| u8::from(v != 0))
+    .collect();
     Ok(Mask {
         width,
         height,
         data,
     })
-}
-
-/// Resize a single-channel `f32` map (row-major `width × height`) to `new_width × new_height` bilinearly.
-///
-/// Semantics of `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)` without antialiasing:
-/// output pixel `i` samples the source at `(i + 0.5)·(in/out) − 0.5` (clamped at 0, neighbours clamped at the
-/// far edge). Used to bring patch-level anomaly maps back to the original image size for overlays.
-pub fn resize_map_bilinear(
-    map: &[f32],
-    width: u32,
-    height: u32,
-    new_width: u32,
-    new_height: u32,
-) -> Result<Vec<f32>, PreprocessError> {
-    check_nonempty("map", width, height)?;
-    check_nonempty("target map size", new_width, new_height)?;
-    check_len("map", map.len(), width, height, 1)?;
-    let xw = AxisWeights::linear(width as usize, new_width as usize);
-    let yw = AxisWeights::linear(height as usize, new_height as usize);
-    Ok(resample_planes(
-        1,
-        width as usize,
-        height as usize,
-        &xw,
-        &yw,
-        |_, i| map[i],
-    ))
 }
 
 /// The jet colour map (dark blue → blue → cyan → yellow → red → dark red) at `t ∈ [0, 1]`; `t` is clamped and
@@ -587,30 +425,13 @@ mod tests {
         // Scale 2 stretches the triangle to support 2. Output 0 has centre 1.0 and taps j = 0, 1, 2 at
         // distances |j − 1 + 0.5|/2 = 0.25, 0.25, 0.75, i.e. weights 0.75, 0.75, 0.25 (j = −1 lies outside the
         // image and is dropped), normalised by their sum 1.75. Output 1 mirrors it.
-        let w = AxisWeights::antialiased(4, 2);
+        let w = Taps::antialiased(4, 2);
         let (s, ws) = w.taps(0);
         assert_eq!(s, 0);
         assert!(close(ws, &[0.75 / 1.75, 0.75 / 1.75, 0.25 / 1.75], 1e-6));
         let (s, ws) = w.taps(1);
         assert_eq!(s, 1);
         assert!(close(ws, &[0.25 / 1.75, 0.75 / 1.75, 0.75 / 1.75], 1e-6));
-    }
-
-    #[test]
-    fn antialiased_upscale_equals_plain_bilinear() {
-        let a = AxisWeights::antialiased(3, 7);
-        let l = AxisWeights::linear(3, 7);
-        let src = [1.0f32, 5.0, -2.0];
-        for i in 0..7 {
-            let eval = |w: &AxisWeights| {
-                let (s, ws) = w.taps(i);
-                ws.iter()
-                    .enumerate()
-                    .map(|(k, wt)| wt * src[s + k])
-                    .sum::<f32>()
-            };
-            assert!((eval(&a) - eval(&l)).abs() < 1e-5, "output {i}");
-        }
     }
 
     #[test]
@@ -641,34 +462,6 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn bilinear_map_hand_computed() {
-        // 2 → 4 along x (torch: F.interpolate([[1, 3]], size=4, mode="bilinear", align_corners=False) gives
-        // [1.0, 1.5, 2.5, 3.0]; source positions −0.25→0, 0.25, 0.75, 1.25→clamped neighbour).
-        let out = resize_map_bilinear(&[1.0, 3.0], 2, 1, 4, 1).unwrap();
-        assert!(close(&out, &[1.0, 1.5, 2.5, 3.0], 1e-6), "{out:?}");
-        // 2×2 → 4×4: rows interpolate the same way; pixel (1,1) = 0.75·0.75·a + 0.75·0.25·b + … .
-        let out = resize_map_bilinear(&[0.0, 4.0, 8.0, 12.0], 2, 2, 4, 4).unwrap();
-        let expect = [
-            0.0, 1.0, 3.0, 4.0, //
-            2.0, 3.0, 5.0, 6.0, //
-            6.0, 7.0, 9.0, 10.0, //
-            8.0, 9.0, 11.0, 12.0,
-        ];
-        assert!(close(&out, &expect, 1e-5), "{out:?}");
-        // 4 → 2 without antialias samples positions 0.5 and 2.5.
-        let out = resize_map_bilinear(&[0.0, 1.0, 2.0, 10.0], 4, 1, 2, 1).unwrap();
-        assert!(close(&out, &[0.5, 6.0], 1e-6), "{out:?}");
-        // 3 → 2: scale 1.5, positions 0.25 and 1.75.
-        let out = resize_map_bilinear(&[0.0, 4.0, 8.0], 3, 1, 2, 1).unwrap();
-        assert!(close(&out, &[1.0, 7.0], 1e-6), "{out:?}");
-        // Identity.
-        let m: Vec<f32> = (0..12).map(|v| v as f32).collect();
-        assert_eq!(resize_map_bilinear(&m, 4, 3, 4, 3).unwrap(), m);
-        assert!(resize_map_bilinear(&m, 4, 4, 2, 2).is_err());
-        assert!(resize_map_bilinear(&m, 4, 3, 0, 2).is_err());
     }
 
     #[test]
@@ -726,9 +519,10 @@ mod tests {
                 .map(|i| ((seed.wrapping_mul(u64::from(i) + 1) >> 40) % 1000) as f32 / 7.0)
                 .collect();
             let (lo, hi) = map.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)));
-            let out = resize_map_bilinear(&map, w, h, nw, nh).unwrap();
-            proptest::prop_assert_eq!(out.len(), (nw * nh) as usize);
-            proptest::prop_assert!(out.iter().all(|&v| v >= lo - 1e-3 && v <= hi + 1e-3));
+            let sm = crate::map::ScoreMap::new(w as usize, h as usize, map.clone()).unwrap();
+            let out = resample::bilinear(&sm, nw as usize, nh as usize).unwrap();
+            proptest::prop_assert_eq!(out.data().len(), (nw * nh) as usize);
+            proptest::prop_assert!(out.data().iter().all(|&v| v >= lo - 1e-3 && v <= hi + 1e-3));
 
             let img = RgbImage::from_fn(w, h, |x, y| image::Rgb([map[(y * w + x) as usize] as u8; 3]));
             let cfg = PreprocessConfig { image_size: nw, mean: [0.0; 3], std: [1.0 / 255.0; 3], center_crop: None };

@@ -18,7 +18,13 @@ use rand::SeedableRng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{DetectorError, PatchMap};
+use std::sync::Arc;
+
+use super::{
+    Detector, DetectorConfig, DetectorError, DetectorFit, DetectorKind, DetectorSpec, PatchScore,
+};
+use crate::map::ScoreMap;
+use crate::postprocess::Upsample;
 
 /// PaDiM hyper-parameters (stored in model.toml).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,6 +52,13 @@ impl PadimConfig {
             seed: 0,
             ridge: 0.01,
         }
+    }
+}
+
+impl PadimConfig {
+    /// [`PadimConfig::default_for`] the embedding of a backbone with these stage channels (c1 + c2 + c3).
+    pub fn for_backbone(stage_channels: [usize; 4]) -> Self {
+        Self::default_for(stage_channels[0] + stage_channels[1] + stage_channels[2])
     }
 }
 
@@ -275,17 +288,16 @@ impl Padim {
     }
 
     /// Patch-level Mahalanobis maps for a batch of stages (c1..c3).
-    pub fn score(&self, stages: &[Tensor]) -> candle_core::Result<Vec<PatchMap>> {
+    pub fn score(&self, stages: &[Tensor]) -> Result<Vec<ScoreMap>, DetectorError> {
         let dev = stages[0].device();
         let idx = Tensor::new(self.channel_idx.as_slice(), dev)?;
         let e = embed(stages, &idx)?;
         let (n, d, h, w) = e.dims4()?;
         if (h, w) != self.grid {
-            candle_core::bail!(
+            return Err(DetectorError::Config(format!(
                 "feature grid {h}×{w} differs from the fitted {}×{} (different image size?)",
-                self.grid.0,
-                self.grid.1
-            );
+                self.grid.0, self.grid.1
+            )));
         }
         let x = e.reshape((n, d, h * w))?.permute((2, 0, 1))?.contiguous()?; // (P, N, d)
         let mean = self.mean.to_device(dev)?;
@@ -295,7 +307,9 @@ impl Padim {
         let d2 = z.sqr()?.sum(2)?; // (P, N)
         let dist = d2.relu()?.sqrt()?.t()?.contiguous()?; // (N, P)
         let v: Vec<Vec<f32>> = dist.to_vec2()?;
-        Ok(v.into_iter().map(|data| PatchMap { w, h, data }).collect())
+        v.into_iter()
+            .map(|data| Ok(ScoreMap::new(w, h, data)?))
+            .collect()
     }
 
     /// Tensors to persist.
@@ -331,6 +345,52 @@ impl Padim {
             );
         }
         Self::new(config, channel_idx, grid, mean, whiten, images)
+    }
+}
+
+impl Detector for Padim {
+    fn kind(&self) -> DetectorKind {
+        DetectorKind::Padim
+    }
+
+    /// anomalib upsamples PaDiM's map bilinearly.
+    fn upsample(&self) -> Upsample {
+        Upsample::Bilinear
+    }
+
+    fn score(&self, stages: &[Tensor]) -> Result<Vec<PatchScore>, DetectorError> {
+        Ok(Padim::score(self, stages)?
+            .into_iter()
+            .map(|map| PatchScore {
+                map,
+                image_score: None,
+            })
+            .collect())
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>, DetectorError> {
+        Ok(self.tensors()?)
+    }
+
+    fn spec(&self) -> DetectorSpec {
+        DetectorSpec {
+            config: DetectorConfig::Padim(self.config.clone()),
+            grid: self.grid,
+            train_images: self.images,
+        }
+    }
+}
+
+impl DetectorFit for PadimFit {
+    fn add(&mut self, stages: &[Tensor]) -> Result<(), DetectorError> {
+        Ok(PadimFit::add(self, stages)?)
+    }
+
+    fn finish(
+        self: Box<Self>,
+        _progress: &dyn Fn(usize, usize),
+    ) -> Result<Arc<dyn Detector>, DetectorError> {
+        Ok(Arc::new(PadimFit::finish(*self)?))
     }
 }
 
@@ -439,7 +499,7 @@ mod tests {
                     }
                 }
                 let expect = m2.max(0.0).sqrt();
-                let got = map.data[pos] as f64;
+                let got = map.data()[pos] as f64;
                 assert!(
                     (got - expect).abs() < 1e-3 * expect.max(1.0),
                     "pos {pos} img {img}: {got} vs {expect}"

@@ -19,7 +19,13 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{DetectorError, PatchMap};
+use std::sync::Arc;
+
+use super::{
+    Detector, DetectorConfig, DetectorError, DetectorFit, DetectorKind, DetectorSpec, PatchScore,
+};
+use crate::map::ScoreMap;
+use crate::postprocess::Upsample;
 
 /// PatchCore hyper-parameters (stored in model.toml).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -405,15 +411,14 @@ impl PatchCore {
     }
 
     /// Patch maps and re-weighted image scores for a batch of stages (c1..c3).
-    pub fn score(&self, stages: &[Tensor]) -> candle_core::Result<Vec<(PatchMap, f32)>> {
+    pub fn score(&self, stages: &[Tensor]) -> Result<Vec<(ScoreMap, f32)>, DetectorError> {
         let e = embed(stages)?;
         let (n, c, h, w) = e.dims4()?;
         if (h, w) != self.grid {
-            candle_core::bail!(
+            return Err(DetectorError::Config(format!(
                 "patch grid {h}×{w} differs from the fitted {}×{} (different image size?)",
-                self.grid.0,
-                self.grid.1
-            );
+                self.grid.0, self.grid.1
+            )));
         }
         let rows = to_rows(&e)?;
         let (d2, nn) = self.nearest(&rows)?;
@@ -437,7 +442,7 @@ impl PatchCore {
                 let nn_idx = nn[img * p + arg] as usize;
                 self.reweight(s_star, m_test, nn_idx, &self.bank_rows, c)
             };
-            out.push((PatchMap { w, h, data: dist }, score));
+            out.push((ScoreMap::new(w, h, dist)?, score));
         }
         Ok(out)
     }
@@ -474,6 +479,56 @@ impl PatchCore {
     /// Tensors to persist.
     pub fn tensors(&self) -> Vec<(String, Tensor)> {
         vec![("bank".into(), self.bank.clone())]
+    }
+}
+
+impl Detector for PatchCore {
+    fn kind(&self) -> DetectorKind {
+        DetectorKind::Patchcore
+    }
+
+    /// anomalib upsamples PatchCore's map with `F.interpolate`'s default, nearest.
+    fn upsample(&self) -> Upsample {
+        Upsample::Nearest
+    }
+
+    fn score(&self, stages: &[Tensor]) -> Result<Vec<PatchScore>, DetectorError> {
+        Ok(PatchCore::score(self, stages)?
+            .into_iter()
+            .map(|(map, s)| PatchScore {
+                map,
+                image_score: Some(s),
+            })
+            .collect())
+    }
+
+    fn state(&self) -> Result<Vec<(String, Tensor)>, DetectorError> {
+        Ok(self.tensors())
+    }
+
+    fn spec(&self) -> DetectorSpec {
+        DetectorSpec {
+            config: DetectorConfig::Patchcore(self.config.clone()),
+            grid: self.grid,
+            train_images: self.images,
+        }
+    }
+}
+
+impl DetectorFit for PatchCoreFit {
+    fn add(&mut self, stages: &[Tensor]) -> Result<(), DetectorError> {
+        PatchCoreFit::add(self, stages)
+    }
+
+    fn spills_to_disk(&self) -> bool {
+        self.spills()
+    }
+
+    fn finish(
+        self: Box<Self>,
+        progress: &dyn Fn(usize, usize),
+    ) -> Result<Arc<dyn Detector>, DetectorError> {
+        Ok(Arc::new(PatchCoreFit::finish(*self, progress)?))
     }
 }
 
@@ -577,7 +632,7 @@ mod tests {
             stages[2].clone(),
         ];
         for (map, score) in model.score(&test).unwrap() {
-            let mx = map.data.iter().cloned().fold(0.0, f32::max);
+            let mx = map.data().iter().cloned().fold(0.0, f32::max);
             assert_eq!(score, mx);
         }
     }
