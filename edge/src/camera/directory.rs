@@ -127,9 +127,13 @@ impl DirectorySource {
         };
         match kind {
             Kind::Image => {
-                let img = image::open(path).map_err(|e| decode_err(FrameDecodeError::Image(e)))?;
+                // The host's decoder, so a folder of images reaches the model as the same pixels `kestrel eval`
+                // and `kestrel predict` see.
+                let img = kestrel_vision::dataset::load_rgb(path)
+                    .map_err(|e| decode_err(FrameDecodeError::Image(e)))?
+                    .image;
                 let (w, h) = (img.width(), img.height());
-                Ok((w, h, img.into_rgb8().into_raw()))
+                Ok((w, h, img.into_raw()))
             }
             Kind::Raw {
                 format,

@@ -159,9 +159,9 @@ pub enum FrameDecodeError {
     /// The frame file could not be read.
     #[error("cannot read the frame file")]
     Read(#[source] std::io::Error),
-    /// The image decoder refused it.
+    /// The image decoder (kestrel-vision's, the one `kestrel eval` uses) refused it.
     #[error("not a decodable image")]
-    Image(#[source] image::ImageError),
+    Image(#[source] kestrel_vision::dataset::DatasetError),
     /// A raw pixel buffer of the wrong size or geometry.
     #[error(transparent)]
     Convert(#[from] convert::ConvertError),

@@ -82,7 +82,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     }
     if !a.json {
         crate::outln!()?;
-        print_table(&rows);
+        print_table(&rows)?;
         crate::outln!(
             "\nheatmap overlays: {}/heatmaps/<detector>/overlays; re-score them with `kestrel metrics`",
             a.out.display()

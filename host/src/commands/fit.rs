@@ -263,9 +263,9 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
         plan.open.category = cat;
         let s = fit_category(&plan, &out)?;
         if a.json {
-            println!("{}", serde_json::to_string(&s)?);
+            crate::outln!("{}", serde_json::to_string(&s)?)?;
         } else {
-            println!(
+            crate::outln!(
                 "fitted {} ({}, {}) on {} good images in {:.1}s → {}",
                 s.category,
                 s.detector,
@@ -273,15 +273,15 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
                 s.train_images,
                 s.seconds,
                 s.model.display()
-            );
+            )?;
             match s.threshold {
-                Some(t) => println!(
+                Some(t) => crate::outln!(
                     "  threshold {t:.4} chosen on {} good + {} defect validation images",
                     s.validation_good, s.validation_defect
-                ),
-                None => println!(
+                )?,
+                None => crate::outln!(
                     "  no threshold: fewer than 10 training images to hold out; set threshold.image in model.toml"
-                ),
+                )?,
             }
         }
     }
