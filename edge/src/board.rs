@@ -675,14 +675,11 @@ impl Validator<'_> {
                 defect_every,
                 seed,
             } => {
-                self.check_side("camera.width", width)?;
-                self.check_side("camera.height", height)?;
-                if width < 32 || height < 32 {
-                    return Err(self.invalid(
-                        "camera.width",
-                        format!("{width}x{height} is too small for a synthetic product (at least 32x32)"),
-                    ));
-                }
+                // The synthetic product generator's own range, checked here so a profile fails at load, not at open.
+                let sides =
+                    kestrel_vision::synthetic::MIN_SIZE..=kestrel_vision::synthetic::MAX_SIZE;
+                self.check_range("camera.width", width, sides.clone(), " pixels")?;
+                self.check_range("camera.height", height, sides, " pixels")?;
                 self.check_fps(fps)?;
                 Ok(CameraConfig::Synthetic {
                     width,

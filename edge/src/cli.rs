@@ -1,7 +1,7 @@
 //! Command line of `kestrel-edge` (clap derive) and [`run`], the whole program behind `main`.
 //!
-//! Exit codes are `kestrel_wire::exit`: 0 clean stop (SIGTERM/SIGINT), 1 runtime failure, 2 bad command line,
-//! board profile, state directory or key file.
+//! Exit codes are `kestrel_wire::exit`'s (the help text below lists the three a unit uses; a test keeps the numbers
+//! in step with the table).
 
 use std::path::PathBuf;
 
@@ -89,6 +89,16 @@ pub fn run(cli: Cli) -> Result<(), EdgeError> {
     }
 }
 
+/// The text printed for a fatal error: the error, then each cause once, one per line. Library errors keep their
+/// causes as `source()` instead of repeating them in their own message, so nothing is printed twice.
+pub fn report(e: &dyn std::error::Error) -> String {
+    let mut out = format!("kestrel-edge: error: {e}\n");
+    for cause in std::iter::successors(e.source(), |c| c.source()) {
+        out.push_str(&format!("  caused by: {cause}\n"));
+    }
+    out
+}
+
 /// Structured logs to stderr, filtered by `RUST_LOG` (default: info for kestrel, warn for the rest).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -103,6 +113,40 @@ fn init_logging() {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn exit_code_help_lists_the_wire_table_codes() {
+        use kestrel_wire::exit;
+        let listed: Vec<(u8, &str)> = EXIT_CODES
+            .lines()
+            .filter_map(|l| {
+                let (code, text) = l.trim_start().split_once("  ")?;
+                Some((code.parse().ok()?, text))
+            })
+            .collect();
+        let codes: Vec<u8> = listed.iter().map(|(c, _)| *c).collect();
+        assert_eq!(codes, [exit::SUCCESS, exit::FAILURE, exit::USAGE]);
+        // The edge's wording is its own (what each means on a unit), but the numbers are the table's.
+        assert!(
+            listed[2].1.starts_with(exit::meaning(exit::USAGE).unwrap()),
+            "{listed:?}"
+        );
+    }
+
+    #[test]
+    fn report_prints_each_cause_once() {
+        let e = EdgeError::StateDir {
+            path: "/s".into(),
+            source: std::io::Error::new(std::io::ErrorKind::PermissionDenied, "Permission denied"),
+        };
+        let text = report(&e);
+        assert_eq!(text.matches("Permission denied").count(), 1, "{text}");
+        assert!(
+            text.starts_with("kestrel-edge: error: cannot create the state directory /s"),
+            "{text}"
+        );
+        assert!(text.ends_with("  caused by: Permission denied\n"), "{text}");
+    }
 
     #[test]
     fn cli_is_consistent_and_parses_run() {

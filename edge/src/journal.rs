@@ -39,14 +39,14 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use kestrel_wire::Verdict;
+// The frame CRC of kestrel-wire: one CRC-32 definition for the wire and the disk.
+use kestrel_wire::{crc32, Verdict};
 
 /// First bytes of every segment file (format version in the last byte).
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KSTRLJ\x00\x01";
 const RECORD_HEADER: usize = 8;
 /// Largest record body accepted when reading; a larger length field means corruption, not a real record.
 pub const MAX_RECORD_LEN: u32 = 64 * 1024;
-const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 const SEGMENT_EXT: &str = "kjs";
 /// File written at a clean close holding the next sequence number (see the module docs on crash numbering).
 const CLEAN_MARKER: &str = "CLEAN";
@@ -95,7 +95,7 @@ impl Default for JournalConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
     /// The file system refused an operation.
-    #[error("journal {op} {path}: {source} (check that the state directory exists, is writable and has free space)")]
+    #[error("journal: cannot {op} {} (check that the state directory exists, is writable and has free space)", path.display())]
     Io {
         /// What was being done.
         op: &'static str,
@@ -105,12 +105,13 @@ pub enum JournalError {
         source: io::Error,
     },
     /// A verdict could not be encoded (only possible for a mask-carrying verdict over the record limit).
-    #[error("cannot encode verdict {seq} for the journal: {reason}")]
+    #[error("cannot encode verdict {seq} for the journal")]
     Encode {
         /// Sequence number it would have had.
         seq: u64,
         /// Why.
-        reason: String,
+        #[source]
+        source: postcard::Error,
     },
     /// A configuration value is out of range.
     #[error("invalid journal setting: {0}")]
@@ -292,13 +293,11 @@ impl Journal {
             mask: None,
             ..verdict.clone()
         };
-        let body = postcard::to_allocvec(&rec).map_err(|e| JournalError::Encode {
-            seq,
-            reason: e.to_string(),
-        })?;
+        let body =
+            postcard::to_allocvec(&rec).map_err(|source| JournalError::Encode { seq, source })?;
         let mut buf = Vec::with_capacity(RECORD_HEADER + body.len());
         buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&CRC32.checksum(&body).to_le_bytes());
+        buf.extend_from_slice(&crc32(&body).to_le_bytes());
         buf.extend_from_slice(&body);
         let path = &self.segments.last().expect("a segment is always open").path;
         self.file
@@ -455,7 +454,7 @@ fn next_record(r: &mut impl Read, expect_seq: u64) -> Result<Option<(Verdict, u6
     }
     let mut body = vec![0u8; len as usize];
     r.read_exact(&mut body).map_err(|_| ())?;
-    if CRC32.checksum(&body) != crc {
+    if crc32(&body) != crc {
         return Err(());
     }
     let v: Verdict = postcard::from_bytes(&body).map_err(|_| ())?;

@@ -35,5 +35,14 @@ pub mod stats;
 pub use cli::run;
 pub use runtime::{EdgeError, Unit, UnitHandle, UnitOptions};
 
+/// `e` and its causes, outermost first, joined by `: ` (fault details and logs, where one line is wanted). Errors
+/// keep their causes as `source()` rather than in their message, so each appears once.
+pub fn error_text(e: &dyn std::error::Error) -> String {
+    std::iter::successors(Some(e), |c| c.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 /// Firmware version string reported by `--version` and in the `Hello` handshake.
 pub const FW_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -7,18 +7,9 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = kestrel_edge::cli::Cli::parse();
     match kestrel_edge::run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::from(kestrel_wire::exit::SUCCESS),
         Err(e) => {
-            eprintln!("kestrel-edge: error: {e}");
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                // Library errors often embed their source's text already; print a cause only when it adds something.
-                let text = s.to_string();
-                if !e.to_string().contains(&text) {
-                    eprintln!("  caused by: {text}");
-                }
-                src = s.source();
-            }
+            eprint!("{}", kestrel_edge::cli::report(&e));
             ExitCode::from(e.exit_code())
         }
     }

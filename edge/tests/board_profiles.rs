@@ -198,6 +198,21 @@ fn missing_keys_are_refused() {
 
 /// (profile, text to replace, replacement, key the error must name, words the reason must contain)
 const IMPOSSIBLE: &[(&str, &str, &str, &str, &str)] = &[
+    // The synthetic product generator draws 32..=4096 px sides: refused at load, not when the camera opens.
+    (
+        "sim",
+        "width = 256",
+        "width = 5000",
+        "camera.width",
+        "out of range (32..=4096)",
+    ),
+    (
+        "sim",
+        "height = 256",
+        "height = 16",
+        "camera.height",
+        "out of range (32..=4096)",
+    ),
     (
         "sim",
         "fps = 30.0",

@@ -6,13 +6,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fit_tiny_model, sim_profile, with_pty, Client, ScriptedInspector};
+use common::{fit_tiny_model, recv, recv_until, send, sim_profile, with_pty, ScriptedInspector};
 use kestrel_edge::board::{BoardProfile, Mode};
 use kestrel_edge::journal::{Journal, JournalConfig};
 use kestrel_edge::pins::Signal;
 use kestrel_edge::{Unit, UnitHandle, UnitOptions};
+use kestrel_host::monitor::{Session, UnitAddr};
 use kestrel_wire::{Ack, EventKind, FaultCode, Msg, Nack, NackCode, Replay, Subscribe, Verdict};
-use tokio::net::TcpStream;
 
 const ALL: Subscribe = Subscribe {
     masks_every: 0,
@@ -41,23 +41,26 @@ fn start_scripted(profile: BoardProfile, every: u64, ms: u64) -> UnitHandle {
     .unwrap()
 }
 
-async fn connect(unit: &UnitHandle) -> Client<TcpStream> {
-    let s = TcpStream::connect(unit.tcp_addr().unwrap()).await.unwrap();
-    Client::handshake(s, unit.key(), unit.unit_id()).await
+async fn connect(unit: &UnitHandle) -> Session {
+    let a = unit.tcp_addr().unwrap();
+    let addr = UnitAddr::Tcp {
+        host: a.ip().to_string(),
+        port: a.port(),
+    };
+    common::connect(addr, unit.key(), unit.unit_id()).await
 }
 
-async fn subscribe(c: &mut Client<TcpStream>, sub: Subscribe) {
-    let re = c.send(Msg::Subscribe(sub)).await;
-    let ack = c
-        .recv_until(Duration::from_secs(5), |m| {
-            matches!(m, Msg::Ack(Ack { re: r }) if r == re).then_some(())
-        })
-        .await;
+async fn subscribe(c: &mut Session, sub: Subscribe) {
+    let re = send(c, Msg::Subscribe(sub)).await;
+    let ack = recv_until(c, Duration::from_secs(5), |m| {
+        matches!(m, Msg::Ack(Ack { re: r }) if r == re).then_some(())
+    })
+    .await;
     assert!(ack.is_some(), "Subscribe acknowledged");
 }
 
-async fn next_verdict(c: &mut Client<TcpStream>) -> Verdict {
-    c.recv_until(Duration::from_secs(10), |m| match m {
+async fn next_verdict(c: &mut Session) -> Verdict {
+    recv_until(c, Duration::from_secs(10), |m| match m {
         Msg::Verdict(v) => Some(v),
         _ => None,
     })
@@ -86,7 +89,7 @@ async fn verdicts_flow_over_tcp_from_a_fitted_model_with_masks() {
     )
     .unwrap();
     let mut c = connect(&unit).await;
-    let hello = c.hello.clone().unwrap();
+    let hello = c.peer().clone();
     assert!(hello.active_model.unwrap().name.contains("edge-test"));
     subscribe(
         &mut c,
@@ -164,27 +167,25 @@ async fn without_a_model_the_unit_runs_reports_no_model_and_sends_no_verdicts() 
     );
     assert!(!board.level(Signal::Ready));
     let mut c = connect(&unit).await;
-    assert_eq!(c.hello.as_ref().unwrap().active_model, None);
+    assert_eq!(c.peer().active_model, None);
     subscribe(&mut c, ALL).await;
-    let re = c.send(Msg::SoftTrigger).await;
-    let nack = c
-        .recv_until(Duration::from_secs(5), |m| match m {
-            Msg::Nack(n) if n.re == re => Some(n),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    let re = send(&mut c, Msg::SoftTrigger).await;
+    let nack = recv_until(&mut c, Duration::from_secs(5), |m| match m {
+        Msg::Nack(n) if n.re == re => Some(n),
+        _ => None,
+    })
+    .await
+    .unwrap();
     assert_eq!(nack.code, NackCode::TriggerUnavailable);
     assert!(nack.detail.contains("no model"), "{}", nack.detail);
-    c.send(Msg::Status).await;
-    let stats = c
-        .recv_until(Duration::from_secs(5), |m| match m {
-            Msg::Stats(s) => Some(s),
-            Msg::Verdict(v) => panic!("no verdicts without a model, got {v:?}"),
-            _ => None,
-        })
-        .await
-        .unwrap();
+    send(&mut c, Msg::Status).await;
+    let stats = recv_until(&mut c, Duration::from_secs(5), |m| match m {
+        Msg::Stats(s) => Some(s),
+        Msg::Verdict(v) => panic!("no verdicts without a model, got {v:?}"),
+        _ => None,
+    })
+    .await
+    .unwrap();
     assert_eq!((stats.frames, stats.passes, stats.rejects), (0, 0, 0));
     assert_eq!(unit.faults(), vec![FaultCode::ModelLoadFailed]);
     stop(unit).await;
@@ -232,7 +233,7 @@ async fn triggered_parts_are_all_inspected_and_an_overflow_is_a_fault_until_drai
     let mut cleared = false;
     let deadline = Instant::now() + Duration::from_secs(10);
     while (verdicts < 6 || !cleared) && Instant::now() < deadline {
-        match c.recv().await {
+        match recv(&mut c).await {
             Msg::Verdict(_) => verdicts += 1,
             Msg::Event(e) => match e.kind {
                 EventKind::Fault {
@@ -258,13 +259,12 @@ async fn triggered_parts_are_all_inspected_and_an_overflow_is_a_fault_until_drai
     let lamp = board.transitions_of(Signal::Fault);
     assert!(lamp.iter().any(|t| t.high), "{lamp:?}");
     // A SoftTrigger is one more part.
-    let re = c.send(Msg::SoftTrigger).await;
-    assert!(c
-        .recv_until(Duration::from_secs(5), |m| {
-            matches!(m, Msg::Ack(Ack { re: r }) if r == re).then_some(())
-        })
-        .await
-        .is_some());
+    let re = send(&mut c, Msg::SoftTrigger).await;
+    assert!(recv_until(&mut c, Duration::from_secs(5), |m| {
+        matches!(m, Msg::Ack(Ack { re: r }) if r == re).then_some(())
+    })
+    .await
+    .is_some());
     assert!(next_verdict(&mut c).await.frame_id > 0);
     // Every part scored as a reject (scripted): the reject output pulses after the conveyor delay.
     assert!(board.wait_for(Signal::Reject, true, Duration::from_secs(2)));
@@ -282,17 +282,17 @@ async fn a_link_drop_loses_no_verdict_thanks_to_the_journal() {
     for _ in 0..4 {
         seen.push(next_verdict(&mut c).await.seq);
     }
-    drop(c.into_inner()); // the link drops
+    drop(c); // the link drops
     tokio::time::sleep(Duration::from_millis(150)).await; // verdicts keep coming meanwhile
     let mut c = connect(&unit).await;
     subscribe(&mut c, ALL).await;
     let from = *seen.last().unwrap() + 1;
-    let re = c.send(Msg::Replay(Replay { from_seq: from })).await;
+    let re = send(&mut c, Msg::Replay(Replay { from_seq: from })).await;
     let mut end = None;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut live = Vec::new();
     while end.is_none() && Instant::now() < deadline {
-        match c.recv().await {
+        match recv(&mut c).await {
             Msg::ReplayBegin(b) => {
                 assert_eq!((b.re, b.first_seq), (re, from));
                 end = Some(b.end_seq);
@@ -307,7 +307,7 @@ async fn a_link_drop_loses_no_verdict_thanks_to_the_journal() {
         "verdicts were produced while disconnected ({from}..{end})"
     );
     loop {
-        match c.recv().await {
+        match recv(&mut c).await {
             Msg::Replayed(v) => seen.push(v.seq),
             Msg::Verdict(v) => live.push(v.seq),
             Msg::ReplayEnd(e) => {
@@ -365,27 +365,22 @@ async fn shutdown_drains_fsyncs_switches_off_and_numbering_survives_a_restart() 
 
 #[tokio::test]
 async fn the_pty_serial_link_speaks_the_same_protocol() {
-    use tokio_serial::SerialPortBuilderExt;
     let tmp = tempfile::tempdir().unwrap();
     let profile = with_pty(sim_profile(tmp.path(), Mode::FreeRun, 4, 100.0));
     let unit = start_scripted(profile, 3, 1);
-    let path = unit
-        .pty_path()
-        .expect("pty path published")
-        .to_string_lossy()
-        .into_owned();
-    let port = tokio_serial::new(&path, 921_600)
-        .open_native_async()
-        .unwrap();
-    let mut c = Client::handshake(port, unit.key(), unit.unit_id()).await;
-    let re = c.send(Msg::Subscribe(ALL)).await;
-    let got = c
-        .recv_until(Duration::from_secs(10), |m| match m {
-            Msg::Verdict(v) => Some(v),
-            Msg::Nack(Nack { re: r, .. }) if r == re => panic!("Subscribe refused"),
-            _ => None,
-        })
-        .await;
+    let path = unit.pty_path().expect("pty path published").to_path_buf();
+    let addr = UnitAddr::Serial {
+        path,
+        baud: 921_600,
+    };
+    let mut c = common::connect(addr, unit.key(), unit.unit_id()).await;
+    let re = send(&mut c, Msg::Subscribe(ALL)).await;
+    let got = recv_until(&mut c, Duration::from_secs(10), |m| match m {
+        Msg::Verdict(v) => Some(v),
+        Msg::Nack(Nack { re: r, .. }) if r == re => panic!("Subscribe refused"),
+        _ => None,
+    })
+    .await;
     assert!(got.is_some(), "verdicts over the pty");
     stop(unit).await;
 }

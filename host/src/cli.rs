@@ -10,10 +10,6 @@ use serde::{Deserialize, Serialize};
 ///
 /// Fit an unsupervised anomaly detector on a product's good images, evaluate it against annotated defects, and
 /// predict heatmaps for new images. Start with `kestrel demo`, which does all of it on a synthetic product.
-///
-/// Exit codes: 0 success, 1 unexpected failure, 2 bad command line (or an unusable key file), 3 bad input data
-/// (dataset, images, masks, maps), 4 bad model, weights or bundle; `monitor`: 5 unit unreachable or link lost,
-/// 6 unit speaks another protocol, 7 unit refused the key, 8 unit refused a request.
 #[derive(Debug, Parser)]
 #[command(
     name = "kestrel",
@@ -88,9 +84,10 @@ pub enum Command {
     /// `--json`. If the link drops it reconnects and replays the unit's journal from the first verdict not yet
     /// shown, so no verdict is lost or shown twice (journal sequence numbers).
     ///
-    /// Exit codes: 0 done (`--count` reached or Ctrl-C), 2 bad address or key file, 5 unit unreachable or link
-    /// lost for longer than `--reconnect-for`, 6 the unit speaks another protocol version or schema, 7 the unit
-    /// refused the key (or could not prove it holds it), 8 the unit refused the subscription, 1 anything else.
+    /// Exit codes (the numbers of `kestrel --help`): 0 done (`--count` reached or Ctrl-C), 2 bad address or key
+    /// file, 5 unit unreachable or link lost for longer than `--reconnect-for`, 6 the unit speaks another protocol
+    /// version or schema, 7 the unit refused the key (or could not prove it holds it), 8 the unit refused the
+    /// subscription, 1 anything else.
     Monitor(MonitorArgs),
     /// Create an Ed25519 signing key for model bundles: `DIR/signing.key` (mode 0600, keep it on the host) and
     /// `DIR/signing.pub` (copy it to units' `<state>/trusted/` and pass it to `--trusted-key`). Never overwrites.
@@ -181,7 +178,7 @@ pub struct ExportArgs {
 pub struct PretrainArgs {
     /// Task.
     #[arg(value_enum)]
-    pub task: crate::pretrain::TaskKind,
+    pub task: crate::synth::TaskKind,
     /// Starting configuration.
     #[arg(long, value_enum, default_value_t = crate::pretrain::Preset::Tiny)]
     pub preset: crate::pretrain::Preset,
@@ -221,7 +218,7 @@ pub struct PretrainArgs {
     /// GMM: pseudo-defect distribution (`subtle`: small, faint, local; `medium`: larger and stronger;
     /// `reference`: the public sampler's large colour clouds).
     #[arg(long, value_enum)]
-    pub defects: Option<GmmPresetArg>,
+    pub defects: Option<crate::synth::gmm::GmmPreset>,
     /// Start the backbone from these weights instead of random ones (the head starts fresh), e.g. a fractal
     /// run's output to continue with `gmm`. Same architecture required.
     #[arg(long)]
@@ -307,9 +304,11 @@ pub struct FitArgs {
     /// Dataset layout.
     #[arg(long, value_enum, default_value_t = LayoutArg::Auto)]
     pub layout: LayoutArg,
-    /// Backbone architecture: resnet18, resnet34, resnet50, wide_resnet50_2, resnet18_narrow.
-    #[arg(long, default_value = "resnet18")]
-    pub arch: String,
+    /// Backbone architecture: resnet18, resnet34, resnet50, wide_resnet50_2, resnet18_narrow. Default: the
+    /// architecture `kestrel pretrain` recorded in the `--weights` file, else resnet18. Given with weights that
+    /// record another architecture, it is refused with the one to use.
+    #[arg(long)]
+    pub arch: Option<String>,
     /// Backbone weights (.safetensors from `kestrel import`/`kestrel pretrain`, or a torchvision .pth). Without it
     /// the backbone is randomly initialised from `--seed` (works, but pretrained features are far better).
     #[arg(long)]
@@ -446,35 +445,12 @@ pub struct DemoArgs {
     pub compute: ComputeArgs,
 }
 
-/// What `kestrel synth` generates.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
-pub enum SynthKind {
-    /// One colourised fractal per image on a plasma background; the class is the IFS code.
-    Fractal,
-    /// 1-5 fractals of random classes pasted on one background; the target is the set of classes.
-    MultiFractal,
-    /// A Gaussian-mixture pseudo-defect blended into a normal image; the target is the mixture.
-    Gmm,
-}
-
-/// Parameter distributions of GMM pseudo-defects.
-#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Default)]
-pub enum GmmPresetArg {
-    /// Small, faint, local defects (1-6 components; spots, stains, scratches).
-    #[default]
-    Subtle,
-    /// Larger and stronger defects (1-12 components).
-    Medium,
-    /// The published reference sampler: 30 large smooth components, often filling the image.
-    Reference,
-}
-
 /// `kestrel synth`.
 #[derive(Debug, Args)]
 pub struct SynthArgs {
     /// What to generate.
     #[arg(value_enum)]
-    pub kind: SynthKind,
+    pub kind: crate::synth::TaskKind,
     /// Number of images.
     #[arg(short = 'n', long = "count", default_value_t = 64)]
     pub count: usize,
@@ -494,8 +470,8 @@ pub struct SynthArgs {
     #[arg(long, help_heading = "GMM")]
     pub normal_images: Option<PathBuf>,
     /// GMM: parameter distribution.
-    #[arg(long, value_enum, default_value_t = GmmPresetArg::Subtle, help_heading = "GMM")]
-    pub preset: GmmPresetArg,
+    #[arg(long, value_enum, default_value_t = crate::synth::gmm::GmmPreset::Subtle, help_heading = "GMM")]
+    pub preset: crate::synth::gmm::GmmPreset,
     /// Print a JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
@@ -535,8 +511,13 @@ pub struct MonitorArgs {
 
 /// Parse the process arguments, layering `kestrel fit --config FILE` under the command line.
 pub fn parse() -> anyhow::Result<Cli> {
-    let matches = Cli::command().get_matches();
+    let matches = command().get_matches();
     from_matches(&matches)
+}
+
+/// The clap command with the generated exit-code paragraph (from kestrel-wire's table) after the help.
+pub fn command() -> clap::Command {
+    Cli::command().after_help(crate::exit_codes_help())
 }
 
 /// [`parse`] on given matches (separate for tests).
@@ -569,7 +550,7 @@ fn layer_fit_config(
     let known: Vec<String> = merged
         .keys()
         .cloned()
-        .chain(["weights".into(), "category".into(), "n_features".into()])
+        .chain(["weights", "category", "n_features", "arch"].map(String::from))
         .collect();
     for (key, value) in file {
         let key = key.replace('-', "_");

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod images;
 pub mod monitor;
+pub mod output;
 pub mod pretrain;
 pub mod progress;
 pub mod synth;
@@ -18,15 +19,7 @@ use kestrel_vision::dataset::DatasetError;
 use kestrel_vision::metrics::MetricsError;
 use kestrel_vision::model::ModelError;
 use kestrel_vision::preprocess::PreprocessError;
-
-/// Exit code: unexpected failure.
-pub const EXIT_FAILURE: u8 = 1;
-/// Exit code: bad command line (clap's own code), including unusable key files.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code: bad input data (dataset layout, images, masks, maps, CSV).
-pub const EXIT_BAD_DATA: u8 = 3;
-/// Exit code: bad model directory or weights.
-pub const EXIT_BAD_MODEL: u8 = 4;
+use kestrel_wire::exit;
 
 /// Run a parsed command line.
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
@@ -46,6 +39,22 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The exit-code paragraph of `kestrel --help`, generated from kestrel-wire's [`exit::TABLE`] (codes 5 and up only
+/// come from commands that talk to a unit).
+pub fn exit_codes_help() -> String {
+    let mut text = String::from("Exit codes: ");
+    for (i, (code, meaning)) in exit::TABLE.iter().enumerate() {
+        if *code == exit::UNREACHABLE {
+            text.push_str("; `monitor`: ");
+        } else if i > 0 {
+            text.push_str(", ");
+        }
+        text.push_str(&format!("{code} {meaning}"));
+    }
+    text.push('.');
+    text
+}
+
 /// The message printed for an error: every cause in the chain, each once. Library errors often repeat their source
 /// in their own message (so they read well alone); this keeps `kestrel` from printing that text twice.
 pub fn render_error(e: &anyhow::Error) -> String {
@@ -63,7 +72,7 @@ pub fn render_error(e: &anyhow::Error) -> String {
     out
 }
 
-/// The documented exit code for an error (see `kestrel --help`).
+/// The documented exit code for an error: kestrel-wire's [`exit`] table, as `kestrel --help` and the README list it.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         if let Some(m) = cause.downcast_ref::<monitor::MonitorError>() {
@@ -71,16 +80,16 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
         if cause.is::<DatasetError>() || cause.is::<MetricsError>() || cause.is::<PreprocessError>()
         {
-            return EXIT_BAD_DATA;
+            return exit::BAD_DATA;
         }
         if cause.is::<crate::pretrain::PretrainError>() {
             return match cause.downcast_ref::<crate::pretrain::PretrainError>() {
                 Some(
                     crate::pretrain::PretrainError::Checkpoint { .. }
                     | crate::pretrain::PretrainError::ResumeMismatch { .. },
-                ) => EXIT_BAD_MODEL,
-                Some(crate::pretrain::PretrainError::Synth(_)) => EXIT_BAD_DATA,
-                _ => EXIT_FAILURE,
+                ) => exit::BAD_MODEL,
+                Some(crate::pretrain::PretrainError::Synth(_)) => exit::BAD_DATA,
+                _ => exit::FAILURE,
             };
         }
         if let Some(b) = cause.downcast_ref::<BundleError>() {
@@ -88,24 +97,24 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
                 // A key file given on the command line that cannot be used (like `monitor --key-file`).
                 BundleError::KeyFile { .. }
                 | BundleError::InsecureKeyFile { .. }
-                | BundleError::NoTrustedKeysIn { .. } => EXIT_USAGE,
-                _ => EXIT_BAD_MODEL,
+                | BundleError::NoTrustedKeysIn { .. } => exit::USAGE,
+                _ => exit::BAD_MODEL,
             };
         }
         if cause.is::<commands::Untrusted>() {
-            return EXIT_USAGE;
+            return exit::USAGE;
         }
         if cause.is::<BackboneError>() || cause.is::<BundleModelError>() {
-            return EXIT_BAD_MODEL;
+            return exit::BAD_MODEL;
         }
         if let Some(m) = cause.downcast_ref::<ModelError>() {
             return match m {
-                ModelError::InputShape { .. } => EXIT_BAD_DATA,
-                _ => EXIT_BAD_MODEL,
+                ModelError::InputShape { .. } => exit::BAD_DATA,
+                _ => exit::BAD_MODEL,
             };
         }
     }
-    EXIT_FAILURE
+    exit::FAILURE
 }
 
 #[cfg(test)]
@@ -130,6 +139,6 @@ mod tests {
             text.starts_with("opening the dataset: cannot read /data/x"),
             "{text}"
         );
-        assert_eq!(exit_code(&e), EXIT_BAD_DATA);
+        assert_eq!(exit_code(&e), exit::BAD_DATA);
     }
 }

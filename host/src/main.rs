@@ -5,11 +5,11 @@ fn main() -> std::process::ExitCode {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {}", kestrel_host::render_error(&e));
-            return std::process::ExitCode::from(2);
+            return std::process::ExitCode::from(kestrel_wire::exit::USAGE);
         }
     };
     match kestrel_host::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => std::process::ExitCode::from(kestrel_wire::exit::SUCCESS),
         Err(e) => {
             eprintln!("error: {}", kestrel_host::render_error(&e));
             std::process::ExitCode::from(kestrel_host::exit_code(&e))

@@ -306,3 +306,53 @@ fn fit_config_file_is_layered_under_the_command_line() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting `coreset_ration`"));
 }
+
+#[test]
+fn fit_takes_the_architecture_from_the_weights_metadata_unless_told_otherwise() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = product(tmp.path());
+    // Weights that record their architecture, as `kestrel pretrain` writes them.
+    let weights = tmp.path().join("narrow.safetensors");
+    let arch = kestrel_vision::backbone::Arch::Resnet18Narrow;
+    let w = kestrel_vision::backbone::random_weights(&arch.config(), 3, &candle_core::Device::Cpu)
+        .unwrap();
+    let meta = std::collections::HashMap::from([
+        ("kestrel.arch".to_string(), arch.name().to_string()),
+        ("kestrel.preset".to_string(), "tiny".to_string()),
+    ]);
+    safetensors::serialize_to_file(w.iter(), Some(meta), &weights).unwrap();
+    let fit_with = |extra: &[&str], out: &str| {
+        let model = tmp.path().join(out);
+        let mut args = vec![
+            "fit",
+            "--data",
+            data.to_str().unwrap(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--image-size",
+            "64",
+            "-o",
+            model.to_str().unwrap(),
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        (kestrel(&args), model)
+    };
+
+    // No --arch: the file's architecture, not the resnet18 default (whose tensors this file lacks).
+    let (out, model) = fit_with(&[], "m");
+    assert_eq!(json_line(&ok(&out))["arch"], "resnet18_narrow");
+    let toml = std::fs::read_to_string(model.join("model.toml")).unwrap();
+    assert!(toml.contains("resnet18_narrow"), "{toml}");
+
+    // An explicit --arch that disagrees with the file is refused, naming both.
+    let (out, _) = fit_with(&["--arch", "resnet18"], "m2");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("holds a resnet18_narrow backbone")
+            && err.contains("not the resnet18 asked for")
+            && err.contains("--arch resnet18_narrow"),
+        "{err}"
+    );
+}

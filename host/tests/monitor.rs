@@ -14,11 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kestrel_link::{FrameReader, FrameWriter};
 use kestrel_wire::{
-    encode_frame, Ack, EdgeAuthenticator, Envelope, FrameDecoder, Hello, Mask, Msg, Nack, NackCode,
-    ReplayBegin, ReplayEnd, Role, Stats, UnitKey, Verdict, PROTO_VERSION, SCHEMA_HASH,
+    key_text, Ack, EdgeAuthenticator, Envelope, Hello, Mask, Msg, Nack, NackCode, ReplayBegin,
+    ReplayEnd, Role, Stats, UnitKey, Verdict, PROTO_VERSION, SCHEMA_HASH,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 
 const KEY: [u8; 32] = [7; 32];
@@ -105,9 +105,7 @@ fn start_fake(spec: FakeSpec) -> (SocketAddr, Arc<FakeState>) {
 }
 
 async fn send(wr: &mut OwnedWriteHalf, env: &Envelope) -> std::io::Result<()> {
-    let mut out = Vec::new();
-    encode_frame(env, &mut out).unwrap();
-    wr.write_all(&out).await
+    FrameWriter::new().send(wr, env).await
 }
 
 async fn serve(sock: tokio::net::TcpStream, st: Arc<FakeState>) -> std::io::Result<()> {
@@ -125,19 +123,17 @@ async fn serve(sock: tokio::net::TcpStream, st: Arc<FakeState>) -> std::io::Resu
         active_model: None,
     };
     send(&mut wr, &auth.seal(Msg::Hello(hello)).unwrap()).await?;
-    let mut dec = FrameDecoder::new();
-    let mut buf = vec![0u8; 4096];
+    let mut frames = FrameReader::new();
     let mut masks_every: Option<u16> = None;
     let mut sent_live = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(2));
     loop {
         tokio::select! {
-            r = rd.read(&mut buf) => {
-                let n = r?;
-                if n == 0 {
+            r = frames.recv(&mut rd) => {
+                let Some(env) = r? else {
                     return Ok(());
-                }
-                for env in dec.push(&buf[..n]).into_iter().flatten() {
+                };
+                {
                     let re = env.seq;
                     match &env.msg {
                         Msg::Hello(_) => send(&mut wr, &auth.challenge_random().unwrap()).await?,
@@ -171,7 +167,7 @@ async fn serve(sock: tokio::net::TcpStream, st: Arc<FakeState>) -> std::io::Resu
                                         latency_p99_us: 4600,
                                         uptime_s: 1,
                                         missed_by_client: 0,
-                                        link_errors: dec.counts().errors(),
+                                        link_errors: frames.counts().errors(),
                                     })]
                                 }
                                 Msg::Replay(r) => {
@@ -215,8 +211,7 @@ async fn serve(sock: tokio::net::TcpStream, st: Arc<FakeState>) -> std::io::Resu
 
 fn key_file(dir: &Path, key: &[u8; 32]) -> std::path::PathBuf {
     let p = dir.join("unit.key");
-    let mut f = std::fs::File::create(&p).unwrap();
-    writeln!(f, "{}", hex::encode(key)).unwrap();
+    std::fs::write(&p, key_text(&UnitKey::from_bytes(*key))).unwrap();
     p
 }
 

@@ -7,8 +7,9 @@ mod common;
 use common::{assert_success, kestrel};
 
 use candle_core::{Device, Tensor};
-use kestrel_host::pretrain::engine::{self, read_metadata};
+use kestrel_host::pretrain::engine;
 use kestrel_host::pretrain::{train, Preset, PretrainConfig, RunOptions, TaskKind};
+use kestrel_vision::backbone::read_metadata;
 use kestrel_vision::backbone::{self, Arch};
 use kestrel_vision::synthetic::{write_mvtec_category, SyntheticSpec};
 

@@ -1,4 +1,4 @@
-//! Property tests of the synthetic pretraining generators (ALGORITHMS.md Part B §5.4), plus an ignored
+//! Property tests of the synthetic pretraining generators (docs/pretraining.md), plus an ignored
 //! throughput measurement.
 //!
 //! The invariants here are what the training engine relies on: every sampled IFS map is contractive and meets

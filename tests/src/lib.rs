@@ -44,14 +44,23 @@ pub enum HilError {
         /// Why.
         source: kestrel_host::monitor::addr::AddrError,
     },
-    /// `KESTREL_UNIT` is set but `KESTREL_UNIT_KEY` is not, or the key file is bad.
+    /// `KESTREL_UNIT` is set but `KESTREL_UNIT_KEY` is not.
     #[error("{0}")]
     Key(String),
-    /// The simulated unit did not start.
+    /// The key file named by `KESTREL_UNIT_KEY` is missing or malformed.
+    #[error(transparent)]
+    KeyFile(#[from] kestrel_wire::KeyFileError),
+    /// The simulated unit did not start (or stop) as the harness expected.
     #[error("simulated unit: {0}")]
     Sim(String),
+    /// The simulated unit's firmware failed to start or stop cleanly.
+    #[error("simulated unit failed")]
+    Unit(#[from] kestrel_edge::EdgeError),
+    /// `boards/sim.toml` does not load.
+    #[error(transparent)]
+    Board(#[from] kestrel_edge::board::BoardError),
     /// A harness socket failed.
-    #[error("harness IO: {0}")]
+    #[error("harness IO")]
     Io(#[from] std::io::Error),
 }
 
@@ -84,8 +93,7 @@ impl Target {
                         "{ENV_UNIT} is set; set {ENV_UNIT_KEY} to its key file too"
                     ))
                 })?;
-                let key = kestrel_host::monitor::read_key_file(key_path.as_ref())
-                    .map_err(|e| HilError::Key(e.to_string()))?;
+                let key = kestrel_host::monitor::read_key_file(key_path.as_ref())?;
                 let serial = match std::env::var(ENV_UNIT_SERIAL) {
                     Ok(s) => Some(s.parse().map_err(|source| HilError::Addr {
                         var: ENV_UNIT_SERIAL,

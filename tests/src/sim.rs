@@ -132,8 +132,7 @@ pub fn sim_profile_path() -> PathBuf {
 impl SimUnit {
     /// Start the firmware on `boards/sim.toml`, shrunk per `opts`.
     pub fn start(opts: SimOptions) -> Result<SimUnit, HilError> {
-        let mut profile =
-            BoardProfile::load(&sim_profile_path()).map_err(|e| HilError::Sim(e.to_string()))?;
+        let mut profile = BoardProfile::load(&sim_profile_path())?;
         let CameraConfig::Synthetic { seed, .. } = profile.camera else {
             return Err(HilError::Sim(
                 "boards/sim.toml no longer uses the synthetic camera".into(),
@@ -171,8 +170,7 @@ impl SimUnit {
         // inside another runtime (the suites are `#[tokio::test]`s): start it from a plain thread.
         let handle = std::thread::spawn(move || Unit::start(profile, opts))
             .join()
-            .map_err(|_| HilError::Sim("Unit::start panicked".into()))?
-            .map_err(|e| HilError::Sim(e.to_string()))?;
+            .map_err(|_| HilError::Sim("Unit::start panicked".into()))??;
         Ok(SimUnit {
             handle: Some(handle),
             scorer,
@@ -242,7 +240,7 @@ impl SimUnit {
             Some(h) => std::thread::spawn(move || h.shutdown())
                 .join()
                 .map_err(|_| HilError::Sim("shutdown panicked".into()))?
-                .map_err(|e| HilError::Sim(e.to_string())),
+                .map_err(HilError::from),
             None => Ok(()),
         }
     }

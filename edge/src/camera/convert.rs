@@ -197,6 +197,24 @@ pub fn grey_to_rgb(
     Ok(rgb)
 }
 
+/// Copies packed RGB8 rows (`stride` bytes apart) into a tight RGB8 buffer: raw RGB dumps, checked like the other
+/// raw formats.
+pub fn rgb_to_rgb(
+    src: &[u8],
+    width: u32,
+    height: u32,
+    stride: usize,
+) -> Result<Vec<u8>, ConvertError> {
+    check_geometry("RGB", width, height)?;
+    let row = width as usize * 3;
+    check_buffer("RGB", src.len(), width, height, stride, row)?;
+    let mut rgb = Vec::with_capacity(row * height as usize);
+    for y in 0..height as usize {
+        rgb.extend_from_slice(&src[y * stride..y * stride + row]);
+    }
+    Ok(rgb)
+}
+
 /// Decodes one MJPG frame (a JFIF image; pass only the `bytesused` part of the buffer) to packed RGB8 and checks it
 /// has the size the stream announced.
 pub fn mjpg_to_rgb(jpeg: &[u8], width: u32, height: u32) -> Result<Vec<u8>, ConvertError> {
@@ -290,6 +308,26 @@ mod tests {
                 got: 3,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn rgb_copies_rows_without_padding_and_refuses_short_buffers() {
+        let rgb = rgb_to_rgb(&[1, 2, 3, 9, 4, 5, 6], 1, 2, 4).unwrap();
+        assert_eq!(rgb, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(
+            rgb_to_rgb(&[1, 2, 3, 4, 5], 1, 2, 3),
+            Err(ConvertError::Short {
+                format: "RGB",
+                need: 6,
+                got: 5,
+                width: 1,
+                height: 2
+            })
+        );
+        assert!(matches!(
+            rgb_to_rgb(&[], 0, 2, 0),
+            Err(ConvertError::Geometry { .. })
         ));
     }
 

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{convert, monotonic_us, CameraError, Frame, FrameSource, Pacer};
+use super::{convert, monotonic_us, CameraError, Frame, FrameDecodeError, FrameSource, Pacer};
 
 /// How one listed file is decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,11 +76,15 @@ impl DirectorySource {
             path: dir.to_path_buf(),
             reason,
         };
-        let entries = std::fs::read_dir(dir)
-            .map_err(|e| open_err(format!("{e} (check camera.path in the profile)")))?;
+        let io_err = |source| CameraError::OpenIo {
+            path: dir.to_path_buf(),
+            hint: "check camera.path in the profile",
+            source,
+        };
+        let entries = std::fs::read_dir(dir).map_err(io_err)?;
         let mut files = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| open_err(e.to_string()))?;
+            let entry = entry.map_err(io_err)?;
             let path = entry.path();
             if !path.is_file() {
                 continue;
@@ -117,39 +121,37 @@ impl DirectorySource {
     }
 
     fn decode(path: &Path, kind: Kind) -> Result<(u32, u32, Vec<u8>), CameraError> {
-        let decode_err = |reason: String| CameraError::Decode {
+        let decode_err = |source: FrameDecodeError| CameraError::Decode {
             path: path.to_path_buf(),
-            reason,
+            source,
         };
         match kind {
             Kind::Image => {
-                let img = image::open(path).map_err(|e| decode_err(e.to_string()))?;
+                // The host's decoder, so a folder of images reaches the model as the same pixels `kestrel eval`
+                // and `kestrel predict` see.
+                let img = kestrel_vision::dataset::load_rgb(path)
+                    .map_err(|e| decode_err(FrameDecodeError::Image(e)))?
+                    .image;
                 let (w, h) = (img.width(), img.height());
-                Ok((w, h, img.into_rgb8().into_raw()))
+                Ok((w, h, img.into_raw()))
             }
             Kind::Raw {
                 format,
                 width,
                 height,
             } => {
-                let bytes = std::fs::read(path).map_err(|e| decode_err(e.to_string()))?;
+                let bytes =
+                    std::fs::read(path).map_err(|e| decode_err(FrameDecodeError::Read(e)))?;
                 let rgb = match format {
                     RawFormat::Yuyv => {
                         convert::yuyv_to_rgb(&bytes, width, height, width as usize * 2)
                     }
                     RawFormat::Grey => convert::grey_to_rgb(&bytes, width, height, width as usize),
                     RawFormat::Rgb => {
-                        let need = width as usize * height as usize * 3;
-                        if width == 0 || height == 0 || bytes.len() < need {
-                            return Err(decode_err(format!(
-                                "raw RGB {width}x{height} needs {need} bytes, file has {}",
-                                bytes.len()
-                            )));
-                        }
-                        Ok(bytes[..need].to_vec())
+                        convert::rgb_to_rgb(&bytes, width, height, width as usize * 3)
                     }
                 }
-                .map_err(|e| decode_err(e.to_string()))?;
+                .map_err(|e| decode_err(e.into()))?;
                 Ok((width, height, rgb))
             }
         }

@@ -120,13 +120,25 @@ pub enum CameraError {
         /// Underlying error.
         reason: String,
     },
+    /// A directory of frames could not be listed.
+    #[error("cannot open camera {} ({hint})", path.display())]
+    OpenIo {
+        /// Device or directory.
+        path: PathBuf,
+        /// What to check.
+        hint: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A frame's bytes could not be decoded into an image.
-    #[error("cannot decode frame from {}: {reason}", path.display())]
+    #[error("cannot decode frame from {}", path.display())]
     Decode {
         /// Device or file.
         path: PathBuf,
-        /// Decoder error.
-        reason: String,
+        /// Why.
+        #[source]
+        source: FrameDecodeError,
     },
     /// A non-looping directory source ran out of frames.
     #[error("camera {}: end of recorded frames after {frames} frames (set looped = true to replay them)", path.display())]
@@ -137,6 +149,20 @@ pub enum CameraError {
         frames: u64,
     },
     /// A pixel-format conversion was given a buffer of the wrong size.
+    #[error(transparent)]
+    Convert(#[from] convert::ConvertError),
+}
+
+/// Why a frame's bytes are not an image ([`CameraError::Decode`]).
+#[derive(Debug, thiserror::Error)]
+pub enum FrameDecodeError {
+    /// The frame file could not be read.
+    #[error("cannot read the frame file")]
+    Read(#[source] std::io::Error),
+    /// The image decoder (kestrel-vision's, the one `kestrel eval` uses) refused it.
+    #[error("not a decodable image")]
+    Image(#[source] kestrel_vision::dataset::DatasetError),
+    /// A raw pixel buffer of the wrong size or geometry.
     #[error(transparent)]
     Convert(#[from] convert::ConvertError),
 }

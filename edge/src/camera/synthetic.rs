@@ -1,46 +1,40 @@
-//! A deterministic synthetic camera: textured "product" frames with occasional defects.
+//! A deterministic synthetic camera: frames of kestrel-vision's synthetic woven product ([`Product`], the one
+//! `kestrel demo` fits on), with a defect on every `defect_every`-th frame.
 //!
 //! Why: the unit must run end to end on any machine (CI, a laptop, `boards/sim.toml` from a fresh clone) and tests
 //! need frames whose content is known. Every frame is a pure function of `(seed, frame id)`:
-//! - the product is a woven-looking texture (two crossed sinusoids plus fixed fine grain) over a soft vignette,
-//!   computed once per source;
-//! - each frame adds small per-frame sensor noise (±3 levels);
-//! - every `defect_every`-th frame (ids `defect_every-1`, `2*defect_every-1`, …) carries one defect — a dark
-//!   scratch or a bright/dark spot — at a seeded position; [`SyntheticSource::defect_box`] gives its bounding box,
-//!   which is the ground truth for tests.
+//! - the seed sets the product's look (thread colour, weave period and contrast); frame `id` shows part number `id`
+//!   ([`Product::part`]), so frames differ like parts passing a fixed camera: the weave shifts and turns a little,
+//!   brightness and fibres vary, and every pixel has a little sensor grain;
+//! - every `defect_every`-th frame (ids `defect_every-1`, `2*defect_every-1`, …) is the same part with one defect
+//!   painted in, the kinds taking turns (hole, missing texture, scratch, stain); [`SyntheticSource::defect_box`]
+//!   gives the bounding box of its mask, which is the ground truth for tests.
 //!
 //! Frames are paced at the configured rate on the monotonic clock (see [`super::Pacer`]); with `fps = None` they are
 //! produced as fast as they are asked for (tests, fitting a model on synthetic "good" frames).
+
+use kestrel_vision::synthetic::{Product, MAX_SIZE, MIN_SIZE};
+
+pub use kestrel_vision::synthetic::DefectKind;
 
 use super::{monotonic_us, CameraError, Frame, FrameSource, Pacer};
 
 /// Parameters of a synthetic source.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticParams {
-    /// Frame width (>= 32).
+    /// Frame width (32..=4096).
     pub width: u32,
-    /// Frame height (>= 32).
+    /// Frame height (32..=4096).
     pub height: u32,
     /// Pace (frames/s); None = as fast as asked.
     pub fps: Option<f64>,
     /// Every n-th frame carries a defect; 0 = never.
     pub defect_every: u32,
-    /// Texture and defect seed.
+    /// Product look and frame seed.
     pub seed: u64,
 }
 
-/// The kind of defect painted into a frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DefectKind {
-    /// A thin dark line.
-    Scratch,
-    /// A dark round spot.
-    DarkSpot,
-    /// A bright round spot.
-    BrightSpot,
-}
-
-/// Where and what a frame's defect is (pixel bounding box, inclusive-exclusive).
+/// Where and what a frame's defect is (pixel bounding box of its mask, inclusive-exclusive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DefectBox {
     /// Defect kind.
@@ -58,66 +52,38 @@ pub struct DefectBox {
 /// Synthetic frame source; see the module docs.
 pub struct SyntheticSource {
     params: SyntheticParams,
-    base: Vec<u8>,
+    product: Product,
     pacer: Pacer,
     next_id: u64,
 }
 
-/// SplitMix64: a tiny, well-mixed, deterministic generator (no dependency, identical on every platform).
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 impl SyntheticSource {
-    /// Creates a source; fails for sides under 32 or over 8192 pixels.
+    /// Creates a source; fails for sides under 32 or over 4096 pixels (the product generator's range).
     pub fn new(params: SyntheticParams) -> Result<Self, CameraError> {
-        let ok = |s: u32| (32..=8192).contains(&s);
+        let ok = |s: u32| (MIN_SIZE..=MAX_SIZE).contains(&s);
         if !ok(params.width) || !ok(params.height) {
             return Err(CameraError::Open {
                 path: "synthetic".into(),
                 reason: format!(
-                    "{}x{} is out of range (each side 32..=8192)",
+                    "{}x{} is out of range (each side {MIN_SIZE}..={MAX_SIZE})",
                     params.width, params.height
                 ),
             });
         }
-        let base = Self::texture(&params);
+        let product =
+            Product::with_shape(params.width, params.height, params.seed).map_err(|e| {
+                CameraError::Open {
+                    path: "synthetic".into(),
+                    reason: e.to_string(),
+                }
+            })?;
         let pacer = Pacer::new(params.fps);
         Ok(SyntheticSource {
             params,
-            base,
+            product,
             pacer,
             next_id: 0,
         })
-    }
-
-    fn texture(p: &SyntheticParams) -> Vec<u8> {
-        let (w, h) = (p.width as usize, p.height as usize);
-        let mut out = vec![0u8; w * h * 3];
-        // Thread pitch scales with the frame so a 64x64 and a 1024x1024 product look alike.
-        let pitch = (p.width.min(p.height) as f32 / 32.0).max(2.0);
-        let freq = std::f32::consts::TAU / pitch;
-        let phase = (splitmix(p.seed) % 1000) as f32 / 1000.0 * std::f32::consts::TAU;
-        let (cx, cy) = (w as f32 / 2.0, h as f32 / 2.0);
-        let rmax = (cx * cx + cy * cy).sqrt();
-        for y in 0..h {
-            for x in 0..w {
-                let weave = (x as f32 * freq + phase).sin() * (y as f32 * freq).sin();
-                let (dx, dy) = (x as f32 - cx, y as f32 - cy);
-                let vignette = 1.0 - 0.25 * ((dx * dx + dy * dy).sqrt() / rmax);
-                let grain = (splitmix(p.seed ^ ((y * w + x) as u64)) & 7) as f32 - 3.5;
-                let l = (140.0 + 35.0 * weave + grain) * vignette;
-                let o = (y * w + x) * 3;
-                out[o] = l.clamp(0.0, 255.0) as u8;
-                out[o + 1] = (l * 0.85).clamp(0.0, 255.0) as u8;
-                out[o + 2] = (l * 0.65).clamp(0.0, 255.0) as u8;
-            }
-        }
-        out
     }
 
     /// Whether frame `id` carries a defect.
@@ -126,82 +92,48 @@ impl SyntheticSource {
         n > 0 && (id + 1).is_multiple_of(n)
     }
 
-    /// The defect painted into frame `id`, if any.
-    pub fn defect_box(&self, id: u64) -> Option<DefectBox> {
+    /// The kind of defect painted into frame `id`, if any: the defective frames cycle through
+    /// [`DefectKind::ALL`].
+    pub fn defect_kind(&self, id: u64) -> Option<DefectKind> {
         if !self.is_defective(id) {
             return None;
         }
-        let r = splitmix(self.params.seed.rotate_left(17) ^ id);
-        let (w, h) = (self.params.width, self.params.height);
-        let kind = match r % 3 {
-            0 => DefectKind::Scratch,
-            1 => DefectKind::DarkSpot,
-            _ => DefectKind::BrightSpot,
-        };
-        let s = w.min(h);
-        // Defects sit in the central 60 % so they are never cropped by a centre crop in pre-processing.
-        let (bw, bh) = match kind {
-            DefectKind::Scratch => ((s / 4).max(8), 2),
-            _ => ((s / 12).max(4), (s / 12).max(4)),
-        };
-        let x0 = w / 5 + ((r >> 8) % u64::from((w * 3 / 5).saturating_sub(bw).max(1))) as u32;
-        let y0 = h / 5 + ((r >> 24) % u64::from((h * 3 / 5).saturating_sub(bh).max(1))) as u32;
-        Some(DefectBox {
+        let nth = (id + 1) / u64::from(self.params.defect_every) - 1;
+        Some(DefectKind::ALL[(nth % DefectKind::ALL.len() as u64) as usize])
+    }
+
+    /// The defect painted into frame `id`, if any (renders the frame to find its mask).
+    pub fn defect_box(&self, id: u64) -> Option<DefectBox> {
+        let kind = self.defect_kind(id)?;
+        let (_, mask) = self.product.part(id, Some(kind));
+        let mask = mask?;
+        let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
+        for y in 0..mask.height {
+            for x in 0..mask.width {
+                if mask.data[(y * mask.width + x) as usize] != 0 {
+                    (x0, y0) = (x0.min(x), y0.min(y));
+                    (x1, y1) = (x1.max(x + 1), y1.max(y + 1));
+                }
+            }
+        }
+        (x1 > x0).then_some(DefectBox {
             kind,
             x: x0,
             y: y0,
-            w: bw,
-            h: bh,
+            w: x1 - x0,
+            h: y1 - y0,
         })
     }
 
     /// Renders frame `id` without pacing (pure: the same id gives the same pixels). `t_capture_us` is left 0.
     pub fn render(&self, id: u64) -> Frame {
-        let (w, h) = (self.params.width as usize, self.params.height as usize);
-        let mut rgb = self.base.clone();
-        // Per-frame sensor noise, ±3 levels, from a cheap xorshift stream seeded by (seed, id).
-        let mut s = splitmix(self.params.seed ^ id.wrapping_mul(0xA24B_AED4_963E_E407)) | 1;
-        for px in rgb.chunks_exact_mut(3) {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            let n = (s % 7) as i16 - 3;
-            for c in px {
-                *c = (i16::from(*c) + n).clamp(0, 255) as u8;
-            }
-        }
-        if let Some(d) = self.defect_box(id) {
-            for y in d.y as usize..(d.y + d.h).min(h as u32) as usize {
-                for x in d.x as usize..(d.x + d.w).min(w as u32) as usize {
-                    let inside = match d.kind {
-                        DefectKind::Scratch => true,
-                        _ => {
-                            let (rx, ry) = (d.w as f32 / 2.0, d.h as f32 / 2.0);
-                            let (dx, dy) = (
-                                x as f32 + 0.5 - d.x as f32 - rx,
-                                y as f32 + 0.5 - d.y as f32 - ry,
-                            );
-                            (dx / rx).powi(2) + (dy / ry).powi(2) <= 1.0
-                        }
-                    };
-                    if inside {
-                        let o = (y * w + x) * 3;
-                        let v = if d.kind == DefectKind::BrightSpot {
-                            [250, 245, 230]
-                        } else {
-                            [25, 20, 15]
-                        };
-                        rgb[o..o + 3].copy_from_slice(&v);
-                    }
-                }
-            }
-        }
+        let (img, _) = self.product.part(id, self.defect_kind(id));
         Frame {
             id,
             t_capture_us: 0,
             width: self.params.width,
             height: self.params.height,
-            rgb,
+            rgb: img.into_raw(),
         }
     }
 }
@@ -343,9 +275,29 @@ mod tests {
     }
 
     #[test]
+    fn defective_frames_take_the_kinds_in_turn() {
+        let s = SyntheticSource::new(params()).unwrap();
+        let kinds: Vec<_> = (0..40).filter_map(|id| s.defect_kind(id)).collect();
+        assert_eq!(kinds.len(), 10);
+        assert_eq!(kinds[..4], DefectKind::ALL);
+        assert_eq!(kinds[4..8], DefectKind::ALL);
+        for id in [3, 7, 11, 15] {
+            let d = s.defect_box(id).unwrap();
+            assert_eq!(Some(d.kind), s.defect_kind(id));
+            assert!(d.x + d.w <= 64 && d.y + d.h <= 48, "{d:?}");
+        }
+        assert_eq!(s.defect_box(4), None);
+    }
+
+    #[test]
     fn rejects_tiny_frames() {
         assert!(SyntheticSource::new(SyntheticParams {
             width: 8,
+            ..params()
+        })
+        .is_err());
+        assert!(SyntheticSource::new(SyntheticParams {
+            height: 5000,
             ..params()
         })
         .is_err());

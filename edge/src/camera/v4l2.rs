@@ -1,6 +1,6 @@
 //! V4L2 capture (feature `v4l`): USB/UVC and mono industrial cameras through the `v4l` crate's MMAP streaming.
 //!
-//! What this module guards against (traps found reading `v4l` 0.14, see EDGE-NOTES §1):
+//! What this module guards against (traps found reading `v4l` 0.14, written up in `docs/edge.md`):
 //! - **The driver may not give what was asked.** `VIDIOC_S_FMT` returns the format the driver chose; a different
 //!   FourCC or size is an error naming both, never a silently mis-converted image. The row stride
 //!   (`bytesperline`) the driver reports is used, not `2 * width`.
@@ -196,7 +196,7 @@ impl FrameSource for V4l2Source {
             }
             .map_err(|e| CameraError::Decode {
                 path: self.req.device.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             })?;
             let sequence = meta.sequence;
             let t_capture_us = Self::capture_time(meta.timestamp, dequeued);

@@ -95,22 +95,24 @@ impl std::fmt::Debug for LinkContext {
 #[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// The TCP listen address could not be bound.
-    #[error("cannot listen on {addr}: {source} (is another kestrel-edge running, or is the address wrong in the board profile?)")]
+    #[error("cannot listen on {addr} (is another kestrel-edge running, or is the address wrong in the board profile?)")]
     Bind {
         /// The address.
         addr: std::net::SocketAddr,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
     /// The serial device could not be opened.
-    #[error("cannot open serial device {device}: {source} (check the path, permissions (dialout group) and that no other program holds it)")]
+    #[error("cannot open serial device {device} (check the path, permissions (dialout group) and that no other program holds it)")]
     Serial {
         /// The device path.
         device: String,
         /// The driver error.
+        #[source]
         source: tokio_serial::Error,
     },
     /// A pseudo-terminal could not be created.
-    #[error("cannot create a pseudo-terminal for the simulated serial link: {0}")]
-    Pty(tokio_serial::Error),
+    #[error("cannot create a pseudo-terminal for the simulated serial link")]
+    Pty(#[source] tokio_serial::Error),
 }

@@ -4,11 +4,12 @@
 
 use std::time::Duration;
 
+use kestrel_link::{FrameReader, FrameWriter};
 use kestrel_wire::{
-    encode_frame, Ack, EdgeAuthenticator, Envelope, FrameDecoder, Hello, Msg, Nack, NackCode,
-    ReplayBegin, ReplayEnd, Role, Subscribe, Verdict, PROTO_VERSION, SCHEMA_HASH,
+    Ack, AuthError, EdgeAuthenticator, Envelope, Hello, Msg, Nack, NackCode, ReplayBegin,
+    ReplayEnd, Role, Subscribe, Verdict, PROTO_VERSION, SCHEMA_HASH,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{LinkContext, Outgoing};
@@ -17,7 +18,7 @@ use super::{LinkContext, Outgoing};
 const REPLAY_BATCH: usize = 256;
 
 /// How a session ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum SessionEnd {
     /// The peer closed the stream.
     PeerClosed,
@@ -30,8 +31,23 @@ pub enum SessionEnd {
     /// A write did not complete in time (slow or dead TCP client).
     WriteTimeout,
     /// The stream failed.
-    Io(String),
+    Io(std::io::Error),
+    /// Our side of the authentication failed (no OS randomness, sequence numbers exhausted).
+    Auth(AuthError),
 }
+
+impl PartialEq for SessionEnd {
+    /// Ends compare by kind (IO errors by [`std::io::ErrorKind`]), which is what callers and tests branch on.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (SessionEnd::Io(a), SessionEnd::Io(b)) => a.kind() == b.kind(),
+            (SessionEnd::Auth(a), SessionEnd::Auth(b)) => a == b,
+            _ => std::mem::discriminant(self) == std::mem::discriminant(other),
+        }
+    }
+}
+
+impl Eq for SessionEnd {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -53,13 +69,13 @@ struct Session<W> {
     ctx: LinkContext,
     opts: SessionOptions,
     writer: W,
+    frames_out: FrameWriter,
+    frames_in: FrameReader,
     auth: EdgeAuthenticator,
     phase: Phase,
-    decoder: FrameDecoder,
     sub: Option<Subscribe>,
     sent_verdicts: u64,
     missed: u64,
-    out: Vec<u8>,
 }
 
 /// Serve one session on `io` until the peer leaves, the unit shuts down, or the peer fails the handshake.
@@ -74,17 +90,16 @@ where
         ctx,
         opts,
         writer,
+        frames_out: FrameWriter::new(),
+        frames_in: FrameReader::new(),
         phase: Phase::AwaitHello,
-        decoder: FrameDecoder::new(),
         sub: None,
         sent_verdicts: 0,
         missed: 0,
-        out: Vec::with_capacity(4096),
     };
     if let Err(end) = s.send_hello().await {
         return end;
     }
-    let mut buf = vec![0u8; 8192];
     let mut shutdown = s.ctx.shutdown.clone();
     loop {
         if *shutdown.borrow_and_update() {
@@ -110,17 +125,14 @@ where
                     return SessionEnd::Shutdown;
                 }
             }
-            r = reader.read(&mut buf) => {
-                let n = match r {
-                    Ok(0) => return SessionEnd::PeerClosed,
-                    Ok(n) => n,
-                    Err(e) => return SessionEnd::Io(e.to_string()),
+            r = s.frames_in.recv(&mut reader) => {
+                let env = match r {
+                    Ok(Some(env)) => env,
+                    Ok(None) => return SessionEnd::PeerClosed,
+                    Err(e) => return SessionEnd::Io(e),
                 };
-                let frames = s.decoder.push(&buf[..n]);
-                for env in frames.into_iter().flatten() {
-                    if let Err(end) = s.handle(env).await {
-                        return end;
-                    }
+                if let Err(end) = s.handle(env).await {
+                    return end;
                 }
             }
             m = rx.recv(), if s.phase == Phase::Ready => {
@@ -139,27 +151,18 @@ where
 
 impl<W: AsyncWrite + Unpin> Session<W> {
     async fn send(&mut self, msg: Msg) -> Result<(), SessionEnd> {
-        let env = self
-            .auth
-            .seal(msg)
-            .map_err(|e| SessionEnd::Io(format!("sealing a frame: {e}")))?;
+        let env = self.auth.seal(msg).map_err(SessionEnd::Auth)?;
         self.write_env(&env).await
     }
 
     async fn write_env(&mut self, env: &Envelope) -> Result<(), SessionEnd> {
-        self.out.clear();
-        encode_frame(env, &mut self.out)
-            .map_err(|e| SessionEnd::Io(format!("encoding {}: {e}", env.msg.name())))?;
-        let write = async {
-            self.writer.write_all(&self.out).await?;
-            self.writer.flush().await
-        };
+        let write = self.frames_out.send(&mut self.writer, env);
         match self.opts.write_timeout {
             Some(t) => match tokio::time::timeout(t, write).await {
-                Ok(r) => r.map_err(|e| SessionEnd::Io(e.to_string())),
+                Ok(r) => r.map_err(SessionEnd::Io),
                 Err(_) => Err(SessionEnd::WriteTimeout),
             },
-            None => write.await.map_err(|e| SessionEnd::Io(e.to_string())),
+            None => write.await.map_err(SessionEnd::Io),
         }
     }
 
@@ -248,10 +251,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             self.sent_verdicts = 0;
             self.send_hello().await?;
         }
-        let challenge = self
-            .auth
-            .challenge_random()
-            .map_err(|e| SessionEnd::Io(format!("making a challenge: {e}")))?;
+        let challenge = self.auth.challenge_random().map_err(SessionEnd::Auth)?;
         self.write_env(&challenge).await?;
         self.phase = Phase::AwaitAuth;
         Ok(())
@@ -271,7 +271,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 let stats = self
                     .ctx
                     .control
-                    .stats(self.missed, self.decoder.counts().errors());
+                    .stats(self.missed, self.frames_in.counts().errors());
                 self.send(Msg::Stats(stats)).await
             }
             Msg::Replay(r) => self.replay(re, r.from_seq).await,
@@ -378,7 +378,7 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         let stats = self
             .ctx
             .control
-            .stats(self.missed, self.decoder.counts().errors());
+            .stats(self.missed, self.frames_in.counts().errors());
         self.send(Msg::Stats(stats)).await
     }
 }
@@ -431,18 +431,17 @@ pub(crate) mod tests {
 
     const KEY: [u8; 32] = [7; 32];
 
+    /// A host that can also break the protocol (raw, untagged or replayed frames), so not the real host client.
     struct Host {
         io: DuplexStream,
-        dec: FrameDecoder,
+        rd: FrameReader,
+        wr: FrameWriter,
         auth: HostAuthenticator,
-        pending: std::collections::VecDeque<Envelope>,
     }
 
     impl Host {
         async fn send_raw(&mut self, env: &Envelope) {
-            let mut out = Vec::new();
-            encode_frame(env, &mut out).unwrap();
-            self.io.write_all(&out).await.unwrap();
+            self.wr.send(&mut self.io, env).await.unwrap();
         }
         async fn send(&mut self, msg: Msg) -> u32 {
             let env = self.auth.seal(msg).unwrap();
@@ -450,20 +449,17 @@ pub(crate) mod tests {
             env.seq
         }
         async fn recv(&mut self) -> Envelope {
-            loop {
-                if let Some(e) = self.pending.pop_front() {
-                    return e;
-                }
-                let mut buf = [0u8; 4096];
-                let n = tokio::time::timeout(Duration::from_secs(5), self.io.read(&mut buf))
-                    .await
-                    .expect("edge answered within 5 s")
-                    .unwrap();
-                assert!(n > 0, "edge closed the stream");
-                for r in self.dec.push(&buf[..n]) {
-                    self.pending.push_back(r.unwrap());
-                }
-            }
+            let env = tokio::time::timeout(Duration::from_secs(5), self.rd.recv(&mut self.io))
+                .await
+                .expect("edge answered within 5 s")
+                .unwrap()
+                .expect("edge closed the stream");
+            assert_eq!(
+                self.rd.counts().errors(),
+                0,
+                "every frame from the edge decodes"
+            );
+            env
         }
         async fn recv_msg(&mut self) -> Msg {
             let env = self.recv().await;
@@ -529,9 +525,9 @@ pub(crate) mod tests {
         Rig {
             host: Host {
                 io: b,
-                dec: FrameDecoder::new(),
+                rd: FrameReader::new(),
+                wr: FrameWriter::new(),
                 auth: HostAuthenticator::new(UnitKey::from_bytes(key), "unit-1"),
-                pending: Default::default(),
             },
             tx,
             stop,

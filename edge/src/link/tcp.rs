@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use kestrel_wire::{encode_frame, Envelope, Msg, Nack, NackCode};
-use tokio::io::AsyncWriteExt;
+use kestrel_link::FrameWriter;
+use kestrel_wire::{Envelope, Msg, Nack, NackCode};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -60,10 +60,8 @@ pub async fn serve_tcp(listener: TcpListener, max_clients: usize, ctx: LinkConte
                     detail,
                 }),
             );
-            let mut out = Vec::new();
-            if encode_frame(&env, &mut out).is_ok() {
-                let _ = tokio::time::timeout(TCP_WRITE_TIMEOUT, stream.write_all(&out)).await;
-            }
+            let mut refusal = FrameWriter::new();
+            let _ = tokio::time::timeout(TCP_WRITE_TIMEOUT, refusal.send(&mut stream, &env)).await;
             continue;
         };
         tracing::info!(%peer, "TCP client connected");

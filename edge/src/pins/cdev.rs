@@ -22,21 +22,24 @@ const CONSUMER: &str = "kestrel-edge";
 
 /// Resolves a chip given as a path or a label to its device path.
 pub(super) fn resolve_chip(chip: &Path) -> Result<PathBuf, PinError> {
-    let chip_err = |reason: String| PinError::Chip {
+    let chip_err = |reason: String, source: Option<gpiocdev::Error>| PinError::Chip {
         chip: chip.display().to_string(),
         reason,
+        source: source.map(Into::into),
     };
     if chip.is_absolute() {
         gpiocdev::chip::Chip::from_path(chip).map_err(|e| {
-            chip_err(format!(
-                "{e} (is the path right, and may this user open it? see boards/99-kestrel.rules)"
-            ))
+            chip_err(
+                "cannot open it (is the path right, and may this user open it? see boards/99-kestrel.rules)"
+                    .into(),
+                Some(e),
+            )
         })?;
         return Ok(chip.to_path_buf());
     }
     let label = chip.to_string_lossy();
     let paths = gpiocdev::chip::chips()
-        .map_err(|e| chip_err(format!("cannot list /dev/gpiochip*: {e}")))?;
+        .map_err(|e| chip_err("cannot list /dev/gpiochip*".into(), Some(e)))?;
     let mut seen = Vec::new();
     for p in paths {
         let Ok(c) = gpiocdev::chip::Chip::from_path(&p) else {
@@ -53,39 +56,48 @@ pub(super) fn resolve_chip(chip: &Path) -> Result<PathBuf, PinError> {
     } else {
         seen.join(", ")
     };
-    Err(chip_err(format!(
-        "no GPIO chip with this label (found: {found}); run `gpiodetect` to list chips"
-    )))
+    Err(chip_err(
+        format!("no GPIO chip with this label (found: {found}); run `gpiodetect` to list chips"),
+        None,
+    ))
 }
 
 fn find_offset(chip: &Path, line: &LineRef, signal: Signal) -> Result<u32, PinError> {
-    let line_err = |reason: String| PinError::Line {
+    let line_err = |reason: String, source: Option<gpiocdev::Error>| PinError::Line {
         signal,
         line: line.to_string(),
         reason,
+        source: source.map(Into::into),
     };
-    let c = gpiocdev::chip::Chip::from_path(chip).map_err(|e| line_err(e.to_string()))?;
-    let info = c.info().map_err(|e| line_err(e.to_string()))?;
+    let driver_err = |e| line_err(format!("cannot look it up on {}", chip.display()), Some(e));
+    let c = gpiocdev::chip::Chip::from_path(chip).map_err(driver_err)?;
+    let info = c.info().map_err(driver_err)?;
     match &line.id {
         LineId::Offset(o) if *o < info.num_lines => Ok(*o),
-        LineId::Offset(o) => Err(line_err(format!(
-            "chip {} has {} lines, offset {o} does not exist",
-            chip.display(),
-            info.num_lines
-        ))),
+        LineId::Offset(o) => Err(line_err(
+            format!(
+                "chip {} has {} lines, offset {o} does not exist",
+                chip.display(),
+                info.num_lines
+            ),
+            None,
+        )),
         LineId::Name(name) => {
-            for li in c.line_info_iter().map_err(|e| line_err(e.to_string()))? {
-                let li = li.map_err(|e| line_err(e.to_string()))?;
+            for li in c.line_info_iter().map_err(driver_err)? {
+                let li = li.map_err(driver_err)?;
                 if &li.name == name {
                     return Ok(li.offset);
                 }
             }
-            Err(line_err(format!(
-                "no line with this name on {} [{}]; run `gpioinfo {}` to list names",
-                chip.display(),
-                info.label,
-                info.label
-            )))
+            Err(line_err(
+                format!(
+                    "no line with this name on {} [{}]; run `gpioinfo {}` to list names",
+                    chip.display(),
+                    info.label,
+                    info.label
+                ),
+                None,
+            ))
         }
     }
 }
@@ -105,7 +117,9 @@ fn request(chip: &Path, line: &LineRef, signal: Signal, output: bool) -> Result<
     b.request().map_err(|e| PinError::Line {
         signal,
         line: line.to_string(),
-        reason: format!("{e} (is another program holding it? `gpioinfo` shows the consumer)"),
+        reason: "cannot request it (is another program holding it? `gpioinfo` shows the consumer)"
+            .into(),
+        source: Some(e.into()),
     })
 }
 
@@ -122,7 +136,8 @@ impl embedded_hal::digital::InputPin for CdevInput {
     fn is_high(&mut self) -> Result<bool, PinError> {
         self.pin.is_high().map_err(|e| PinError::Io {
             signal: self.signal,
-            reason: e.to_string(),
+            reason: "cannot read the line".into(),
+            source: Some(e),
         })
     }
     fn is_low(&mut self) -> Result<bool, PinError> {
@@ -143,13 +158,15 @@ impl embedded_hal::digital::OutputPin for CdevOutput {
     fn set_low(&mut self) -> Result<(), PinError> {
         self.pin.set_low().map_err(|e| PinError::Io {
             signal: self.signal,
-            reason: e.to_string(),
+            reason: "cannot drive the line low".into(),
+            source: Some(e),
         })
     }
     fn set_high(&mut self) -> Result<(), PinError> {
         self.pin.set_high().map_err(|e| PinError::Io {
             signal: self.signal,
-            reason: e.to_string(),
+            reason: "cannot drive the line high".into(),
+            source: Some(e),
         })
     }
 }
@@ -159,7 +176,8 @@ fn output(chip: &Path, line: &LineRef, signal: Signal) -> Result<DynOutput, PinE
     let pin = gpiocdev_embedded_hal::OutputPin::try_from(req).map_err(|e| PinError::Line {
         signal,
         line: line.to_string(),
-        reason: e.to_string(),
+        reason: "cannot use it as an output".into(),
+        source: Some(e),
     })?;
     Ok(Box::new(CdevOutput { pin, signal }))
 }
@@ -169,7 +187,8 @@ fn input(chip: &Path, line: &LineRef, signal: Signal) -> Result<DynInput, PinErr
     let pin = gpiocdev_embedded_hal::InputPin::try_from(req).map_err(|e| PinError::Line {
         signal,
         line: line.to_string(),
-        reason: e.to_string(),
+        reason: "cannot use it as an input".into(),
+        source: Some(e),
     })?;
     Ok(Box::new(CdevInput { pin, signal }))
 }

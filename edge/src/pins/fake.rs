@@ -96,6 +96,7 @@ impl FakeBoard {
             return Err(PinError::Io {
                 signal,
                 reason: "injected failure (FakeBoard::set_failing)".into(),
+                source: None,
             });
         }
         if st.levels[signal.index()] != high {
@@ -116,6 +117,7 @@ impl FakeBoard {
             return Err(PinError::Io {
                 signal,
                 reason: "injected failure (FakeBoard::set_failing)".into(),
+                source: None,
             });
         }
         Ok(st.levels[signal.index()])

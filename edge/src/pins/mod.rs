@@ -47,8 +47,11 @@ pub enum PinError {
     Chip {
         /// Chip path or label from the profile.
         chip: String,
-        /// What failed and what to check.
+        /// What failed or what to check.
         reason: String,
+        /// The driver error, when a driver call failed.
+        #[source]
+        source: Option<GpioCause>,
     },
     /// A line could not be found or requested.
     #[error("GPIO {signal} {line}: {reason}")]
@@ -57,18 +60,31 @@ pub enum PinError {
         signal: Signal,
         /// The line as written in the profile.
         line: String,
-        /// What failed and what to check.
+        /// What failed or what to check.
         reason: String,
+        /// The driver error, when a driver call failed.
+        #[source]
+        source: Option<GpioCause>,
     },
     /// Reading or driving a line failed at run time.
     #[error("GPIO {signal}: {reason}")]
     Io {
         /// Which signal.
         signal: Signal,
-        /// Underlying error.
+        /// What failed.
         reason: String,
+        /// The driver error, when a driver call failed.
+        #[source]
+        source: Option<GpioCause>,
     },
 }
+
+/// The driver error behind a [`PinError`] on real GPIO lines (`gpiocdev` errors convert into it).
+#[cfg(feature = "gpio-cdev")]
+pub type GpioCause = gpiocdev_embedded_hal::Error;
+/// The driver error behind a [`PinError`]: none without a GPIO backend compiled in.
+#[cfg(not(feature = "gpio-cdev"))]
+pub type GpioCause = std::convert::Infallible;
 
 impl embedded_hal::digital::Error for PinError {
     fn kind(&self) -> embedded_hal::digital::ErrorKind {

@@ -3,12 +3,13 @@
 //! Order: `--key-file`, else the profile's `unit.key_file`, else `<state>/unit.key`. Only that last, default
 //! location is created when missing (32 random bytes, hex, mode 0600), so a fresh clone's `sim.toml` starts without
 //! setup while a configured key file that is missing is an error (a typo must not silently make a new key that no
-//! host knows). Hosts authenticate with the same file (`kestrel monitor --key-file`).
+//! host knows). Hosts authenticate with the same file (`kestrel monitor --key-file`); its format and parser are
+//! kestrel-wire's ([`kestrel_wire::keyfile`]), shared with the host.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kestrel_wire::UnitKey;
+use kestrel_wire::{key_text, read_key_file, UnitKey};
 
 use super::EdgeError;
 
@@ -18,47 +19,31 @@ pub const DEFAULT_KEY_FILE: &str = "unit.key";
 /// Load the key from `explicit`, or from (or into) `<state>/unit.key`.
 pub fn resolve(explicit: Option<&Path>, state: &Path) -> Result<(UnitKey, PathBuf), EdgeError> {
     if let Some(p) = explicit {
-        return Ok((read(p)?, p.to_path_buf()));
+        return Ok((read_key_file(p)?, p.to_path_buf()));
     }
     let p = state.join(DEFAULT_KEY_FILE);
     if p.exists() {
-        return Ok((read(&p)?, p));
+        return Ok((read_key_file(&p)?, p));
     }
-    let key = UnitKey::generate().map_err(|e| err(&p, format!("cannot generate a key: {e}")))?;
-    let mut f = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&p)
-            .map_err(|e| err(&p, format!("cannot create: {e}")))?
-    };
-    writeln!(f, "{}", hex::encode(key.as_bytes()))
-        .and_then(|()| f.sync_all())
-        .map_err(|e| err(&p, format!("cannot write: {e}")))?;
+    let key = UnitKey::generate().map_err(|source| EdgeError::KeyGenerate { source })?;
+    create(&p, &key).map_err(|source| EdgeError::KeyCreate {
+        path: p.clone(),
+        source,
+    })?;
     tracing::warn!(path = %p.display(), "created a new unit key; give this file to hosts (kestrel monitor --key-file)");
     Ok((key, p))
 }
 
-/// Read a hex key file (64 hex digits; surrounding whitespace ignored).
-pub fn read(p: &Path) -> Result<UnitKey, EdgeError> {
-    let text = std::fs::read_to_string(p).map_err(|e| err(p, format!("cannot read: {e}")))?;
-    let bytes = hex::decode(text.trim()).map_err(|e| {
-        err(
-            p,
-            format!("not hex ({e}); the file must hold 64 hex digits"),
-        )
-    })?;
-    UnitKey::from_slice(&bytes)
-        .map_err(|e| err(p, format!("{e}; the file must hold 64 hex digits")))
-}
-
-fn err(path: &Path, reason: String) -> EdgeError {
-    EdgeError::Key {
-        path: path.to_path_buf(),
-        reason,
-    }
+/// Write a new key file readable by its owner only; fails if the file exists.
+fn create(p: &Path, key: &UnitKey) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(p)?;
+    f.write_all(key_text(key).as_bytes())?;
+    f.sync_all()
 }
 
 #[cfg(test)]
@@ -95,5 +80,14 @@ mod tests {
             resolve(Some(&missing), tmp.path()).unwrap().0.as_bytes(),
             &[0x0f; 32]
         );
+    }
+
+    #[test]
+    fn an_uncreatable_default_key_is_a_key_error_with_its_cause() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = resolve(None, &tmp.path().join("no-such-dir")).unwrap_err();
+        assert!(matches!(e, EdgeError::KeyCreate { .. }), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(e.exit_code(), kestrel_wire::exit::USAGE);
     }
 }

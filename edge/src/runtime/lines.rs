@@ -55,7 +55,10 @@ pub fn run(
         Err(e) => {
             if !failing {
                 tracing::error!(error = %e, what, "line I/O failed");
-                events.fault(FaultCode::Gpio, format!("{what}: {e}"));
+                events.fault(
+                    FaultCode::Gpio,
+                    format!("{what}: {}", crate::error_text(&e)),
+                );
             }
             failing = true;
         }

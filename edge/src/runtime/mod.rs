@@ -38,7 +38,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kestrel_wire::{Event, EventKind, FaultCode, ModelRef, NackCode, Stats, UnitKey, Verdict};
+use kestrel_wire::{
+    AuthError, Event, EventKind, FaultCode, KeyFileError, ModelRef, NackCode, Stats, UnitKey,
+    Verdict,
+};
 
 use crate::board::{BoardError, BoardProfile, Mode};
 use crate::camera::{CameraError, Frame, FrameSource};
@@ -58,17 +61,18 @@ use queue::{FrameQueue, PartAdmission, Pop};
 /// Largest batch the inference thread scores at once (frames that piled up while it was busy).
 pub const MAX_BATCH: usize = 4;
 
-/// Errors that stop a unit from starting (or from shutting down cleanly).
+/// Errors that stop a unit from starting (or from shutting down cleanly). Each keeps the error that caused it as
+/// its `source()`; the binary prints the chain and maps the variant to an exit code ([`EdgeError::exit_code`]).
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
     /// The board profile is invalid.
     #[error(transparent)]
     Board(#[from] BoardError),
     /// The camera could not be opened.
-    #[error("camera: {0}")]
+    #[error(transparent)]
     Camera(#[from] CameraError),
     /// The line I/O could not be opened.
-    #[error("line I/O: {0}")]
+    #[error(transparent)]
     Pins(#[from] PinError),
     /// The journal could not be opened or synced.
     #[error(transparent)]
@@ -77,27 +81,40 @@ pub enum EdgeError {
     #[error(transparent)]
     Link(#[from] LinkError),
     /// The unit key file is missing or malformed.
-    #[error("unit key {path}: {reason}")]
-    Key {
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    /// No key file exists yet and no key could be generated.
+    #[error("cannot generate a unit key")]
+    KeyGenerate {
+        /// Why.
+        #[source]
+        source: AuthError,
+    },
+    /// No key file exists yet and the new one could not be written.
+    #[error("cannot create the unit key file {} (check that the state directory is writable)", path.display())]
+    KeyCreate {
         /// The key file.
         path: PathBuf,
-        /// What is wrong and what to do.
-        reason: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
     },
     /// The state directory cannot be created.
-    #[error("state directory {path}: {source} (pass --state DIR or fix `state_dir` in the board profile)")]
+    #[error("cannot create the state directory {} (pass --state DIR or fix `state_dir` in the board profile)", path.display())]
     StateDir {
         /// The directory.
         path: PathBuf,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
     /// An OS resource (thread, async runtime) could not be created.
-    #[error("cannot start the {what}: {source}")]
+    #[error("cannot start the {what}")]
     Os {
         /// What was being started.
         what: &'static str,
         /// The OS error.
+        #[source]
         source: std::io::Error,
     },
 }
@@ -107,7 +124,11 @@ impl EdgeError {
     pub fn exit_code(&self) -> u8 {
         use kestrel_wire::exit;
         match self {
-            EdgeError::Board(_) | EdgeError::Key { .. } | EdgeError::StateDir { .. } => exit::USAGE,
+            EdgeError::Board(_)
+            | EdgeError::Key(_)
+            | EdgeError::KeyGenerate { .. }
+            | EdgeError::KeyCreate { .. }
+            | EdgeError::StateDir { .. } => exit::USAGE,
             _ => exit::FAILURE,
         }
     }
@@ -355,75 +376,173 @@ impl std::fmt::Debug for UnitHandle {
 impl Unit {
     /// Start a unit for `profile`: open the journal, model, camera, pins and links, then start the threads.
     /// Returns once the links are listening.
+    ///
+    /// Each step is a function below, in this order; a failure in any of them drops what the earlier ones opened.
     pub fn start(profile: BoardProfile, mut opts: UnitOptions) -> Result<UnitHandle, EdgeError> {
-        let state = opts
-            .state_dir
-            .clone()
-            .unwrap_or_else(|| profile.state_dir.clone());
-        std::fs::create_dir_all(&state).map_err(|source| EdgeError::StateDir {
-            path: state.clone(),
-            source,
-        })?;
+        let state = create_state_dir(&profile, &opts)?;
         let (key, key_path) = key::resolve(
             opts.key_file
                 .as_deref()
                 .or(profile.unit.key_file.as_deref()),
             &state,
         )?;
-        let journal = Journal::open(&state.join("journal"), opts.journal)?;
-        tracing::info!(
-            next_seq = journal.next_seq(),
-            first_seq = journal.first_seq(),
-            "journal open"
+        let journal = open_journal(&state, opts.journal)?;
+        configure_compute(&profile);
+        let model = load_model(
+            opts.inspector.take(),
+            opts.model_dir.as_deref(),
+            &state,
+            &profile,
         );
-        let journal = Arc::new(Mutex::new(journal));
+        let source = open_camera(opts.source.take(), &profile)?;
+        let (line_io, fake_board) = crate::pins::open(&profile.pins)?;
+        let wiring = Wiring::new(&profile, &model);
+        let shared = wiring.shared.clone();
+        let links = Links::open(&profile, &key, &journal, &shared)?;
+        let (tcp_addr, serial_path) = (links.tcp_addr, links.serial_path.clone());
+        let links_stop = links.stop.clone();
+        let (links, signal_rx) = links.spawn(opts.handle_signals)?;
+        let lines = spawn_lines(&profile, line_io, wiring.io_rx, &shared)?;
+        let pipeline = spawn_pipeline(
+            source,
+            wiring.trig_rx,
+            model.inspector,
+            wiring.depth,
+            &shared,
+            &journal,
+        )?;
 
-        if let Some(n) = profile.compute.threads {
-            // Candle's CPU kernels and the pre-processing run on rayon's global pool.
-            if let Err(e) = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build_global()
-            {
-                tracing::debug!(error = %e, "rayon pool already configured; compute.threads not applied");
+        Ok(UnitHandle {
+            tcp_addr,
+            serial_is_pty: profile.serial.as_ref().is_some_and(|s| s.is_pty()),
+            serial_path,
+            fake_board,
+            key,
+            key_path,
+            unit_id: profile.unit.id,
+            shared,
+            journal,
+            queue: pipeline.queue,
+            capture: Some(pipeline.capture),
+            inference: Some(pipeline.inference),
+            lines: Some(lines),
+            links: Some(links),
+            links_stop,
+            signal_rx: opts.handle_signals.then_some(signal_rx),
+            stopped: false,
+        })
+    }
+}
+
+/// The state directory (journal, key, installed model): `--state`, else the profile's, created if missing.
+fn create_state_dir(profile: &BoardProfile, opts: &UnitOptions) -> Result<PathBuf, EdgeError> {
+    let state = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| profile.state_dir.clone());
+    std::fs::create_dir_all(&state).map_err(|source| EdgeError::StateDir {
+        path: state.clone(),
+        source,
+    })?;
+    Ok(state)
+}
+
+/// Open (and recover) the verdict journal in `<state>/journal`.
+fn open_journal(state: &Path, cfg: JournalConfig) -> Result<Arc<Mutex<Journal>>, EdgeError> {
+    let journal = Journal::open(&state.join("journal"), cfg)?;
+    tracing::info!(
+        next_seq = journal.next_seq(),
+        first_seq = journal.first_seq(),
+        "journal open"
+    );
+    Ok(Arc::new(Mutex::new(journal)))
+}
+
+/// Apply `compute.threads`: candle's CPU kernels and the pre-processing run on rayon's global pool.
+fn configure_compute(profile: &BoardProfile) {
+    if let Some(n) = profile.compute.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+        {
+            tracing::debug!(error = %e, "rayon pool already configured; compute.threads not applied");
+        }
+    }
+}
+
+/// The scorer the unit runs, or why there is none.
+struct LoadedModel {
+    inspector: Option<Box<dyn Inspector>>,
+    /// Why loading failed (a fault detail), when a model was there but did not load.
+    load_error: Option<String>,
+}
+
+/// The given inspector (tests), else the model in `--model` or `<state>/model`. A model that fails to load is not
+/// an error: the unit runs without verdicts and raises a fault (see the module docs).
+fn load_model(
+    given: Option<Box<dyn Inspector>>,
+    model_dir: Option<&Path>,
+    state: &Path,
+    profile: &BoardProfile,
+) -> LoadedModel {
+    if let Some(i) = given {
+        return LoadedModel {
+            inspector: Some(i),
+            load_error: None,
+        };
+    }
+    let dir = model_dir.map(Path::to_path_buf).or_else(|| {
+        let d = state.join("model");
+        d.is_dir().then_some(d)
+    });
+    let Some(dir) = dir else {
+        tracing::warn!("no model installed (pass --model DIR or install one in <state>/model); running without verdicts");
+        return LoadedModel {
+            inspector: None,
+            load_error: None,
+        };
+    };
+    match VisionInspector::load(&dir, &profile.compute.device) {
+        Ok(i) => LoadedModel {
+            inspector: Some(Box::new(i)),
+            load_error: None,
+        },
+        Err(e) => {
+            tracing::error!(error = %crate::error_text(&e), "model failed to load; running without verdicts");
+            LoadedModel {
+                inspector: None,
+                load_error: Some(crate::error_text(&e)),
             }
         }
-        let mut load_error = None;
-        let inspector: Option<Box<dyn Inspector>> = match opts.inspector.take() {
-            Some(i) => Some(i),
-            None => {
-                let dir = opts.model_dir.clone().or_else(|| {
-                    let d = state.join("model");
-                    d.is_dir().then_some(d)
-                });
-                match dir {
-                    None => {
-                        tracing::warn!("no model installed (pass --model DIR or install one in <state>/model); running without verdicts");
-                        None
-                    }
-                    Some(dir) => match VisionInspector::load(&dir, &profile.compute.device) {
-                        Ok(i) => Some(Box::new(i)),
-                        Err(e) => {
-                            tracing::error!(error = %e, "model failed to load; running without verdicts");
-                            load_error = Some(e.to_string());
-                            None
-                        }
-                    },
-                }
-            }
-        };
-        let model = inspector.as_ref().map(|i| i.model_ref());
-        let threshold = inspector
-            .as_ref()
-            .map(|i| i.threshold())
-            .unwrap_or(f32::NAN);
+    }
+}
 
-        let source = match opts.source.take() {
-            Some(s) => s,
-            None => crate::camera::open(&profile.camera)?,
-        };
-        tracing::info!(camera = %source.describe(), "camera open");
-        let (line_io, fake_board) = crate::pins::open(&profile.pins)?;
+/// The given frame source (tests), else the profile's camera.
+fn open_camera(
+    given: Option<Box<dyn FrameSource>>,
+    profile: &BoardProfile,
+) -> Result<Box<dyn FrameSource>, EdgeError> {
+    let source = match given {
+        Some(s) => s,
+        None => crate::camera::open(&profile.camera)?,
+    };
+    tracing::info!(camera = %source.describe(), "camera open");
+    Ok(source)
+}
 
+/// The state shared by every thread, and the receiving ends of the channels into the line and capture threads.
+struct Wiring {
+    shared: Arc<Shared>,
+    io_rx: mpsc::Receiver<IoCmd>,
+    trig_rx: mpsc::Receiver<TriggerReq>,
+    depth: usize,
+}
+
+impl Wiring {
+    /// Build the shared state for `model` and show the model state (ready lamp, or the no-model fault).
+    fn new(profile: &BoardProfile, model: &LoadedModel) -> Wiring {
+        let inspector = model.inspector.as_ref();
+        let threshold = inspector.map(|i| i.threshold()).unwrap_or(f32::NAN);
         let (out_tx, _) = tokio::sync::broadcast::channel(link::OUTBOX_LEN);
         let (io_tx, io_rx) = mpsc::channel();
         let depth = profile.inspection.queue_depth.max(1);
@@ -432,23 +551,50 @@ impl Unit {
             mode: profile.inspection.mode,
             stats: UnitStats::new(),
             threshold_bits: AtomicU32::new(threshold.to_bits()),
-            model,
+            model: inspector.map(|i| i.model_ref()),
             faults: Mutex::new(HashSet::new()),
             outgoing: out_tx,
             io_tx: Mutex::new(io_tx),
             trigger_tx: Mutex::new(Some(trig_tx)),
             stopping: AtomicBool::new(false),
         });
-        match (&shared.model, load_error) {
+        match (&shared.model, &model.load_error) {
             (Some(m), _) => {
                 tracing::info!(model = %m.name, threshold, "model active");
                 shared.update_lamps(&HashSet::new());
             }
-            (None, Some(e)) => shared.raise(FaultCode::ModelLoadFailed, e),
+            (None, Some(e)) => shared.raise(FaultCode::ModelLoadFailed, e.clone()),
             (None, None) => shared.raise(FaultCode::ModelLoadFailed, "no model installed".into()),
         }
+        Wiring {
+            shared,
+            io_rx,
+            trig_rx,
+            depth,
+        }
+    }
+}
 
-        // Links: a runtime owned by its own thread, so the handle can be used (and dropped) from sync or async code.
+/// The opened TCP listener and serial port, and the runtime that will serve them.
+struct Links {
+    rt: tokio::runtime::Runtime,
+    ctx: LinkContext,
+    tcp: Option<(tokio::net::TcpListener, usize)>,
+    serial: Option<link::serial::SerialLink>,
+    tcp_addr: Option<SocketAddr>,
+    serial_path: Option<PathBuf>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Links {
+    /// Create the link runtime (owned by its own thread, so the handle can be used and dropped from sync or async
+    /// code) and open the profile's TCP and serial endpoints in it.
+    fn open(
+        profile: &BoardProfile,
+        key: &UnitKey,
+        journal: &Arc<Mutex<Journal>>,
+        shared: &Arc<Shared>,
+    ) -> Result<Links, EdgeError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("kestrel-link")
@@ -458,7 +604,7 @@ impl Unit {
                 what: "link runtime",
                 source,
             })?;
-        let (links_stop, links_stop_rx) = tokio::sync::watch::channel(false);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let ctx = LinkContext {
             unit_id: profile.unit.id.clone(),
             board: profile.name.clone(),
@@ -466,7 +612,7 @@ impl Unit {
             journal: journal.clone(),
             outgoing: shared.outgoing.clone(),
             control: shared.clone(),
-            shutdown: links_stop_rx,
+            shutdown: stop_rx,
         };
         let (tcp, serial) = {
             let _enter = rt.enter();
@@ -491,14 +637,36 @@ impl Unit {
             tracing::info!(path = %p.display(), "serial link open");
             eprintln!("kestrel-edge: serial link on {}", p.display());
         }
+        Ok(Links {
+            rt,
+            ctx,
+            tcp: tcp.map(|((l, _), max)| (l, max)),
+            serial,
+            tcp_addr,
+            serial_path,
+            stop,
+        })
+    }
+
+    /// Serve the links (and, if asked, wait for SIGTERM/SIGINT) on the link thread until shutdown.
+    fn spawn(
+        self,
+        handle_signals: bool,
+    ) -> Result<(JoinHandle<()>, mpsc::Receiver<&'static str>), EdgeError> {
         let (sig_tx, signal_rx) = mpsc::channel();
-        let handle_signals = opts.handle_signals;
-        let links = std::thread::Builder::new()
+        let Links {
+            rt,
+            ctx,
+            tcp,
+            serial,
+            ..
+        } = self;
+        let thread = std::thread::Builder::new()
             .name("kestrel-links".into())
             .spawn(move || {
                 rt.block_on(async move {
                     let mut tasks = tokio::task::JoinSet::new();
-                    if let Some(((listener, _), max)) = tcp {
+                    if let Some((listener, max)) = tcp {
                         tasks.spawn(link::tcp::serve_tcp(listener, max, ctx.clone()));
                     }
                     if let Some(s) = serial {
@@ -516,63 +684,73 @@ impl Unit {
                 what: "link thread",
                 source,
             })?;
-
-        let trigger = (profile.inspection.mode == Mode::Triggered).then(|| {
-            TriggerDetector::new(Duration::from_millis(
-                profile.inspection.trigger_debounce_ms.into(),
-            ))
-        });
-        let sched = RejectScheduler::new(
-            Duration::from_millis(profile.inspection.reject_delay_ms.into()),
-            Duration::from_millis(profile.inspection.reject_pulse_ms.into()),
-        );
-        let ev = shared.clone();
-        let lines = std::thread::Builder::new()
-            .name("kestrel-lines".into())
-            .spawn(move || lines::run(line_io, io_rx, sched, trigger, &ev))
-            .map_err(|source| EdgeError::Os {
-                what: "line I/O thread",
-                source,
-            })?;
-
-        let queue = Arc::new(FrameQueue::new(depth));
-        let (q, sh) = (queue.clone(), shared.clone());
-        let capture = std::thread::Builder::new()
-            .name("kestrel-capture".into())
-            .spawn(move || capture_loop(source, trig_rx, &q, &sh))
-            .map_err(|source| EdgeError::Os {
-                what: "capture thread",
-                source,
-            })?;
-        let (q, sh, j) = (queue.clone(), shared.clone(), journal.clone());
-        let inference = std::thread::Builder::new()
-            .name("kestrel-inference".into())
-            .spawn(move || inference_loop(inspector, &q, &sh, &j))
-            .map_err(|source| EdgeError::Os {
-                what: "inference thread",
-                source,
-            })?;
-
-        Ok(UnitHandle {
-            tcp_addr,
-            serial_is_pty: profile.serial.as_ref().is_some_and(|s| s.is_pty()),
-            serial_path,
-            fake_board,
-            key,
-            key_path,
-            unit_id: profile.unit.id,
-            shared,
-            journal,
-            queue,
-            capture: Some(capture),
-            inference: Some(inference),
-            lines: Some(lines),
-            links: Some(links),
-            links_stop,
-            signal_rx: handle_signals.then_some(signal_rx),
-            stopped: false,
-        })
+        Ok((thread, signal_rx))
     }
+}
+
+/// The line I/O thread: trigger debouncing (triggered mode), reject pulses, lamps.
+fn spawn_lines(
+    profile: &BoardProfile,
+    line_io: crate::pins::LineIo,
+    io_rx: mpsc::Receiver<IoCmd>,
+    shared: &Arc<Shared>,
+) -> Result<JoinHandle<()>, EdgeError> {
+    let trigger = (profile.inspection.mode == Mode::Triggered).then(|| {
+        TriggerDetector::new(Duration::from_millis(
+            profile.inspection.trigger_debounce_ms.into(),
+        ))
+    });
+    let sched = RejectScheduler::new(
+        Duration::from_millis(profile.inspection.reject_delay_ms.into()),
+        Duration::from_millis(profile.inspection.reject_pulse_ms.into()),
+    );
+    let ev = shared.clone();
+    std::thread::Builder::new()
+        .name("kestrel-lines".into())
+        .spawn(move || lines::run(line_io, io_rx, sched, trigger, &ev))
+        .map_err(|source| EdgeError::Os {
+            what: "line I/O thread",
+            source,
+        })
+}
+
+/// The capture and inference threads and the queue between them.
+struct Pipeline {
+    queue: Arc<FrameQueue<Part>>,
+    capture: JoinHandle<()>,
+    inference: JoinHandle<()>,
+}
+
+fn spawn_pipeline(
+    source: Box<dyn FrameSource>,
+    triggers: mpsc::Receiver<TriggerReq>,
+    inspector: Option<Box<dyn Inspector>>,
+    depth: usize,
+    shared: &Arc<Shared>,
+    journal: &Arc<Mutex<Journal>>,
+) -> Result<Pipeline, EdgeError> {
+    let queue = Arc::new(FrameQueue::new(depth));
+    let (q, sh) = (queue.clone(), shared.clone());
+    let capture = std::thread::Builder::new()
+        .name("kestrel-capture".into())
+        .spawn(move || capture_loop(source, triggers, &q, &sh))
+        .map_err(|source| EdgeError::Os {
+            what: "capture thread",
+            source,
+        })?;
+    let (q, sh, j) = (queue.clone(), shared.clone(), journal.clone());
+    let inference = std::thread::Builder::new()
+        .name("kestrel-inference".into())
+        .spawn(move || inference_loop(inspector, &q, &sh, &j))
+        .map_err(|source| EdgeError::Os {
+            what: "inference thread",
+            source,
+        })?;
+    Ok(Pipeline {
+        queue,
+        capture,
+        inference,
+    })
 }
 
 async fn wait_for_signal(
@@ -613,7 +791,7 @@ fn capture_loop(
         Err(e) => {
             if !camera_failed {
                 camera_failed = true;
-                shared.raise(FaultCode::CameraLost, e.to_string());
+                shared.raise(FaultCode::CameraLost, crate::error_text(&e));
             }
             // Do not spin on a dead camera.
             std::thread::sleep(Duration::from_millis(200));
@@ -700,7 +878,7 @@ fn inference_loop(
             Pop::Closed => break,
             Pop::Timeout => {
                 if let Err(e) = lock().sync_if_due() {
-                    shared.raise(FaultCode::Storage, e.to_string());
+                    shared.raise(FaultCode::Storage, crate::error_text(&e));
                 }
                 continue;
             }
@@ -723,7 +901,7 @@ fn inference_loop(
                 continue;
             }
             Err(e) => {
-                fail_parts(shared, &parts, &e.to_string(), &mut failing);
+                fail_parts(shared, &parts, &crate::error_text(&e), &mut failing);
                 continue;
             }
         };
@@ -767,7 +945,7 @@ fn inference_loop(
                 }
                 Err(e) => {
                     v.seq = lock().next_seq();
-                    shared.raise(FaultCode::Storage, e.to_string());
+                    shared.raise(FaultCode::Storage, crate::error_text(&e));
                 }
             }
             shared.stats.record_verdict(pass, latency);

@@ -1,9 +1,8 @@
 //! Shared pieces of the edge integration tests: a simulated board profile, a tiny fitted model, scripted
-//! inspectors, and a minimal authenticated host client over any byte stream.
+//! inspectors, and helpers around the real host client (kestrel-host's monitor [`Session`]).
 
 #![allow(dead_code)] // each test file uses a different subset
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -13,12 +12,9 @@ use kestrel_edge::board::{
 };
 use kestrel_edge::camera::Frame;
 use kestrel_edge::inference::{InferenceError, Inspection, Inspector};
+use kestrel_host::monitor::{ConnectOptions, Session, UnitAddr};
 use kestrel_vision::map::ScoreMap;
-use kestrel_wire::{
-    encode_frame, FrameDecoder, Hello, HostAuthenticator, ModelRef, Msg, Role, UnitKey,
-    PROTO_VERSION, SCHEMA_HASH,
-};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use kestrel_wire::{ModelRef, Msg, UnitKey};
 
 /// A simulated board: synthetic 64×64 camera at `fps`, fake pins, TCP on a free loopback port.
 pub fn sim_profile(state: &Path, mode: Mode, queue_depth: usize, fps: f64) -> BoardProfile {
@@ -160,113 +156,49 @@ pub fn fit_tiny_model(dir: &Path) -> PathBuf {
     out
 }
 
-/// A host client: handshake, authentication, sealed requests, decoded replies.
-pub struct Client<S> {
-    io: S,
-    dec: FrameDecoder,
-    auth: HostAuthenticator,
-    pending: VecDeque<kestrel_wire::Envelope>,
-    pub hello: Option<Hello>,
+/// The real host client (`kestrel monitor`'s [`Session`]) connected to `addr` and authenticated with the unit's key,
+/// refusing any unit but `unit_id`.
+pub async fn connect(addr: UnitAddr, key: &UnitKey, unit_id: &str) -> Session {
+    let mut opts = ConnectOptions::new(key.clone());
+    opts.expect_unit = Some(unit_id.into());
+    opts.client_name = "edge-tests".into();
+    opts.handshake_timeout = Duration::from_secs(20);
+    Session::open(&addr, &opts)
+        .await
+        .expect("handshake with the unit")
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    /// Connect over `io` and authenticate with `key` as a host of `unit_id`.
-    pub async fn handshake(io: S, key: &UnitKey, unit_id: &str) -> Self {
-        let mut c = Client {
-            io,
-            dec: FrameDecoder::new(),
-            auth: HostAuthenticator::new(key.clone(), unit_id),
-            pending: VecDeque::new(),
-            hello: None,
-        };
-        c.io.write_all(&[0]).await.unwrap();
-        let hello = Msg::Hello(Hello {
-            proto_version: PROTO_VERSION,
-            schema_hash: SCHEMA_HASH,
-            role: Role::Host,
-            unit_id: unit_id.into(),
-            board: String::new(),
-            fw_version: "edge-tests".into(),
-            active_model: None,
-        });
-        c.send(hello).await;
-        loop {
-            match c.recv_raw().await.msg {
-                Msg::Hello(h) => c.hello = Some(h),
-                Msg::AuthChallenge(ch) => {
-                    let resp = c.auth.respond_random(&ch).unwrap();
-                    c.write(&resp).await;
+/// Next message from the unit, within 20 s; every frame it sent so far must have verified.
+pub async fn recv(s: &mut Session) -> Msg {
+    let msg = tokio::time::timeout(Duration::from_secs(20), s.recv())
+        .await
+        .expect("the unit answered within 20 s")
+        .expect("the link stays up");
+    assert_eq!(s.refused_frames(), 0, "every frame from the unit verifies");
+    msg
+}
+
+/// Send a request; returns its envelope seq (what Ack/Nack name).
+pub async fn send(s: &mut Session, msg: Msg) -> u32 {
+    s.send(msg).await.expect("request sent")
+}
+
+/// Next message matching `f`, skipping others (events, stats), within `timeout`.
+pub async fn recv_until<T>(
+    s: &mut Session,
+    timeout: Duration,
+    mut f: impl FnMut(Msg) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, recv(s)).await {
+            Ok(m) => {
+                if let Some(t) = f(m) {
+                    return Some(t);
                 }
-                Msg::AuthConfirm(conf) => {
-                    c.auth.accept_confirm(&conf).unwrap();
-                    break;
-                }
-                other => panic!("unexpected during handshake: {other:?}"),
             }
+            Err(_) => return None,
         }
-        assert!(c.hello.is_some(), "the unit sent its Hello");
-        c
-    }
-
-    async fn write(&mut self, env: &kestrel_wire::Envelope) {
-        let mut out = Vec::new();
-        encode_frame(env, &mut out).unwrap();
-        self.io.write_all(&out).await.unwrap();
-    }
-
-    /// Send a request; returns its envelope seq (what Ack/Nack name).
-    pub async fn send(&mut self, msg: Msg) -> u32 {
-        let env = self.auth.seal(msg).unwrap();
-        self.write(&env).await;
-        env.seq
-    }
-
-    async fn recv_raw(&mut self) -> kestrel_wire::Envelope {
-        loop {
-            if let Some(e) = self.pending.pop_front() {
-                return e;
-            }
-            let mut buf = [0u8; 8192];
-            let n = tokio::time::timeout(Duration::from_secs(20), self.io.read(&mut buf))
-                .await
-                .expect("the unit answered within 20 s")
-                .unwrap();
-            assert!(n > 0, "the unit closed the link");
-            for r in self.dec.push(&buf[..n]) {
-                self.pending.push_back(r.expect("well-formed frame"));
-            }
-        }
-    }
-
-    /// Next message (tag checked once authenticated).
-    pub async fn recv(&mut self) -> Msg {
-        let env = self.recv_raw().await;
-        self.auth.open(&env).expect("frame from the unit verifies");
-        env.msg
-    }
-
-    /// Next message matching `f`, skipping others (events, stats), within `timeout`.
-    pub async fn recv_until<T>(
-        &mut self,
-        timeout: Duration,
-        mut f: impl FnMut(Msg) -> Option<T>,
-    ) -> Option<T> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left, self.recv()).await {
-                Ok(m) => {
-                    if let Some(t) = f(m) {
-                        return Some(t);
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// The underlying stream (to drop it: a link loss).
-    pub fn into_inner(self) -> S {
-        self.io
     }
 }

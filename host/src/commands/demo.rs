@@ -23,15 +23,16 @@ const MARKER: &str = ".kestrel-demo";
 pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
     let data = a.out.join("data");
     prepare_data(&data, a.seed)?;
-    let say = |s: String| {
+    let say = |s: String| -> std::io::Result<()> {
         if !a.json {
-            println!("{s}");
+            crate::outln!("{s}")?;
         }
+        Ok(())
     };
     say(format!(
         "synthetic product `{CATEGORY}` written to {} (MVTec AD layout)",
         data.display()
-    ));
+    ))?;
     let mut rows = Vec::new();
     for kind in [DetectorKind::Padim, DetectorKind::Patchcore] {
         let plan = FitPlan {
@@ -68,24 +69,24 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             s.train_images,
             s.seconds,
             model_dir.display()
-        ));
+        ))?;
         let model = Model::load(&model_dir, &parse_device(&a.compute.device)?)?;
         let ds = dataset::open_with(&plan.data, &plan.open)?;
         let heat = a.out.join("heatmaps").join(kind.name());
         let mut row = evaluate(&model, &ds, a.compute.batch_size, Some(&heat), a.json)?;
         row.category = format!("{CATEGORY}/{}", kind.name());
         if a.json {
-            println!("{}", serde_json::to_string(&row)?);
+            crate::outln!("{}", serde_json::to_string(&row)?)?;
         }
         rows.push(row);
     }
     if !a.json {
-        println!();
-        print_table(&rows);
-        println!(
+        crate::outln!()?;
+        print_table(&rows)?;
+        crate::outln!(
             "\nheatmap overlays: {}/heatmaps/<detector>/overlays; re-score them with `kestrel metrics`",
             a.out.display()
-        );
+        )?;
     }
     Ok(())
 }

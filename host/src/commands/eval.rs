@@ -143,10 +143,10 @@ fn overlay_range(threshold: Option<f32>, map: &ScoreMap) -> (f32, f32) {
     }
 }
 
-/// Print rows as a table.
-pub fn print_table(rows: &[EvalRow]) {
+/// Print rows as a table (stops quietly when stdout's reader has gone, see [`crate::output`]).
+pub fn print_table(rows: &[EvalRow]) -> std::io::Result<()> {
     use super::fmt_opt;
-    println!(
+    crate::outln!(
         "{:<20} {:>11} {:>11} {:>8} {:>8} {:>10} {:>8} {:>9}",
         "category",
         "image AUROC",
@@ -156,9 +156,9 @@ pub fn print_table(rows: &[EvalRow]) {
         "threshold",
         "images",
         "images/s"
-    );
+    )?;
     for r in rows {
-        println!(
+        crate::outln!(
             "{:<20} {:>11} {:>11} {:>8} {:>8} {:>10.4} {:>8} {:>9.2}",
             r.category,
             fmt_opt(r.metrics.image_auroc),
@@ -168,8 +168,9 @@ pub fn print_table(rows: &[EvalRow]) {
             r.metrics.threshold,
             r.metrics.images,
             r.images_per_s
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// Models to evaluate: `(category, model dir)`.
@@ -227,12 +228,12 @@ pub fn run(a: &EvalArgs) -> anyhow::Result<()> {
         let out = a.heatmaps.as_ref().map(|h| h.join(&category));
         let row = evaluate(&model, &ds, a.compute.batch_size, out.as_deref(), a.json)?;
         if a.json {
-            println!("{}", serde_json::to_string(&row)?);
+            crate::outln!("{}", serde_json::to_string(&row)?)?;
         }
         rows.push(row);
     }
     if !a.json {
-        print_table(&rows);
+        print_table(&rows)?;
     }
     Ok(())
 }

@@ -209,7 +209,7 @@ fn choose_threshold(
 
 /// `kestrel fit`.
 pub fn run(a: &FitArgs) -> anyhow::Result<()> {
-    let arch = Arch::parse(&a.arch)?;
+    let arch = resolve_arch(a.arch.as_deref(), a.weights.as_deref())?;
     if !(0.0..1.0).contains(&a.validation_fraction) {
         anyhow::bail!(
             "--validation-fraction must be in [0, 1), got {}",
@@ -263,9 +263,9 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
         plan.open.category = cat;
         let s = fit_category(&plan, &out)?;
         if a.json {
-            println!("{}", serde_json::to_string(&s)?);
+            crate::outln!("{}", serde_json::to_string(&s)?)?;
         } else {
-            println!(
+            crate::outln!(
                 "fitted {} ({}, {}) on {} good images in {:.1}s → {}",
                 s.category,
                 s.detector,
@@ -273,45 +273,64 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
                 s.train_images,
                 s.seconds,
                 s.model.display()
-            );
+            )?;
             match s.threshold {
-                Some(t) => println!(
+                Some(t) => crate::outln!(
                     "  threshold {t:.4} chosen on {} good + {} defect validation images",
                     s.validation_good, s.validation_defect
-                ),
-                None => println!(
+                )?,
+                None => crate::outln!(
                     "  no threshold: fewer than 10 training images to hold out; set threshold.image in model.toml"
-                ),
+                )?,
             }
         }
     }
     Ok(())
 }
 
-/// Weights written by `kestrel pretrain` name their architecture in the file's metadata: refuse a mismatch with a
-/// message that says which `--arch` to use, rather than a list of missing tensors.
-fn check_pretrained_arch(
-    path: &std::path::Path,
-    arch: kestrel_vision::backbone::Arch,
-) -> anyhow::Result<()> {
+/// The backbone to fit: `--arch` when given, else the architecture `kestrel pretrain` recorded in the weights'
+/// metadata, else resnet18.
+fn resolve_arch(arch: Option<&str>, weights: Option<&Path>) -> anyhow::Result<Arch> {
+    if let Some(name) = arch {
+        return Ok(Arch::parse(name)?);
+    }
+    let recorded = weights
+        .and_then(pretrained_metadata)
+        .and_then(|meta| meta.get("kestrel.arch").cloned());
+    Ok(match recorded {
+        Some(name) => Arch::parse(&name)?,
+        None => Arch::Resnet18,
+    })
+}
+
+/// The metadata of a safetensors weights file (header only). `None` for other formats and for files whose header
+/// cannot be read: the weights reader reports those with its own error.
+fn pretrained_metadata(path: &Path) -> Option<std::collections::HashMap<String, String>> {
     let is_safetensors = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
     if !is_safetensors {
-        return Ok(());
+        return None;
     }
-    // Unreadable files are reported by the weights reader with its own error.
-    let Ok(meta) = crate::pretrain::engine::read_metadata(path) else {
+    backbone::read_metadata(path).ok()
+}
+
+/// Weights written by `kestrel pretrain` name their architecture in the file's metadata: refuse a mismatch with a
+/// message that says which `--arch` to use, rather than a list of missing tensors.
+fn check_pretrained_arch(path: &Path, arch: Arch) -> anyhow::Result<()> {
+    let Some(meta) = pretrained_metadata(path) else {
         return Ok(());
     };
     if let Some(trained) = meta.get("kestrel.arch") {
         if trained != arch.name() {
             anyhow::bail!(
-                "{} holds a {trained} backbone (kestrel pretrain {}, preset {}, step {}); fit with --arch {trained}",
+                "{} holds a {trained} backbone (kestrel pretrain {}, preset {}, step {}), not the {} asked for; \
+                 fit with --arch {trained}, or leave --arch out to use the file's",
                 path.display(),
                 meta.get("kestrel.task").map_or("?", String::as_str),
                 meta.get("kestrel.preset").map_or("?", String::as_str),
                 meta.get("kestrel.step").map_or("?", String::as_str),
+                arch.name(),
             );
         }
     }

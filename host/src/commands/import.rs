@@ -8,11 +8,11 @@ use crate::cli::ImportArgs;
 pub fn run(a: &ImportArgs) -> anyhow::Result<()> {
     let arch = Arch::parse(&a.arch)?;
     let n = import_weights(&arch.config(), arch.name(), &a.input, &a.output)?;
-    println!(
+    crate::outln!(
         "imported {n} {} tensors from {} → {}",
         arch.name(),
         a.input.display(),
         a.output.display()
-    );
+    )?;
     Ok(())
 }

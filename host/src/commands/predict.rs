@@ -74,7 +74,7 @@ pub fn run(a: &PredictArgs) -> anyhow::Result<()> {
                 heatmap: out.display().to_string(),
             };
             if a.json {
-                println!("{}", serde_json::to_string(&p)?);
+                crate::outln!("{}", serde_json::to_string(&p)?)?;
             }
             preds.push(p);
             Ok(())
@@ -89,7 +89,7 @@ pub fn run(a: &PredictArgs) -> anyhow::Result<()> {
     if !a.json {
         images::report_conversions(&counts);
         for p in &preds {
-            println!("{:<8} {:>10.4}  {}", p.verdict, p.score, p.image);
+            crate::outln!("{:<8} {:>10.4}  {}", p.verdict, p.score, p.image)?;
         }
         if threshold.is_none() {
             eprintln!("note: the model has no threshold; set threshold.image in model.toml to get verdicts");

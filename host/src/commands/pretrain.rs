@@ -52,7 +52,7 @@ pub fn resolve(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
         cfg.gmm.matching = v;
     }
     if let Some(v) = a.defects {
-        cfg.gmm.preset = v.into();
+        cfg.gmm.preset = v;
     }
     if let Some(v) = a.head_grid {
         cfg.head_grid = v;
@@ -112,9 +112,9 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
         },
     )?;
     if a.json {
-        println!("{}", serde_json::to_string(&report)?);
+        crate::outln!("{}", serde_json::to_string(&report)?)?;
     } else {
-        println!(
+        crate::outln!(
             "wrote {} ({} steps; loss {:.4} → {:.4}; {:.1} images/s; {:.0} s)\nlog {}, settings {}",
             report.output.display(),
             report.steps,
@@ -124,12 +124,12 @@ pub fn run(a: &PretrainArgs) -> anyhow::Result<()> {
             report.seconds,
             report.log.display(),
             a.output.with_extension("toml").display()
-        );
-        println!(
+        )?;
+        crate::outln!(
             "use it: kestrel fit --arch {} --weights {} --data ... -o ...",
             cfg.arch,
             report.output.display()
-        );
+        )?;
     }
     Ok(())
 }

@@ -9,26 +9,101 @@ use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
-use crate::cli::{GmmPresetArg, SynthArgs, SynthKind};
+use crate::cli::SynthArgs;
 use crate::synth::fractal::{FractalConfig, FractalGenerator, MultiConfig, MultiFractalGenerator};
-use crate::synth::gmm::{GmmConfig, GmmGenerator, GmmPreset};
+use crate::synth::gmm::{GmmConfig, GmmGenerator};
 use crate::synth::texture::{NormalImages, NormalSource};
-use crate::synth::{check_size, Image};
-
-impl From<GmmPresetArg> for GmmPreset {
-    fn from(p: GmmPresetArg) -> Self {
-        match p {
-            GmmPresetArg::Subtle => GmmPreset::Subtle,
-            GmmPresetArg::Medium => GmmPreset::Medium,
-            GmmPresetArg::Reference => GmmPreset::Reference,
-        }
-    }
-}
+use crate::synth::{check_size, Image, TaskKind};
 
 enum Generator {
     Fractal(FractalGenerator),
     Multi(MultiFractalGenerator),
     Gmm(GmmGenerator),
+}
+
+impl Generator {
+    /// The generator the command line asks for.
+    fn new(a: &SynthArgs) -> anyhow::Result<Self> {
+        Ok(match a.kind {
+            TaskKind::Fractal => Generator::Fractal(FractalGenerator::new(
+                FractalConfig::new(a.size),
+                a.classes,
+                a.seed,
+            )?),
+            TaskKind::MultiFractal => Generator::Multi(MultiFractalGenerator::new(
+                MultiConfig::new(a.size),
+                a.classes,
+                a.seed,
+            )?),
+            TaskKind::Gmm => {
+                let normals = match &a.normal_images {
+                    Some(dir) => NormalSource::Images(NormalImages::load(dir, a.size)?),
+                    None => NormalSource::Textures,
+                };
+                let cfg = GmmConfig {
+                    preset: a.preset,
+                    ..GmmConfig::new(a.size)
+                };
+                Generator::Gmm(GmmGenerator::new(cfg, normals, a.seed)?)
+            }
+        })
+    }
+
+    /// Write every sample (`NNNN.png` and `NNNN.json`, plus the normal image and opacity for GMM); returns the
+    /// generator's settings for `synth.json`.
+    fn write_all(
+        &self,
+        a: &SynthArgs,
+        pb: &indicatif::ProgressBar,
+    ) -> anyhow::Result<serde_json::Value> {
+        Ok(match self {
+            Generator::Fractal(g) => {
+                write_each(a, pb, |i, stem| {
+                    let s = g.sample(i);
+                    save_png(&s.image, stem, "")?;
+                    Ok(json!({ "index": i, "class": s.params.class, "params": s.params }))
+                })?;
+                json!({ "classes": a.classes, "fractal": g.config() })
+            }
+            Generator::Multi(g) => {
+                write_each(a, pb, |i, stem| {
+                    let s = g.sample(i);
+                    save_png(&s.image, stem, "")?;
+                    Ok(json!({
+                        "index": i,
+                        "labels": s.params.labels,
+                        "pos_weight": s.params.pos_weight(a.classes),
+                        "params": s.params,
+                    }))
+                })?;
+                json!({ "classes": a.classes, "multi": g.config() })
+            }
+            Generator::Gmm(g) => {
+                write_each(a, pb, |i, stem| {
+                    let s = g.sample(i);
+                    save_png(&s.image, stem, "")?;
+                    save_png(&s.normal, stem, "_normal")?;
+                    save_alpha(&s.alpha, a.size, stem)?;
+                    let components: Vec<_> = s
+                        .target
+                        .active()
+                        .map(|k| json!({ "slot": k, "component": s.target.components[k] }))
+                        .collect();
+                    Ok(json!({
+                        "index": i,
+                        "strength": s.target.strength,
+                        "components": components,
+                        "info": s.info,
+                    }))
+                })?;
+                json!({
+                    "gmm": g.config(),
+                    "normal_images": a.normal_images,
+                    "colour_units": "network units [-1, 1]; pixel value = (c + 1) / 2",
+                })
+            }
+        })
+    }
 }
 
 /// What `kestrel synth --json` prints.
@@ -50,106 +125,16 @@ pub fn run(a: &SynthArgs) -> anyhow::Result<()> {
         anyhow::bail!("-n/--count must be at least 1");
     }
     check_size(a.size)?;
-    if a.normal_images.is_some() && a.kind != SynthKind::Gmm {
+    if a.normal_images.is_some() && a.kind != TaskKind::Gmm {
         anyhow::bail!("--normal-images only applies to `kestrel synth gmm`");
     }
     // Build (and so validate) the generator before touching the output folder.
-    let generator = match a.kind {
-        SynthKind::Fractal => Generator::Fractal(FractalGenerator::new(
-            FractalConfig::new(a.size),
-            a.classes,
-            a.seed,
-        )?),
-        SynthKind::MultiFractal => Generator::Multi(MultiFractalGenerator::new(
-            MultiConfig::new(a.size),
-            a.classes,
-            a.seed,
-        )?),
-        SynthKind::Gmm => {
-            let normals = match &a.normal_images {
-                Some(dir) => NormalSource::Images(NormalImages::load(dir, a.size)?),
-                None => NormalSource::Textures,
-            };
-            let cfg = GmmConfig {
-                preset: a.preset.into(),
-                ..GmmConfig::new(a.size)
-            };
-            Generator::Gmm(GmmGenerator::new(cfg, normals, a.seed)?)
-        }
-    };
+    let generator = Generator::new(a)?;
     prepare_output(&a.output)?;
-    let width = (a.count - 1).to_string().len().max(4);
-    let name = |i: u64| format!("{i:0width$}");
     let pb = crate::progress::bar(a.count as u64, "synthesising", a.json);
     let start = Instant::now();
-    let (kind, config) = match &generator {
-        Generator::Fractal(g) => {
-            write_all(a, &pb, |i| {
-                let s = g.sample(i);
-                let stem = a.output.join(name(i));
-                save_png(&s.image, &stem, "")?;
-                save_json(
-                    &stem,
-                    &json!({ "index": i, "class": s.params.class, "params": s.params }),
-                )
-            })?;
-            (
-                "fractal",
-                json!({ "classes": a.classes, "fractal": g.config() }),
-            )
-        }
-        Generator::Multi(g) => {
-            write_all(a, &pb, |i| {
-                let s = g.sample(i);
-                let stem = a.output.join(name(i));
-                save_png(&s.image, &stem, "")?;
-                save_json(
-                    &stem,
-                    &json!({
-                        "index": i,
-                        "labels": s.params.labels,
-                        "pos_weight": s.params.pos_weight(a.classes),
-                        "params": s.params,
-                    }),
-                )
-            })?;
-            (
-                "multi-fractal",
-                json!({ "classes": a.classes, "multi": g.config() }),
-            )
-        }
-        Generator::Gmm(g) => {
-            write_all(a, &pb, |i| {
-                let s = g.sample(i);
-                let stem = a.output.join(name(i));
-                save_png(&s.image, &stem, "")?;
-                save_png(&s.normal, &stem, "_normal")?;
-                save_alpha(&s.alpha, a.size, &stem)?;
-                let components: Vec<_> = s
-                    .target
-                    .active()
-                    .map(|k| json!({ "slot": k, "component": s.target.components[k] }))
-                    .collect();
-                save_json(
-                    &stem,
-                    &json!({
-                        "index": i,
-                        "strength": s.target.strength,
-                        "components": components,
-                        "info": s.info,
-                    }),
-                )
-            })?;
-            (
-                "gmm",
-                json!({
-                    "gmm": g.config(),
-                    "normal_images": a.normal_images,
-                    "colour_units": "network units [-1, 1]; pixel value = (c + 1) / 2",
-                }),
-            )
-        }
-    };
+    let config = generator.write_all(a, &pb)?;
+    let kind = a.kind.name();
     pb.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     let mut meta = json!({ "kind": kind, "count": a.count, "size": a.size, "seed": a.seed });
@@ -168,9 +153,9 @@ pub fn run(a: &SynthArgs) -> anyhow::Result<()> {
         threads: rayon::current_num_threads(),
     };
     if a.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        crate::outln!("{}", serde_json::to_string(&summary)?)?;
     } else {
-        println!(
+        crate::outln!(
             "wrote {} {kind} images ({} px, seed {}) to {} in {:.2}s ({:.0} images/s on {} threads, PNG writing included)",
             a.count,
             a.size,
@@ -179,7 +164,7 @@ pub fn run(a: &SynthArgs) -> anyhow::Result<()> {
             seconds,
             summary.images_per_s,
             summary.threads
-        );
+        )?;
     }
     Ok(())
 }
@@ -199,14 +184,18 @@ fn prepare_output(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
-/// Render and write every sample in parallel (rendering and PNG encoding both scale with cores).
-fn write_all(
+/// Render and write every sample in parallel (rendering and PNG encoding both scale with cores): `one` writes
+/// sample `i`'s images at its file stem (`<output>/NNNN`) and returns the parameters written to `NNNN.json`.
+fn write_each(
     a: &SynthArgs,
     pb: &indicatif::ProgressBar,
-    one: impl Fn(u64) -> anyhow::Result<()> + Sync,
+    one: impl Fn(u64, &Path) -> anyhow::Result<serde_json::Value> + Sync,
 ) -> anyhow::Result<()> {
+    let width = (a.count - 1).to_string().len().max(4);
     (0..a.count as u64).into_par_iter().try_for_each(|i| {
-        one(i)?;
+        let stem = a.output.join(format!("{i:0width$}"));
+        let params = one(i, &stem)?;
+        save_json(&stem, &params)?;
         pb.inc(1);
         Ok(())
     })

@@ -214,7 +214,7 @@ impl Monitor {
         tokio::select! {
             r = session.recv() => match r {
                 Ok(msg) => Ok(Step::Msg(msg)),
-                Err(e) if e.is_link_failure() => Ok(Step::Down(e.to_string())),
+                Err(e) if e.is_link_failure() => Ok(Step::Down(e.chain())),
                 Err(e) => Err(e),
             },
             _ = tokio::time::sleep_until(status_due) => Ok(Step::StatusDue),
@@ -236,7 +236,7 @@ impl Monitor {
                 Ok(Some(seq))
             }
             Err(e) if e.is_link_failure() => {
-                self.link_down(e.to_string());
+                self.link_down(e.chain());
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -281,8 +281,8 @@ impl Monitor {
                     if Instant::now() + backoff > deadline {
                         return Err(MonitorError::LinkLost {
                             addr: self.opts.addr.to_string(),
-                            cause: e.to_string(),
                             within: self.opts.reconnect_for,
+                            source: Box::new(e),
                         });
                     }
                     tokio::time::sleep(backoff).await;

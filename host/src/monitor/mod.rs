@@ -1,8 +1,8 @@
 //! `kestrel monitor`'s client library: talk to an inspection unit over TCP or a serial line in kestrel-wire.
 //!
 //! Layers, bottom up (each usable on its own, e.g. by the HIL harness in `tests/`):
-//! - [`addr`]: `tcp://HOST:PORT` / `serial:///dev/ttyX?baud=N` parsing;
-//! - [`link`]: framed envelopes over any async byte stream (TCP, tokio-serial, in-memory duplex);
+//! - [`addr`]: `tcp://HOST:PORT` / `serial:///dev/ttyX?baud=N` parsing (key files: [`kestrel_wire::keyfile`]);
+//! - [`link`]: opening TCP or serial as a kestrel-link framed stream (the framing is shared with the unit);
 //! - [`session`]: `Hello` with protocol/schema check, HMAC-SHA256 challenge–response with the unit key, tagged
 //!   frames afterwards;
 //! - [`client`]: [`Monitor`], a subscription that reconnects, replays the unit's journal from the first verdict it
@@ -14,7 +14,6 @@
 pub mod addr;
 pub mod client;
 pub mod error;
-pub mod key;
 pub mod link;
 pub mod render;
 pub mod session;
@@ -23,5 +22,5 @@ pub mod tracker;
 pub use addr::UnitAddr;
 pub use client::{Monitor, MonitorCounters, MonitorOptions, Update};
 pub use error::MonitorError;
-pub use key::read_key_file;
+pub use kestrel_wire::read_key_file;
 pub use session::{ConnectOptions, Session};

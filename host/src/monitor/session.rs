@@ -111,9 +111,10 @@ impl Session {
 
     /// Seal (tag) and send a message; returns its envelope `seq` (what `Ack`/`Nack`/`ReplayBegin` name in `re`).
     pub async fn send(&mut self, msg: Msg) -> Result<u32, MonitorError> {
-        let env = self.auth.seal(msg).map_err(|e| MonitorError::Protocol {
+        let env = self.auth.seal(msg).map_err(|source| MonitorError::Auth {
             addr: self.addr.clone(),
-            detail: format!("cannot seal frame: {e}"),
+            what: "sealing a frame",
+            source,
         })?;
         self.link
             .send(&env)
@@ -190,10 +191,11 @@ impl Session {
         &self.link
     }
 
-    fn disconnected(&self, e: std::io::Error) -> MonitorError {
+    fn disconnected(&self, source: std::io::Error) -> MonitorError {
         MonitorError::Disconnected {
             addr: self.addr.clone(),
-            cause: e.to_string(),
+            handshake: false,
+            source,
         }
     }
 }
@@ -251,6 +253,7 @@ impl Handshake {
                 return Err(MonitorError::AuthRefused {
                     addr: self.addr.clone(),
                     detail: format!("this is unit `{}`, not `{want}`", peer.unit_id),
+                    source: None,
                 });
             }
         }
@@ -263,9 +266,10 @@ impl Handshake {
         };
         let response = auth
             .respond_random(&challenge)
-            .map_err(|e| MonitorError::Local {
-                what: "answering the unit's challenge".into(),
-                source: std::io::Error::other(e.to_string()),
+            .map_err(|source| MonitorError::Auth {
+                addr: self.addr.clone(),
+                what: "answering the unit's challenge",
+                source,
             })?;
         self.link.send(&response).await.map_err(|e| self.io(e))?;
 
@@ -279,6 +283,7 @@ impl Handshake {
                 addr: self.addr.clone(),
                 detail: "the unit could not prove it holds this key (another unit, or another key)"
                     .into(),
+                source: None,
             })?;
         Ok((auth, peer))
     }
@@ -308,12 +313,14 @@ impl Handshake {
             Stage::Hello if garbage => self.not_kestrel(),
             Stage::Hello | Stage::Challenge => MonitorError::Disconnected {
                 addr: self.addr.clone(),
-                cause: format!("{e} during the handshake"),
+                handshake: true,
+                source: e,
             },
             // The unit hung up right after checking our proof: that is how a unit refuses a key it will not Nack.
             Stage::Confirm => MonitorError::AuthRefused {
                 addr: self.addr.clone(),
-                detail: format!("the unit closed the link after checking our key proof ({e})"),
+                detail: "the unit closed the link after checking our key proof".into(),
+                source: Some(e),
             },
         }
     }
@@ -330,6 +337,7 @@ impl Handshake {
                 MonitorError::AuthRefused {
                     addr: self.addr.clone(),
                     detail: format!("{:?}: {}", n.code, n.detail),
+                    source: None,
                 }
             }
             other => MonitorError::Protocol {

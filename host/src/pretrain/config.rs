@@ -14,35 +14,13 @@ use super::gmm_loss::Matching;
 use super::optim::{OptimizerConfig, OptimizerKind};
 use super::PretrainError;
 use crate::synth::gmm::GmmPreset;
-
-/// What the network learns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum TaskKind {
-    /// Which IFS code drew the fractal (cross-entropy over `classes`).
-    Fractal,
-    /// Which codes drew the 1–5 fractals of an image (multi-label BCE with positive weight).
-    MultiFractal,
-    /// Regress the Gaussian-mixture pseudo-defect blended into a normal image (direct + re-render losses).
-    Gmm,
-}
-
-impl TaskKind {
-    /// Name as on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            TaskKind::Fractal => "fractal",
-            TaskKind::MultiFractal => "multi-fractal",
-            TaskKind::Gmm => "gmm",
-        }
-    }
-}
+pub use crate::synth::TaskKind;
 
 /// Named starting points.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
-    /// Narrow ResNet-18 at 64×64: minutes on a 2-core CPU (ALGORITHMS.md §5.2 "tiny").
+    /// Narrow ResNet-18 at 64×64: minutes on a 2-core CPU (docs/pretraining.md, "Training").
     Tiny,
     /// Wide-ResNet-50-2 at 256×256, 1000 classes: paper scale, for a GPU.
     Paper,

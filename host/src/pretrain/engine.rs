@@ -175,7 +175,9 @@ fn load_init_weights(vm: &VarMap, cfg: &PretrainConfig, path: &Path) -> Result<(
         path: path.to_path_buf(),
         detail,
     };
-    if let Some(arch) = read_metadata(path)?.get("kestrel.arch") {
+    // One read serves both the metadata check and the tensors.
+    let bytes = fs::read(path).map_err(io_err(path))?;
+    if let Some(arch) = metadata_of(&bytes, path)?.get("kestrel.arch") {
         if arch != cfg.arch.name() {
             return Err(fail(format!(
                 "it holds a {arch} backbone, this run trains {}; pass --arch {arch} or other weights",
@@ -183,8 +185,8 @@ fn load_init_weights(vm: &VarMap, cfg: &PretrainConfig, path: &Path) -> Result<(
             )));
         }
     }
-    let file =
-        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| fail(e.to_string()))?;
+    let file = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| fail(e.to_string()))?;
     let data = vm.data().lock().expect("VarMap lock poisoned");
     let mut names: Vec<&String> = data
         .keys()
@@ -394,11 +396,10 @@ pub fn first_layer_filters(vm: &VarMap) -> Result<image::RgbImage, PretrainError
     Ok(img)
 }
 
-/// Read the metadata of a weights file (empty for files without kestrel metadata).
-pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>, PretrainError> {
-    let bytes = fs::read(path).map_err(io_err(path))?;
+/// The metadata in the header of safetensors `bytes` read from `path`.
+fn metadata_of(bytes: &[u8], path: &Path) -> Result<HashMap<String, String>, PretrainError> {
     let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| PretrainError::Checkpoint {
+        safetensors::SafeTensors::read_metadata(bytes).map_err(|e| PretrainError::Checkpoint {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
@@ -431,24 +432,132 @@ fn spawn_loader(
     rx
 }
 
-/// Train `cfg` and write the backbone to `opts.output`.
-pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, PretrainError> {
-    cfg.validate()?;
-    let dev = &opts.device;
-    let sampler = Sampler::new(cfg)?;
-    let mut vm = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, dev);
-    let net = PretrainNet::new(&cfg.arch.config(), sampler.outputs(), cfg.head_grid, vb)?;
-    let mut opt = Optimizer::new(&vm, cfg.optimizer.clone());
-    let root = checkpoint_root(&opts.output);
-    let log = log_path(&opts.output);
-    let mut start = 0u64;
-    let mut resumed_loss = f64::NAN;
-    if let Some(dir) = &opts.resume {
+/// Running sums of the steps since the last CSV row: what the next row averages.
+struct LossWindow {
+    /// Sum of the total loss.
+    loss: f64,
+    /// Steps summed.
+    steps: u64,
+    /// Sums of the task's figures, in [`task::part_names`] order.
+    parts: Vec<f64>,
+    /// When the window opened (images/s are measured over it).
+    opened: Instant,
+}
+
+impl LossWindow {
+    fn new(parts: usize) -> Self {
+        Self {
+            loss: 0.0,
+            steps: 0,
+            parts: vec![0.0; parts],
+            opened: Instant::now(),
+        }
+    }
+
+    fn add(&mut self, step: &StepOutcome) {
+        self.loss += step.loss;
+        self.steps += 1;
+        for (acc, (_, v)) in self.parts.iter_mut().zip(&step.parts) {
+            *acc += v;
+        }
+    }
+
+    /// Mean loss over the window.
+    fn mean(&self) -> f64 {
+        self.loss / self.steps as f64
+    }
+
+    /// The CSV row closing the window at `step`.
+    fn row(&self, step: u64, lr: f64, grad_norm: f64, batch_size: usize, elapsed_s: f64) -> String {
+        let n = self.steps as f64;
+        let ips = n * batch_size as f64 / self.opened.elapsed().as_secs_f64().max(1e-9);
+        let parts: Vec<String> = self.parts.iter().map(|v| format!("{:.6}", v / n)).collect();
+        format!(
+            "{step},{:.6},{lr:.6e},{grad_norm:.4},{ips:.2},{elapsed_s:.1},{}",
+            self.mean(),
+            parts.join(",")
+        )
+    }
+}
+
+/// What one optimiser step produced.
+struct StepOutcome {
+    /// Total loss (finite).
+    loss: f64,
+    /// The task's figures of the batch.
+    parts: Vec<(&'static str, f64)>,
+    /// Global gradient norm before clipping.
+    grad_norm: f64,
+}
+
+/// The network, its variables and optimiser, and what every step needs.
+struct Trainer<'a> {
+    cfg: &'a PretrainConfig,
+    device: &'a Device,
+    vm: VarMap,
+    net: PretrainNet,
+    opt: Optimizer,
+    schedule: Schedule,
+    settings: LossSettings,
+}
+
+impl<'a> Trainer<'a> {
+    /// A freshly built network for `cfg`'s task, with `outputs` head outputs (variables not yet initialised).
+    fn new(
+        cfg: &'a PretrainConfig,
+        outputs: usize,
+        device: &'a Device,
+    ) -> Result<Self, PretrainError> {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, device);
+        let net = PretrainNet::new(&cfg.arch.config(), outputs, cfg.head_grid, vb)?;
+        let opt = Optimizer::new(&vm, cfg.optimizer.clone());
+        Ok(Self {
+            cfg,
+            device,
+            vm,
+            net,
+            opt,
+            schedule: Schedule {
+                base_lr: cfg.lr,
+                warmup_steps: cfg.warmup_steps.min(cfg.steps.saturating_sub(1)),
+                total_steps: cfg.steps,
+                final_fraction: cfg.final_lr_fraction,
+            },
+            settings: LossSettings {
+                matching: cfg.gmm.matching,
+                lambda_indirect: cfg.gmm.lambda_indirect,
+                lambda_alpha: cfg.gmm.lambda_alpha,
+            },
+        })
+    }
+
+    /// Set the variables: from the checkpoint `resume` (weights, optimiser state), or freshly initialised and then,
+    /// with `init_weights`, the backbone overwritten. Returns the step to start from and the checkpoint's loss
+    /// (NaN for a fresh start).
+    fn start(&mut self, resume: Option<&Path>) -> Result<(u64, f64), PretrainError> {
+        match resume {
+            Some(dir) => {
+                let st = self.resume(dir)?;
+                Ok((st.step, st.loss))
+            }
+            None => {
+                initialise(&self.vm, self.cfg)?;
+                if let Some(path) = &self.cfg.init_weights {
+                    load_init_weights(&self.vm, self.cfg, path)?;
+                }
+                Ok((0, f64::NAN))
+            }
+        }
+    }
+
+    /// Load the checkpoint in `dir`, refusing one of another task, architecture or seed.
+    fn resume(&mut self, dir: &Path) -> Result<CheckpointState, PretrainError> {
+        let cfg = self.cfg;
         let st = read_state(dir)?;
         if st.config.task != cfg.task || st.config.arch != cfg.arch || st.config.seed != cfg.seed {
             return Err(PretrainError::ResumeMismatch {
-                path: dir.clone(),
+                path: dir.to_path_buf(),
                 detail: format!(
                     "checkpoint is {} / {} / seed {}, this run is {} / {} / seed {}",
                     st.config.task.name(),
@@ -461,59 +570,117 @@ pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, Pre
             });
         }
         let model = dir.join("model.safetensors");
-        vm.load(&model).map_err(|e| PretrainError::Checkpoint {
-            path: model.clone(),
-            detail: e.to_string(),
-        })?;
-        let optim = dir.join("optimizer.safetensors");
-        let state =
-            candle_core::safetensors::load(&optim, dev).map_err(|e| PretrainError::Checkpoint {
-                path: optim.clone(),
+        self.vm
+            .load(&model)
+            .map_err(|e| PretrainError::Checkpoint {
+                path: model.clone(),
                 detail: e.to_string(),
             })?;
-        opt.load_state(state, st.updates)
+        let optim = dir.join("optimizer.safetensors");
+        let state = candle_core::safetensors::load(&optim, self.device).map_err(|e| {
+            PretrainError::Checkpoint {
+                path: optim.clone(),
+                detail: e.to_string(),
+            }
+        })?;
+        self.opt
+            .load_state(state, st.updates)
             .map_err(|e| PretrainError::Checkpoint {
                 path: optim,
                 detail: e.to_string(),
             })?;
-        start = st.step;
-        resumed_loss = st.loss;
-    } else {
-        initialise(&vm, cfg)?;
-        if let Some(path) = &cfg.init_weights {
-            load_init_weights(&vm, cfg, path)?;
-        }
+        Ok(st)
     }
+
+    /// Forward, loss, backward and update on the batch of `step` at learning rate `lr`.
+    fn step(&mut self, step: u64, batch: &Batch, lr: f64) -> Result<StepOutcome, PretrainError> {
+        let x = task::images_tensor(batch, self.cfg.image_size, self.device)?;
+        let logits = self.net.forward(&x, true)?;
+        let l = task::loss(&logits, &batch.target, &self.settings)?;
+        let value = l.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        if !value.is_finite() {
+            return Err(PretrainError::Diverged { step, loss: value });
+        }
+        let grad_norm = self
+            .opt
+            .backward_step(&l.total, lr, self.cfg.clip_grad_norm)?;
+        Ok(StepOutcome {
+            loss: value,
+            parts: l.parts,
+            grad_norm,
+        })
+    }
+
+    /// Save a checkpoint after `step` steps.
+    fn checkpoint(
+        &self,
+        root: &Path,
+        step: u64,
+        lr: f64,
+        loss: f64,
+    ) -> Result<PathBuf, PretrainError> {
+        let st = CheckpointState::now(self.cfg, step, lr, self.opt.updates(), loss);
+        save_checkpoint(root, &self.vm, &self.opt, &st, self.cfg.keep_checkpoints)
+    }
+
+    /// The final checkpoint, the exported backbone, its stem filters and the resolved configuration.
+    fn finish(
+        &self,
+        root: &Path,
+        output: &Path,
+        step: u64,
+        lr: f64,
+        loss: f64,
+    ) -> Result<(), PretrainError> {
+        self.checkpoint(root, step, lr, loss)?;
+        export_backbone(&self.vm, self.cfg, step, loss, output)?;
+        let filters = output.with_extension("filters.png");
+        first_layer_filters(&self.vm)?
+            .save(&filters)
+            .map_err(|e| PretrainError::Checkpoint {
+                path: filters.clone(),
+                detail: e.to_string(),
+            })?;
+        let cfg_path = output.with_extension("toml");
+        fs::write(
+            &cfg_path,
+            toml::to_string(self.cfg).expect("config serialises"),
+        )
+        .map_err(io_err(&cfg_path))
+    }
+}
+
+/// Open the CSV log: appended to when a resumed run continues it, otherwise created with its header.
+fn open_log(log: &Path, append: bool, parts: &[&str]) -> Result<fs::File, PretrainError> {
+    if append && log.exists() {
+        return fs::OpenOptions::new()
+            .append(true)
+            .open(log)
+            .map_err(io_err(log));
+    }
+    let mut f = fs::File::create(log).map_err(io_err(log))?;
+    writeln!(
+        f,
+        "step,loss,lr,grad_norm,images_per_s,elapsed_s,{}",
+        parts.join(",")
+    )
+    .map_err(io_err(log))?;
+    Ok(f)
+}
+
+/// Train `cfg` and write the backbone to `opts.output`.
+pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, PretrainError> {
+    cfg.validate()?;
+    let sampler = Sampler::new(cfg)?;
+    let mut trainer = Trainer::new(cfg, sampler.outputs(), &opts.device)?;
+    let (start, resumed_loss) = trainer.start(opts.resume.as_deref())?;
     if let Some(parent) = opts.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
+    let root = checkpoint_root(&opts.output);
+    let log = log_path(&opts.output);
     let names = task::part_names(cfg.task);
-    let mut csv = if start > 0 && log.exists() {
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .map_err(io_err(&log))?
-    } else {
-        let mut f = fs::File::create(&log).map_err(io_err(&log))?;
-        writeln!(
-            f,
-            "step,loss,lr,grad_norm,images_per_s,elapsed_s,{}",
-            names.join(",")
-        )
-        .map_err(io_err(&log))?;
-        f
-    };
-    let schedule = Schedule {
-        base_lr: cfg.lr,
-        warmup_steps: cfg.warmup_steps.min(cfg.steps.saturating_sub(1)),
-        total_steps: cfg.steps,
-        final_fraction: cfg.final_lr_fraction,
-    };
-    let settings = LossSettings {
-        matching: cfg.gmm.matching,
-        lambda_indirect: cfg.gmm.lambda_indirect,
-        lambda_alpha: cfg.gmm.lambda_alpha,
-    };
+    let mut csv = open_log(&log, start > 0, names)?;
     let pb = crate::progress::bar(
         cfg.steps,
         &format!("pretrain {}", cfg.task.name()),
@@ -522,70 +689,44 @@ pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, Pre
     pb.set_position(start);
     let rx = spawn_loader(sampler, cfg, start, cfg.steps);
     let t0 = Instant::now();
-    let mut window = (0.0f64, 0u64, vec![0.0f64; names.len()], Instant::now());
+    let mut window = LossWindow::new(names.len());
     // A resumed run that has nothing left to do keeps the checkpoint's loss in its metadata.
     let (mut first_loss, mut last_loss) = (f64::NAN, resumed_loss);
-    let mut lr = schedule.lr(start);
+    let mut lr = trainer.schedule.lr(start);
     let mut step = start;
     while step < cfg.steps {
         let (s, batch) = rx.recv().map_err(|_| PretrainError::Loader)?;
         debug_assert_eq!(s, step);
-        lr = schedule.lr(step);
-        let x = task::images_tensor(&batch, cfg.image_size, dev)?;
-        let logits = net.forward(&x, true)?;
-        let l = task::loss(&logits, &batch.target, &settings)?;
-        let value = l.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        if !value.is_finite() {
-            return Err(PretrainError::Diverged { step, loss: value });
-        }
-        let grad_norm = opt.backward_step(&l.total, lr, cfg.clip_grad_norm)?;
+        lr = trainer.schedule.lr(step);
+        let outcome = trainer.step(step, &batch, lr)?;
         step += 1;
-        window.0 += value;
-        window.1 += 1;
-        for (acc, (_, v)) in window.2.iter_mut().zip(&l.parts) {
-            *acc += v;
-        }
-        if window.1 == cfg.log_every || step == cfg.steps {
-            let n = window.1 as f64;
-            let mean = window.0 / n;
-            let ips = n * cfg.batch_size as f64 / window.3.elapsed().as_secs_f64().max(1e-9);
-            let parts: Vec<String> = window.2.iter().map(|v| format!("{:.6}", v / n)).collect();
-            writeln!(
-                csv,
-                "{step},{mean:.6},{lr:.6e},{grad_norm:.4},{ips:.2},{:.1},{}",
+        window.add(&outcome);
+        if window.steps == cfg.log_every || step == cfg.steps {
+            let row = window.row(
+                step,
+                lr,
+                outcome.grad_norm,
+                cfg.batch_size,
                 t0.elapsed().as_secs_f64(),
-                parts.join(",")
-            )
-            .map_err(io_err(&log))?;
+            );
+            writeln!(csv, "{row}").map_err(io_err(&log))?;
             csv.flush().map_err(io_err(&log))?;
+            let mean = window.mean();
             if first_loss.is_nan() {
                 first_loss = mean;
             }
             last_loss = mean;
             pb.set_message(format!("loss {mean:.4}"));
-            window = (0.0, 0, vec![0.0; names.len()], Instant::now());
+            window = LossWindow::new(names.len());
         }
         pb.set_position(step);
         if cfg.checkpoint_every > 0 && step.is_multiple_of(cfg.checkpoint_every) && step < cfg.steps
         {
-            let st = CheckpointState::now(cfg, step, lr, opt.updates(), last_loss);
-            save_checkpoint(&root, &vm, &opt, &st, cfg.keep_checkpoints)?;
+            trainer.checkpoint(&root, step, lr, last_loss)?;
         }
     }
     pb.finish_and_clear();
-    let st = CheckpointState::now(cfg, step, lr, opt.updates(), last_loss);
-    save_checkpoint(&root, &vm, &opt, &st, cfg.keep_checkpoints)?;
-    export_backbone(&vm, cfg, step, last_loss, &opts.output)?;
-    let filters = opts.output.with_extension("filters.png");
-    first_layer_filters(&vm)?
-        .save(&filters)
-        .map_err(|e| PretrainError::Checkpoint {
-            path: filters.clone(),
-            detail: e.to_string(),
-        })?;
-    let cfg_path = opts.output.with_extension("toml");
-    fs::write(&cfg_path, toml::to_string(cfg).expect("config serialises"))
-        .map_err(io_err(&cfg_path))?;
+    trainer.finish(&root, &opts.output, step, lr, last_loss)?;
     let seconds = t0.elapsed().as_secs_f64();
     Ok(TrainReport {
         output: opts.output.clone(),

@@ -1,5 +1,5 @@
 //! GMM pseudo-defect regression in candle: the head activations, a differentiable renderer, component matching and
-//! the direct and indirect losses of ALGORITHMS.md Part B §2.
+//! the direct and indirect losses (docs/pretraining.md, "Losses").
 //!
 //! The renderer here is the tensor twin of [`crate::synth::gmm`]'s (which makes the training images): same
 //! unnormalised Gaussians, same max-normalisation by `G*`, same blend `I_A = I_N + Σ_k a_k (c_k − I_N)`. The
@@ -47,14 +47,15 @@ pub struct GmmTensors {
     pub strength: Tensor,
 }
 
-fn softplus(x: &Tensor) -> Result<Tensor> {
+/// `ln(1 + eˣ)`, elementwise.
+pub(crate) fn softplus(x: &Tensor) -> Result<Tensor> {
     // relu(x) + log(1 + exp(−|x|)): no overflow for large |x|.
     x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
 impl GmmTensors {
     /// Head activations on raw outputs `z` (B, 271): tanh means and colours, softplus + 0.01 scales, 0.99·tanh
-    /// correlations, softmax weights, sigmoid strength (ALGORITHMS.md §2.1).
+    /// correlations, softmax weights, sigmoid strength.
     pub fn from_head(z: &Tensor) -> Result<Self> {
         let b = z.dim(0)?;
         let part = |i: usize| z.narrow(1, i * K, K)?.contiguous();
@@ -274,7 +275,7 @@ pub struct DirectLoss {
 /// Weight of each regression feature in L_param: μ (2), ln σ (2), ρ (½), colour (C).
 const FEATURE_WEIGHTS: [f32; 5 + GMM_CHANNELS] = [1.0, 1.0, 1.0, 1.0, 0.5, 1.0, 1.0, 1.0];
 
-/// Direct loss (ALGORITHMS.md §2.6) of predictions `pred` against cleaned targets.
+/// Direct loss `L_param + L_π + L_s` of predictions `pred` against cleaned targets.
 pub fn direct_loss(
     pred: &GmmTensors,
     targets: &[GmmParams],

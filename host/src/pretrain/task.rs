@@ -264,76 +264,96 @@ fn scalar(t: &Tensor) -> candle_core::Result<f64> {
 
 /// The task's loss of `logits` against `target`.
 pub fn loss(logits: &Tensor, target: &Target, s: &LossSettings) -> candle_core::Result<StepLoss> {
-    let dev = logits.device();
-    let b = logits.dim(0)?;
     match target {
-        Target::Classes(labels) => {
-            let y = Tensor::from_slice(labels, b, dev)?;
-            let total = candle_nn::loss::cross_entropy(logits, &y)?;
-            let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            let acc = pred.iter().zip(labels).filter(|(p, y)| p == y).count() as f64 / b as f64;
-            Ok(StepLoss {
-                total,
-                parts: vec![("accuracy", acc)],
-            })
-        }
-        Target::MultiHot { hot, pos_weight } => {
-            let c = logits.dim(1)?;
-            let y = Tensor::from_slice(hot, (b, c), dev)?;
-            let pw = Tensor::from_slice(pos_weight, (b, 1), dev)?;
-            // BCE with logits and positive weight, stable: −[pw·y·log σ(x) + (1−y)·log(1−σ(x))]
-            // with log σ(x) = −softplus(−x) and log(1−σ(x)) = −softplus(x).
-            let sp = |x: &Tensor| -> candle_core::Result<Tensor> {
-                x.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?
-            };
-            let pos = y.broadcast_mul(&pw)?.mul(&sp(&logits.neg()?)?)?;
-            let neg = (y.neg()? + 1.0)?.mul(&sp(logits)?)?;
-            let total = (pos + neg)?.mean_all()?;
-            // Precision at k = number of true labels, per image.
-            let l = logits.to_vec2::<f32>()?;
-            let mut hits = 0usize;
-            let mut positives = 0usize;
-            for (row, truth) in l.iter().zip(hot.chunks(c)) {
-                let k = truth.iter().filter(|v| **v > 0.5).count();
-                let mut order: Vec<usize> = (0..c).collect();
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-                hits += order[..k].iter().filter(|&&j| truth[j] > 0.5).count();
-                positives += k;
-            }
-            Ok(StepLoss {
-                total,
-                parts: vec![("precision_at_k", hits as f64 / positives.max(1) as f64)],
-            })
-        }
+        Target::Classes(labels) => classification_loss(logits, labels),
+        Target::MultiHot { hot, pos_weight } => multi_label_loss(logits, hot, pos_weight),
         Target::Gmm {
             params,
             normals,
             render_size,
-        } => {
-            let pred = GmmTensors::from_head(logits)?;
-            let d = gmm_loss::direct_loss(&pred, params, s.matching)?;
-            let mut total = d.total.clone();
-            let mut indirect = 0.0;
-            if s.lambda_indirect > 0.0 {
-                let r = *render_size;
-                let normal = Tensor::from_slice(normals, (b, 3, r, r), dev)?;
-                let truth = GmmTensors::from_params(params, dev)?;
-                let ind = gmm_loss::indirect_loss(&pred, &truth, &normal, s.lambda_alpha)?;
-                indirect = scalar(&ind)?;
-                total = (total + (ind * s.lambda_indirect)?)?;
-            }
-            Ok(StepLoss {
-                parts: vec![
-                    ("direct", scalar(&d.total)?),
-                    ("param", scalar(&d.param)?),
-                    ("mass", scalar(&d.mass)?),
-                    ("strength", scalar(&d.strength)?),
-                    ("indirect", indirect),
-                ],
-                total,
-            })
-        }
+        } => gmm_regression_loss(logits, params, normals, *render_size, s),
     }
+}
+
+/// Fractal: softmax cross-entropy over the classes, and the batch's top-1 accuracy.
+fn classification_loss(logits: &Tensor, labels: &[u32]) -> candle_core::Result<StepLoss> {
+    let b = logits.dim(0)?;
+    let y = Tensor::from_slice(labels, b, logits.device())?;
+    let total = candle_nn::loss::cross_entropy(logits, &y)?;
+    let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let acc = pred.iter().zip(labels).filter(|(p, y)| p == y).count() as f64 / b as f64;
+    Ok(StepLoss {
+        total,
+        parts: vec![("accuracy", acc)],
+    })
+}
+
+/// Multi-fractal: binary cross-entropy with logits and a per-image positive weight, and precision at k (k = the
+/// number of true labels of each image).
+fn multi_label_loss(
+    logits: &Tensor,
+    hot: &[f32],
+    pos_weight: &[f32],
+) -> candle_core::Result<StepLoss> {
+    let dev = logits.device();
+    let (b, c) = logits.dims2()?;
+    let y = Tensor::from_slice(hot, (b, c), dev)?;
+    let pw = Tensor::from_slice(pos_weight, (b, 1), dev)?;
+    // Stable form: −[pw·y·log σ(x) + (1−y)·log(1−σ(x))] with log σ(x) = −softplus(−x) and
+    // log(1−σ(x)) = −softplus(x).
+    let pos = y
+        .broadcast_mul(&pw)?
+        .mul(&gmm_loss::softplus(&logits.neg()?)?)?;
+    let neg = (y.neg()? + 1.0)?.mul(&gmm_loss::softplus(logits)?)?;
+    let total = (pos + neg)?.mean_all()?;
+    let l = logits.to_vec2::<f32>()?;
+    let mut hits = 0usize;
+    let mut positives = 0usize;
+    for (row, truth) in l.iter().zip(hot.chunks(c)) {
+        let k = truth.iter().filter(|v| **v > 0.5).count();
+        let mut order: Vec<usize> = (0..c).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        hits += order[..k].iter().filter(|&&j| truth[j] > 0.5).count();
+        positives += k;
+    }
+    Ok(StepLoss {
+        total,
+        parts: vec![("precision_at_k", hits as f64 / positives.max(1) as f64)],
+    })
+}
+
+/// GMM: the direct loss, plus `lambda_indirect` times the re-render loss on the normals (B × 3 × R × R).
+fn gmm_regression_loss(
+    logits: &Tensor,
+    params: &[GmmParams],
+    normals: &[f32],
+    render_size: usize,
+    s: &LossSettings,
+) -> candle_core::Result<StepLoss> {
+    let dev = logits.device();
+    let b = logits.dim(0)?;
+    let pred = GmmTensors::from_head(logits)?;
+    let d = gmm_loss::direct_loss(&pred, params, s.matching)?;
+    let mut total = d.total.clone();
+    let mut indirect = 0.0;
+    if s.lambda_indirect > 0.0 {
+        let r = render_size;
+        let normal = Tensor::from_slice(normals, (b, 3, r, r), dev)?;
+        let truth = GmmTensors::from_params(params, dev)?;
+        let ind = gmm_loss::indirect_loss(&pred, &truth, &normal, s.lambda_alpha)?;
+        indirect = scalar(&ind)?;
+        total = (total + (ind * s.lambda_indirect)?)?;
+    }
+    Ok(StepLoss {
+        parts: vec![
+            ("direct", scalar(&d.total)?),
+            ("param", scalar(&d.param)?),
+            ("mass", scalar(&d.mass)?),
+            ("strength", scalar(&d.strength)?),
+            ("indirect", indirect),
+        ],
+        total,
+    })
 }
 
 /// The images of a batch as a tensor.

@@ -1,4 +1,4 @@
-//! Colouring (ALGORITHMS.md §1.6): a fractal's hue follows its point density, the background is a
+//! Colouring (docs/pretraining.md, "Rendering one image" steps 7–8): a fractal's hue follows its point density, the background is a
 //! low-saturation plasma, and the fractal is pasted over it.
 //!
 //! Hues use OpenCV's 8-bit convention, as A&F's code does: a hue byte `H` means `2·H` degrees, and bytes above

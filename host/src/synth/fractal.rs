@@ -1,5 +1,5 @@
-//! Fractal image generators: one class per IFS code (A&F classification, ALGORITHMS.md §1.5–1.7), and the
-//! multi-instance composer (1–5 fractals pasted on one background, multi-label target, §1.8).
+//! Fractal image generators: one class per IFS code (Anderson & Farrell's classification), and the multi-instance
+//! composer (1–5 fractals pasted on one background, multi-label target); docs/pretraining.md, "Fractals".
 //!
 //! A class's code is drawn from its own random stream, `(seed, class)`, so class `c` is the same fractal
 //! whatever the number of classes and in both generators. Every sample is a fresh render of its code, varied by
@@ -27,7 +27,7 @@ use super::{check_size, invalid, role, stream, uniform, Image, SynthError, MAX_S
 /// up to this many times in all; the last attempt uses the plain bounding box, and the fullest attempt is kept.
 const FILL_ATTEMPTS: usize = 4;
 
-/// Chaos-game steps for a `size`-pixel image: about 2 points per pixel (ALGORITHMS.md §1.3 suggests 2–4), at
+/// Chaos-game steps for a `size`-pixel image: about 2 points per pixel (2–4 are usual), at
 /// least 12k (thin attractors need them even at 64 px) and at most A&F's 100k.
 pub fn default_n_iter(size: usize) -> usize {
     (2 * size * size).clamp(12_000, 100_000)
@@ -228,7 +228,7 @@ impl FractalGenerator {
         indices.par_iter().map(|&i| self.sample(i)).collect()
     }
 
-    /// The full per-image pipeline of ALGORITHMS.md §1.5, from `rng`.
+    /// The full per-image pipeline (docs/pretraining.md, "Rendering one image"), from `rng`.
     pub fn render(&self, class: usize, rng: &mut impl Rng) -> FractalSample {
         let cfg = &self.cfg;
         let shape = render_shape(&self.codes[class], cfg, rng);
@@ -580,8 +580,8 @@ mod tests {
 
     #[test]
     fn mean_fill_of_small_patch_renders_matches_the_reference() {
-        // ALGORITHMS.md §5.4 (3): 64² graded renders with a random patch over the points' bounding box fill
-        // 0.38–0.41 of the image on average (measured on a prototype); accept 0.3–0.45.
+        // 64² graded renders with a random patch over the points' bounding box fill 0.38–0.41 of the image on
+        // average (measured on a prototype); accept 0.3–0.45.
         let cfg = FractalConfig {
             n_iter: 10_000,
             jitter: Jitter::None,

@@ -1,4 +1,4 @@
-//! GMM pseudo-defects (ALGORITHMS.md §2): a "stain" drawn as a mixture of K = 30 two-dimensional Gaussians is
+//! GMM pseudo-defects (docs/pretraining.md, "GMM pseudo-defects"): a "stain" drawn as a mixture of K = 30 two-dimensional Gaussians is
 //! blended into a normal image, and a network learns to regress the mixture's 271 parameters from the result.
 //!
 //! The mixture is unnormalised (each component peaks at 1) and rescaled so that its largest value *on the
@@ -348,7 +348,7 @@ pub struct GmmRender {
     pub alpha: Vec<f32>,
 }
 
-/// Blend the mixture `p` into `normal` (ALGORITHMS.md §2.2).
+/// Blend the mixture `p` into `normal`: `I_A = I_N + Σ_k a_k (c_k − I_N)`, `a_k = s·π_k f_k / G*`.
 pub fn render(normal: &Image, p: &GmmParams) -> GmmRender {
     Field::new(p, normal.size()).render(normal, p)
 }
@@ -364,7 +364,7 @@ pub struct Cleaned {
 }
 
 /// Drop components whose largest effect on the image, `max_pixels,channels a_k·|c_k − I_N|` in network units,
-/// is at most `tau` (ALGORITHMS.md §2.5). With nothing left the target is "no defect" (`s = 0`).
+/// is at most `tau`. With nothing left the target is "no defect" (`s = 0`).
 pub fn clean_target(normal: &Image, p: &GmmParams, tau: f32) -> Cleaned {
     Field::new(p, normal.size()).clean(normal, p, tau)
 }
@@ -382,16 +382,17 @@ pub fn max_difference(a: &Image, b: &Image) -> f32 {
 // ---------------------------------------------------------------------------------------------------------------
 // Sampling
 
-/// Which parameter distribution pseudo-defects are drawn from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// Which parameter distribution pseudo-defects are drawn from (`kestrel synth gmm --preset`, `kestrel pretrain
+/// --defects`, `gmm.preset` in TOML; the ranges are in docs/pretraining.md, "Samplers").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum GmmPreset {
-    /// Small, local, low-contrast, sometimes elongated defects (§2.4, our proposal).
+    /// Small, faint, local defects (1-6 components; spots, stains, scratches).
     #[default]
     Subtle,
-    /// Larger and stronger than subtle (§2.4).
+    /// Larger and stronger defects (1-12 components).
     Medium,
-    /// The public reference sampler: all 30 components, large and smooth (§2.3).
+    /// The published reference sampler: 30 large smooth components, often filling the image.
     Reference,
 }
 
@@ -451,7 +452,6 @@ fn sample_local(subtle: bool, img: &Image, rng: &mut impl Rng) -> GmmParams {
     };
     let weights: Vec<f64> = (0..k_act).map(|_| exponential(rng)).collect();
     let total: f64 = weights.iter().sum();
-    let size = img.size();
     let mut components = vec![GmmComponent::INACTIVE; GMM_COMPONENTS];
     for (slot, w) in components.iter_mut().zip(&weights) {
         let mu = centre.map(|m| (m + spread * normal(rng)).clamp(-1.0, 1.0) as f32);
@@ -480,17 +480,7 @@ fn sample_local(subtle: bool, img: &Image, rng: &mut impl Rng) -> GmmParams {
             colour: [0.0; GMM_CHANNELS],
         };
         c.colour = if subtle {
-            // Near the surface it sits on: the mean of the image under the blob, moved by δ along a random
-            // direction (half the time along gray: a darker or lighter spot).
-            let base = mean_under(&c, img, size);
-            let delta = uniform(rng, 0.15, 0.8) as f32;
-            let dir = if rng.gen_bool(0.5) {
-                let sign = if rng.gen_bool(0.5) { 1.0 } else { -1.0 };
-                [sign / 3f32.sqrt(); 3]
-            } else {
-                random_unit3(rng)
-            };
-            [0, 1, 2].map(|ch| (base[ch] + delta * dir[ch]).clamp(-1.0, 1.0))
+            subtle_colour(&c, img, rng)
         } else {
             [0; GMM_CHANNELS].map(|_| uniform(rng, -1.0, 1.0) as f32)
         };
@@ -505,6 +495,20 @@ fn sample_local(subtle: bool, img: &Image, rng: &mut impl Rng) -> GmmParams {
         components,
         strength,
     }
+}
+
+/// A subtle defect's colour, near the surface it sits on: the mean of the image under the component, moved by
+/// `δ ~ U(0.15, 0.8)` along a random direction (half the time along gray: a darker or lighter spot).
+fn subtle_colour(c: &GmmComponent, img: &Image, rng: &mut impl Rng) -> [f32; GMM_CHANNELS] {
+    let base = mean_under(c, img, img.size());
+    let delta = uniform(rng, 0.15, 0.8) as f32;
+    let dir = if rng.gen_bool(0.5) {
+        let sign = if rng.gen_bool(0.5) { 1.0 } else { -1.0 };
+        [sign / 3f32.sqrt(); 3]
+    } else {
+        random_unit3(rng)
+    };
+    [0, 1, 2].map(|ch| (base[ch] + delta * dir[ch]).clamp(-1.0, 1.0))
 }
 
 /// Mean colour of `img` (network units) weighted by the component's footprint; the global mean if the

@@ -1,7 +1,7 @@
 //! Iterated function systems (IFS): sampling codes, jittering them, and running the chaos game.
 //!
 //! A code is a short list of affine maps `w_i(x) = A_i x + b_i`; its attractor is the fractal. Codes are
-//! sampled with Anderson & Farrell's SVD method (ALGORITHMS.md §1.2): each `A_i` is built from two random
+//! sampled with Anderson & Farrell's SVD method (docs/pretraining.md, "IFS codes"): each `A_i` is built from two random
 //! rotation-reflections around chosen singular values, so every map is contractive by construction and no
 //! FractalDB-style search for "codes that don't diverge" is needed. The singular values are constrained by the
 //! σ-factor `α = Σ_i (σ1_i + 2·σ2_i)`, which A&F found to control how "interesting" (neither dust nor blob)
@@ -230,7 +230,7 @@ fn rotation_reflection(rng: &mut impl Rng) -> [[f64; 2]; 2] {
     [[cos * d0, -sin * d1], [sin * d0, cos * d1]]
 }
 
-/// Per-sample variation of a class's code (ALGORITHMS.md §1.7).
+/// Per-sample variation of a class's code (docs/pretraining.md, "Rendering one image" step 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Jitter {

@@ -3,8 +3,7 @@
 //! kestrel ships no pretrained weights, and ImageNet weights come with licence and download strings attached. A
 //! backbone pretrained on images drawn from formulas needs neither, and the detectors downstream (PaDiM,
 //! PatchCore) only need its frozen features to be "generally visual". This module makes those images; the
-//! training engine consumes them, and `kestrel synth` writes samples to disk so a person can look at them. The
-//! algorithms are specified in our ALGORITHMS.md, Part B §1 (fractals) and §2 (GMM pseudo-defects).
+//! training engine consumes them, and `kestrel synth` writes samples to disk so a person can look at them.
 //!
 //! # Map of the module
 //!
@@ -30,6 +29,8 @@
 //! so batches render in parallel on all cores (rayon) and are still identical across runs and thread counts.
 //! A 128 px fractal costs about a millisecond of one core, far below a training step, so nothing is cached or
 //! stored: training renders on the fly.
+//!
+//! The formulas and parameter ranges the generators implement are written down in docs/pretraining.md.
 
 pub mod colour;
 pub mod fractal;
@@ -41,8 +42,35 @@ pub mod texture;
 use std::path::PathBuf;
 
 use image::RgbImage;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+/// The synthetic image families, each the data of one pretraining task: what `kestrel synth` writes and what
+/// `kestrel pretrain` trains on (`fractal`, `multi-fractal`, `gmm` on the command line and in TOML).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum TaskKind {
+    /// One colourised fractal per image on a plasma background; task: which of `classes` IFS codes drew it
+    /// (cross-entropy).
+    Fractal,
+    /// 1-5 fractals of random classes pasted on one background; task: which codes drew them (multi-label BCE with
+    /// positive weight).
+    MultiFractal,
+    /// A Gaussian-mixture pseudo-defect blended into a normal image; task: regress the mixture (direct + re-render
+    /// losses).
+    Gmm,
+}
+
+impl TaskKind {
+    /// Name as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Fractal => "fractal",
+            TaskKind::MultiFractal => "multi-fractal",
+            TaskKind::Gmm => "gmm",
+        }
+    }
+}
 
 /// Smallest image side the generators accept (the GMM's generated textures need at least this).
 pub const MIN_SIZE: usize = 32;
@@ -208,21 +236,9 @@ pub(crate) mod role {
     pub const GMM: u64 = 4;
 }
 
-fn mix64(mut z: u64) -> u64 {
-    // SplitMix64 finaliser: spreads nearby seeds over unrelated ChaCha keys.
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// The random stream of item `index` of `role` under `seed`.
-pub(crate) fn stream(seed: u64, role: u64, index: u64) -> ChaCha8Rng {
-    let mut rng = ChaCha8Rng::seed_from_u64(mix64(seed ^ mix64(role)));
-    // The 64-bit stream id gives every item an independent sequence, so items can be rendered in any order.
-    rng.set_stream(index);
-    rng
-}
+/// The random stream of item `index` of `role` under `seed` (kestrel-vision's, so the product textures and these
+/// generators share one scheme).
+pub(crate) use kestrel_vision::synthetic::stream;
 
 /// Uniform in `[lo, hi)`; returns `lo` for an empty or inverted range instead of panicking, because the IFS
 /// sampler's bounds can cross by a rounding error.

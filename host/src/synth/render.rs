@@ -1,4 +1,5 @@
-//! From chaos-game points to pixels, and the geometric per-image augmentations (ALGORITHMS.md §1.4–1.5).
+//! From chaos-game points to pixels, and the geometric per-image augmentations (docs/pretraining.md,
+//! "Rendering one image" steps 3–6 and 9).
 //!
 //! Rasterising follows A&F: points are mapped from a render window (the points' bounding box, optionally
 //! jittered) onto an `S × S` grid and every point stamps a random subset of its 3×3 neighbourhood, chosen once

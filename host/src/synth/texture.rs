@@ -1,5 +1,5 @@
-//! Textures: the diamond-square plasma behind fractals (ALGORITHMS.md §1.6), and the "normal" images that GMM
-//! pseudo-defects are blended into (§2.7).
+//! Textures: the diamond-square plasma behind fractals, and the "normal" images that GMM pseudo-defects are
+//! blended into (docs/pretraining.md, "Rendering one image" step 8 and "Samplers").
 //!
 //! Normal images are a user's good images when they have some (the semi-formula setting: the network learns
 //! what a defect looks like *on their product*), and generated textures otherwise: kestrel-vision's woven

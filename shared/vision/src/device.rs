@@ -15,8 +15,14 @@ pub enum DeviceError {
     #[error("`{0}` needs a build with CUDA support: rebuild with `--features cuda` (needs the CUDA toolkit)")]
     NotCompiledWithCuda(String),
     /// The CUDA runtime refused the device.
-    #[error("cannot open {0}: {1}")]
-    Open(String, candle_core::Error),
+    #[error("cannot open {spec}; check that the GPU exists and that its driver and the CUDA runtime work")]
+    Open {
+        /// The device as given.
+        spec: String,
+        /// The runtime's error.
+        #[source]
+        source: candle_core::Error,
+    },
 }
 
 /// Parse a device specification.
@@ -36,7 +42,10 @@ pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
     if !cfg!(feature = "cuda") {
         return Err(DeviceError::NotCompiledWithCuda(spec.to_string()));
     }
-    Device::new_cuda(ordinal).map_err(|e| DeviceError::Open(spec.to_string(), e))
+    Device::new_cuda(ordinal).map_err(|source| DeviceError::Open {
+        spec: spec.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -2,7 +2,25 @@
 //!
 //! Why `.npy`: anomaly maps leave kestrel (and come back from other tools such as anomalib) as plain NumPy arrays,
 //! and `kestrel metrics` scores directories of them. The format is small and fully specified
-//! (numpy `lib/format.py`, "NEP 1"), so we implement it ourselves instead of pulling in an n-dimensional array crate.
+//! (numpy `lib/format.py`, "NEP 1").
+//!
+//! # Why not the `npyz` crate
+//!
+//! We measured `npyz` 0.8.4 (the maintained `.npy` crate) against this module's tests before keeping our own reader:
+//!
+//! * a 74-byte file whose header says `'shape': (4294967296, 4294967296)` makes `NpyFile::new` panic (`u64`
+//!   overflow while multiplying the shape) in every build with overflow checks, tests included, and in release
+//!   builds it is accepted as an array of 0 elements; here it is [`NpyError::TooLarge`]. The panic happens while
+//!   the crate parses the header, so a caller cannot guard against it without parsing the header first itself;
+//! * it refuses headers that NumPy under Python 2 wrote (`'shape': (64L, 64L)`), which maps from older tools use;
+//! * it accepts repeated and unknown header keys, which NumPy itself refuses;
+//! * every failure is an `io::Error` of kind `InvalidData` with a text, so callers could no longer tell a truncated
+//!   file from a wrong dtype;
+//! * it adds 17 crates to the build (itself and 16 dependencies: a Python-literal parser on `pest`, `num-bigint`,
+//!   and `stacker`/`psm`, whose build script compiles assembly with `cc`): about 14 s of CPU for a cold debug build.
+//!
+//! Decoding speed is not a reason either way: a 1024×1024 `float32` map decodes in 2.3 ms through `npyz` and in
+//! 2.0 ms with the byte conversion used here (release build, best of 15).
 //!
 //! # What is supported
 //!
@@ -45,7 +63,7 @@ const MAX_NESTING: usize = 8;
 #[non_exhaustive]
 pub enum NpyError {
     /// Reading or writing the underlying file or stream failed.
-    #[error("I/O error: {0}")]
+    #[error("reading or writing the .npy data failed")]
     Io(#[from] io::Error),
     /// The data does not start with `\x93NUMPY`.
     #[error("not an .npy file: bad magic bytes")]

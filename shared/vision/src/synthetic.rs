@@ -1,6 +1,7 @@
 //! A synthetic product: a woven-fabric texture with natural variation between parts, and four kinds of defect
 //! with exact ground-truth masks. It feeds `kestrel demo` (a full fit → eval run without downloading MVTec) and
-//! the tests of everything downstream (datasets, detectors, metrics, the edge's fake camera).
+//! the tests of everything downstream (datasets, detectors, metrics), and the edge's synthetic camera renders its
+//! frames with it ([`Product::part`], at any frame shape).
 //!
 //! # What the images look like
 //!
@@ -245,10 +246,13 @@ fn lerp3(a: [f32; 3], b: [f32; 3], t: f32) -> [f32; 3] {
 const ROLE_LOOK: u64 = 0;
 const ROLE_GOOD: u64 = 1;
 const ROLE_DEFECT: u64 = 2;
+const ROLE_PART: u64 = 3;
 
-fn stream(seed: u64, role: u64, index: u64) -> ChaCha8Rng {
+/// The random stream of item `index` of population `role` under `seed`: ChaCha8 keyed by the mixed seed and role,
+/// with `index` as its 64-bit stream id, so every item has an independent sequence and items can be generated in
+/// any order (in parallel) with identical results. kestrel's pretraining generators use it too.
+pub fn stream(seed: u64, role: u64, index: u64) -> ChaCha8Rng {
     let mut rng = ChaCha8Rng::seed_from_u64(mix64(seed ^ mix64(role)));
-    // ChaCha's 64-bit stream id gives every image an independent sequence without reseeding arithmetic.
     rng.set_stream(index);
     rng
 }
@@ -264,17 +268,22 @@ struct Look {
 }
 
 /// A synthetic product: renders good and defective images in memory. [`write_mvtec_category`] writes a dataset
-/// of them; the edge's fake camera can use it directly.
+/// of them; the edge's synthetic camera renders its frames with [`Product::part`].
+///
+/// Images are square for a dataset ([`Product::new`]) and may be rectangular for a camera
+/// ([`Product::with_shape`]); sizes of the weave and the defects scale with the shorter side.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Product {
-    size: u32,
+    width: u32,
+    height: u32,
     seed: u64,
     look: Look,
 }
 
 /// An image being painted: linear `[0, 1]` RGB, row-major.
 struct Canvas {
-    size: usize,
+    width: usize,
+    height: usize,
     px: Vec<[f32; 3]>,
 }
 
@@ -285,19 +294,27 @@ impl Canvas {
             .iter()
             .flat_map(|p| p.map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8))
             .collect();
-        RgbImage::from_raw(self.size as u32, self.size as u32, data)
-            .unwrap_or_else(|| RgbImage::new(self.size as u32, self.size as u32))
+        let (w, h) = (self.width as u32, self.height as u32);
+        RgbImage::from_raw(w, h, data).unwrap_or_else(|| RgbImage::new(w, h))
     }
 }
 
 impl Product {
     /// A product of `size × size` images whose look is drawn from `seed`.
     pub fn new(size: u32, seed: u64) -> Result<Self, SyntheticError> {
-        if !(MIN_SIZE..=MAX_SIZE).contains(&size) {
-            return Err(SyntheticError::InvalidSpec {
-                field: "size",
-                reason: format!("must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}"),
-            });
+        Self::with_shape(size, size, seed)
+    }
+
+    /// A product of `width × height` images whose look is drawn from `seed` (each side between [`MIN_SIZE`] and
+    /// [`MAX_SIZE`]). A square shape gives exactly the images of [`Product::new`].
+    pub fn with_shape(width: u32, height: u32, seed: u64) -> Result<Self, SyntheticError> {
+        for (field, side) in [("width", width), ("height", height)] {
+            if !(MIN_SIZE..=MAX_SIZE).contains(&side) {
+                return Err(SyntheticError::InvalidSpec {
+                    field: if width == height { "size" } else { field },
+                    reason: format!("must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {side}"),
+                });
+            }
         }
         let mut rng = stream(seed, ROLE_LOOK, 0);
         // Muted, industrial colours: grey-beige to blue-grey threads.
@@ -312,12 +329,22 @@ impl Product {
             period: rng.gen_range(10.0..14.0),
             gap: rng.gen_range(0.55..0.7),
         };
-        Ok(Self { size, seed, look })
+        Ok(Self {
+            width,
+            height,
+            seed,
+            look,
+        })
     }
 
-    /// Image side in pixels.
-    pub fn size(&self) -> u32 {
-        self.size
+    /// Image width in pixels.
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+
+    /// Image height in pixels.
+    pub fn height(&self) -> u32 {
+        self.height
     }
 
     /// Good image number `index` (different indices give different, equally plausible parts).
@@ -331,22 +358,42 @@ impl Product {
     pub fn defective(&self, index: u64, kind: DefectKind) -> (RgbImage, Mask) {
         let mut rng = stream(self.seed, ROLE_DEFECT, index);
         let mut canvas = self.texture(&mut rng);
-        let mask = match kind {
-            DefectKind::Scratch => self.scratch(&mut canvas, &mut rng),
-            DefectKind::Stain => self.stain(&mut canvas, &mut rng),
-            DefectKind::Hole => self.hole(&mut canvas, &mut rng),
-            DefectKind::MissingTexture => self.missing_texture(&mut canvas, &mut rng),
-        };
+        let mask = self.paint_defect(&mut canvas, kind, &mut rng);
         (canvas.to_image(), mask)
+    }
+
+    /// Part number `index` as a camera on the line sees it, with `defect` painted in when given, and the defect's
+    /// mask. Unlike [`good`](Self::good) and [`defective`](Self::defective), which draw good and defective images
+    /// of a dataset from separate streams (different parts), `part(i, Some(kind))` is `part(i, None)` with the
+    /// defect added: the two differ only inside the mask.
+    pub fn part(&self, index: u64, defect: Option<DefectKind>) -> (RgbImage, Option<Mask>) {
+        let mut rng = stream(self.seed, ROLE_PART, index);
+        let mut canvas = self.texture(&mut rng);
+        let mask = defect.map(|kind| self.paint_defect(&mut canvas, kind, &mut rng));
+        (canvas.to_image(), mask)
+    }
+
+    fn paint_defect(&self, canvas: &mut Canvas, kind: DefectKind, rng: &mut ChaCha8Rng) -> Mask {
+        match kind {
+            DefectKind::Scratch => self.scratch(canvas, rng),
+            DefectKind::Stain => self.stain(canvas, rng),
+            DefectKind::Hole => self.hole(canvas, rng),
+            DefectKind::MissingTexture => self.missing_texture(canvas, rng),
+        }
+    }
+
+    /// The shorter side, which sets the scale of the weave and of the defects.
+    fn side(&self) -> u32 {
+        self.width.min(self.height)
     }
 
     /// Scale factor relative to the 128 px design size.
     fn scale(&self) -> f32 {
-        self.size as f32 / 128.0
+        self.side() as f32 / 128.0
     }
 
     fn texture(&self, rng: &mut ChaCha8Rng) -> Canvas {
-        let n = self.size as usize;
+        let (w, h) = (self.width as usize, self.height as usize);
         let s = self.scale();
         let period = self.look.period * s;
         let (dx, dy) = (
@@ -359,13 +406,13 @@ impl Product {
         let noise_seed: u64 = rng.gen();
         let fibre_seed = mix64(noise_seed ^ 1);
         let grain_seed = mix64(noise_seed ^ 2);
-        let half = n as f32 / 2.0;
-        let mut px = Vec::with_capacity(n * n);
-        for y in 0..n {
-            for x in 0..n {
-                let (cx, cy) = (x as f32 + 0.5 - half, y as f32 + 0.5 - half);
-                let u = cos * cx - sin * cy + half + dx;
-                let v = sin * cx + cos * cy + half + dy;
+        let (half_w, half_h) = (w as f32 / 2.0, h as f32 / 2.0);
+        let mut px = Vec::with_capacity(w * h);
+        for y in 0..h {
+            for x in 0..w {
+                let (cx, cy) = (x as f32 + 0.5 - half_w, y as f32 + 0.5 - half_h);
+                let u = cos * cx - sin * cy + half_w + dx;
+                let v = sin * cx + cos * cy + half_h + dy;
                 let (fu, fv) = (u / period, v / period);
                 let (iu, iv) = (fu.floor(), fv.floor());
                 let (tu, tv) = (fu - iu, fv - iv);
@@ -384,18 +431,22 @@ impl Product {
                 px.push(self.look.tint.map(|t| t * value + grain));
             }
         }
-        Canvas { size: n, px }
+        Canvas {
+            width: w,
+            height: h,
+            px,
+        }
     }
 
     /// A centre uniformly placed with `margin` pixels of room on every side.
     fn centre(&self, rng: &mut ChaCha8Rng, margin: f32) -> (f32, f32) {
-        let n = self.size as f32;
-        let m = margin.min(n / 2.0 - 1.0);
-        (rng.gen_range(m..n - m), rng.gen_range(m..n - m))
+        let (w, h) = (self.width as f32, self.height as f32);
+        let (mx, my) = (margin.min(w / 2.0 - 1.0), margin.min(h / 2.0 - 1.0));
+        (rng.gen_range(mx..w - mx), rng.gen_range(my..h - my))
     }
 
     fn scratch(&self, c: &mut Canvas, rng: &mut ChaCha8Rng) -> Mask {
-        let n = self.size as f32;
+        let n = self.side() as f32;
         let len = rng.gen_range(0.25..0.45) * n;
         let theta: f32 = rng.gen_range(0.0..std::f32::consts::PI);
         let (dir_y, dir_x) = theta.sin_cos();
@@ -411,7 +462,7 @@ impl Product {
             [0.12, 0.1, 0.09]
         };
         let strength = rng.gen_range(0.5..0.65);
-        let mut mask = Mask::zeros(self.size, self.size);
+        let mut mask = Mask::zeros(self.width, self.height);
         // Union of discs along the quadratic Bézier curve, sampled finer than a pixel.
         let steps = (len * 4.0).ceil() as usize;
         let r = half_width.ceil() as i64 + 1;
@@ -435,7 +486,7 @@ impl Product {
     }
 
     fn stain(&self, c: &mut Canvas, rng: &mut ChaCha8Rng) -> Mask {
-        let n = self.size as f32;
+        let n = self.side() as f32;
         let radius = rng.gen_range(0.06..0.11) * n;
         let wobble = 0.45;
         let reach = radius * (1.0 + wobble / 2.0);
@@ -460,7 +511,7 @@ impl Product {
     }
 
     fn hole(&self, c: &mut Canvas, rng: &mut ChaCha8Rng) -> Mask {
-        let n = self.size as f32;
+        let n = self.side() as f32;
         let radius = rng.gen_range(0.03..0.06) * n;
         let (cx, cy) = self.centre(rng, radius + 2.0);
         let mask = self.mask_where(|x, y| (x - cx).powi(2) + (y - cy).powi(2) <= radius * radius);
@@ -474,7 +525,7 @@ impl Product {
     }
 
     fn missing_texture(&self, c: &mut Canvas, rng: &mut ChaCha8Rng) -> Mask {
-        let n = self.size as f32;
+        let n = self.side() as f32;
         let (a, b) = (rng.gen_range(0.08..0.14) * n, rng.gen_range(0.08..0.14) * n);
         let (cx, cy) = self.centre(rng, a.max(b) + 2.0);
         let mask = self.mask_where(|x, y| ((x - cx) / a).powi(2) + ((y - cy) / b).powi(2) <= 1.0);
@@ -498,12 +549,12 @@ impl Product {
 
     /// Mask of pixels whose centre satisfies `inside(x + 0.5, y + 0.5)`.
     fn mask_where(&self, inside: impl Fn(f32, f32) -> bool) -> Mask {
-        let n = self.size;
-        let mut mask = Mask::zeros(n, n);
-        for y in 0..n {
-            for x in 0..n {
+        let (w, h) = (self.width, self.height);
+        let mut mask = Mask::zeros(w, h);
+        for y in 0..h {
+            for x in 0..w {
                 if inside(x as f32 + 0.5, y as f32 + 0.5) {
-                    mask.data[(y * n + x) as usize] = 1;
+                    mask.data[(y * w + x) as usize] = 1;
                 }
             }
         }
@@ -521,7 +572,7 @@ fn set(mask: &mut Mask, x: i64, y: i64) {
 fn paint(c: &mut Canvas, mask: &Mask, f: impl Fn([f32; 3], f32, f32) -> [f32; 3]) {
     for (i, (p, &m)) in c.px.iter_mut().zip(&mask.data).enumerate() {
         if m != 0 {
-            let (x, y) = ((i % c.size) as f32 + 0.5, (i / c.size) as f32 + 0.5);
+            let (x, y) = ((i % c.width) as f32 + 0.5, (i / c.width) as f32 + 0.5);
             *p = f(*p, x, y);
         }
     }
@@ -738,6 +789,10 @@ pub fn write_mvtec_category(
 mod tests {
     use super::*;
 
+    /// [`fingerprint`] of the pinned images (computed before `with_shape` and `part` existed).
+    const PINNED_128_7: u64 = 0x957b_2932_026c_33b1;
+    const PINNED_64_3: u64 = 0xcd11_e0af_566f_b35f;
+
     fn mean_abs_diff_inside(a: &RgbImage, b: &RgbImage, mask: &Mask) -> f32 {
         let (mut sum, mut n) = (0f32, 0usize);
         for (i, (pa, pb)) in a.pixels().zip(b.pixels()).enumerate() {
@@ -809,6 +864,59 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// FNV-1a: a stable fingerprint of image bytes.
+    fn fingerprint(chunks: &[&[u8]]) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for b in chunks.iter().flat_map(|c| c.iter()) {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+        h
+    }
+
+    #[test]
+    fn dataset_images_are_pinned() {
+        // The demo's dataset (seed 7, 128 px) and a small product: any change to these pixels changes what
+        // `kestrel demo` and the GMM pretraining textures produce, so it must be deliberate.
+        for (size, seed, want) in [(128, 7, PINNED_128_7), (64, 3, PINNED_64_3)] {
+            let p = Product::new(size, seed).unwrap();
+            let mut images = vec![p.good(0), p.good(TEST_GOOD_OFFSET + 1)];
+            let mut masks = Vec::new();
+            for (i, kind) in DefectKind::ALL.into_iter().enumerate() {
+                let (img, mask) = p.defective(i as u64, kind);
+                images.push(img);
+                masks.push(mask.data);
+            }
+            let chunks: Vec<&[u8]> = images
+                .iter()
+                .map(|i| i.as_raw().as_slice())
+                .chain(masks.iter().map(Vec::as_slice))
+                .collect();
+            assert_eq!(fingerprint(&chunks), want, "{size} px, seed {seed}");
+        }
+    }
+
+    #[test]
+    fn rectangular_parts_differ_from_their_defective_twin_only_inside_the_mask() {
+        let p = Product::with_shape(96, 48, 5).unwrap();
+        assert_ne!(p.part(0, None).0, p.part(1, None).0);
+        for (i, kind) in DefectKind::ALL.into_iter().enumerate() {
+            let (good, none) = p.part(i as u64, None);
+            let (bad, mask) = p.part(i as u64, Some(kind));
+            let mask = mask.unwrap();
+            assert!(none.is_none());
+            assert_eq!((good.width(), good.height()), (96, 48));
+            assert_eq!((mask.width, mask.height), (96, 48));
+            assert!(mask.count() >= 4, "{kind}: mask of {} px", mask.count());
+            for (j, (a, b)) in bad.pixels().zip(good.pixels()).enumerate() {
+                if mask.data[j] == 0 {
+                    assert_eq!(a, b, "{kind}: pixel {j} outside the mask changed");
+                }
+            }
+            assert!(mean_abs_diff_inside(&bad, &good, &mask) > 12.0, "{kind}");
+        }
+        assert!(Product::with_shape(96, 16, 5).is_err());
     }
 
     #[test]

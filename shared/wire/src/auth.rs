@@ -159,12 +159,12 @@ pub enum AuthError {
     #[error("sequence numbers exhausted; reconnect")]
     SeqExhausted,
     /// postcard could not serialise the message for tagging.
-    #[error("cannot serialise message for tagging: {0}")]
-    Encode(postcard::Error),
+    #[error("cannot serialise message for tagging")]
+    Encode(#[source] postcard::Error),
     /// The OS random source failed.
     #[cfg(feature = "std")]
-    #[error("OS random source failed: {0}")]
-    Random(getrandom::Error),
+    #[error("OS random source failed")]
+    Random(#[source] getrandom::Error),
 }
 
 impl AuthError {

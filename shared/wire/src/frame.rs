@@ -35,6 +35,12 @@ pub const DEFAULT_BUNDLE_CHUNK: usize = 16 * 1024;
 /// CRC-32/ISO-HDLC (poly 0x04C11DB7 reflected, init and xorout 0xFFFFFFFF; check value 0xCBF43926).
 pub const CRC32: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISO_HDLC);
 
+/// CRC-32/ISO-HDLC of `bytes` ([`CRC32`]): the checksum inside every frame, and the one the edge's verdict journal
+/// puts on each record, so both use one definition.
+pub fn crc32(bytes: &[u8]) -> u32 {
+    CRC32.checksum(bytes)
+}
+
 /// Failure to build a frame.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -48,8 +54,8 @@ pub enum EncodeError {
         max: usize,
     },
     /// postcard refused to serialise the envelope.
-    #[error("postcard serialisation failed: {0}")]
-    Serialize(postcard::Error),
+    #[error("the envelope cannot be serialised")]
+    Serialize(#[source] postcard::Error),
 }
 
 /// Append one frame for `env` to `out`. On error `out` is left as it was.
@@ -57,7 +63,7 @@ pub enum EncodeError {
 /// Returns the number of bytes appended (including the trailing `0x00`).
 pub fn encode_frame(env: &Envelope, out: &mut Vec<u8>) -> Result<usize, EncodeError> {
     let mut body = postcard::to_allocvec(env).map_err(EncodeError::Serialize)?;
-    let crc = CRC32.checksum(&body);
+    let crc = crc32(&body);
     body.extend_from_slice(&crc.to_le_bytes());
 
     // Cheap early refusal for the obvious case, before touching `out`: COBS never shrinks its input.
@@ -111,8 +117,8 @@ pub enum FrameError {
         computed: u32,
     },
     /// The CRC is good but the body is not an [`Envelope`] of this schema (peer on another protocol version?).
-    #[error("frame does not decode as an Envelope: {0}")]
-    Decode(postcard::Error),
+    #[error("frame does not decode as an Envelope")]
+    Decode(#[source] postcard::Error),
     /// An [`Envelope`] decoded but bytes were left over (peer on another protocol version?).
     #[error("{len} trailing bytes after the Envelope")]
     TrailingBytes {
@@ -264,7 +270,7 @@ fn decode_body(buf: &mut [u8]) -> Result<Envelope, FrameError> {
     }
     let (body, crc) = buf[..len].split_at(len - CRC_LEN);
     let received = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
-    let computed = CRC32.checksum(body);
+    let computed = crc32(body);
     if received != computed {
         return Err(FrameError::Crc { received, computed });
     }
@@ -287,7 +293,7 @@ mod tests {
 
     #[test]
     fn crc_is_iso_hdlc() {
-        assert_eq!(CRC32.checksum(b"123456789"), 0xCBF4_3926);
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
     #[test]

@@ -38,12 +38,18 @@ extern crate alloc;
 pub mod auth;
 pub mod exit;
 pub mod frame;
+pub mod keyfile;
 pub mod mask;
 pub mod protocol;
 pub mod upload;
 
 pub use auth::{AuthError, EdgeAuthenticator, HostAuthenticator, Nonce, UnitKey};
-pub use frame::{encode_frame, EncodeError, FrameCounts, FrameDecoder, FrameError, MAX_FRAME_LEN};
+pub use frame::{
+    crc32, encode_frame, EncodeError, FrameCounts, FrameDecoder, FrameError, MAX_FRAME_LEN,
+};
+pub use keyfile::{key_text, parse_key_text, KeyTextError};
+#[cfg(feature = "std")]
+pub use keyfile::{read_key_file, KeyFileError};
 pub use mask::{Mask, MaskEncoding, MaskError};
 pub use protocol::*;
 

@@ -10,8 +10,8 @@
 //! - any change to a type here changes [`crate::SCHEMA_HASH`]; the pin test then asks for a [`crate::PROTO_VERSION`]
 //!   bump.
 //!
-//! Device-side failures travel as data ([`NackCode`], [`FaultCode`]), not as Rust error types: the host turns them into
-//! its own `ClientError::Device(..)` and keeps them apart from link failures (STYLE lesson 4).
+//! Device-side failures travel as data ([`NackCode`], [`FaultCode`]), not as Rust error types: the host keeps the code
+//! in its own error (`MonitorError::Refused`) apart from link failures, because the fix differs (see `docs/wire.md`).
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -510,7 +510,7 @@ impl NackCode {
             NackCode::BundleTooLarge
             | NackCode::BundleHashMismatch
             | NackCode::BundleSignature
-            | NackCode::BundleInvalid => exit::BAD_BUNDLE,
+            | NackCode::BundleInvalid => exit::BAD_MODEL,
             _ => exit::REFUSED,
         }
     }

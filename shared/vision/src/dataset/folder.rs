@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
+use super::category::CategoryFolders;
 use super::scan::{self, is_dir, list_dir, MaskIndex};
-use super::{folder_category_name, Dataset, DatasetError, DatasetWarning, Layout, Sample};
+use super::{Dataset, DatasetError, DatasetWarning, Layout, Sample};
 
 /// Sub-folders of a folder-layout root that the layout reads.
 const KNOWN: &[&str] = &["good", "defect", "masks", "validation"];
@@ -20,88 +21,21 @@ const NOT_CATEGORIES: &[&str] = &[
 /// Defect type of images directly in `defect/`.
 const FLAT_DEFECT_TYPE: &str = "defect";
 
-pub(crate) fn looks_like(root: &Path, category: Option<&str>) -> bool {
-    if is_dir(&root.join("good")) {
-        return true;
-    }
-    // With a category that does not exist, still claim the root if it holds other categories, so the user
-    // gets "category not found (available: …)" rather than "unrecognised layout".
-    if let Some(c) = category {
-        if is_dir(&root.join(c).join("good")) {
-            return true;
-        }
-    }
-    category_dirs(root).map(|v| !v.is_empty()).unwrap_or(false)
-}
+/// A folder-layout category folder is one holding `good/`.
+const CATEGORY: CategoryFolders = CategoryFolders {
+    layout: Layout::Folder,
+    marker: &["good"],
+    not_categories: NOT_CATEGORIES,
+    what: "a folder of good images",
+    what_elsewhere: "",
+};
 
-fn category_dirs(root: &Path) -> Result<Vec<PathBuf>, DatasetError> {
-    Ok(list_dir(root)?
-        .subdirs
-        .into_iter()
-        .filter(|d| {
-            is_dir(&d.join("good")) && !NOT_CATEGORIES.contains(&scan::dir_name(d).as_str())
-        })
-        .collect())
+pub(crate) fn looks_like(root: &Path, category: Option<&str>) -> bool {
+    CATEGORY.looks_like(root, category)
 }
 
 pub(crate) fn categories(root: &Path) -> Result<Vec<String>, DatasetError> {
-    if is_dir(&root.join("good")) {
-        return Ok(vec![folder_category_name(root)]);
-    }
-    Ok(category_dirs(root)?
-        .iter()
-        .map(|d| scan::dir_name(d))
-        .collect())
-}
-
-fn resolve(root: &Path, category: Option<&str>) -> Result<(PathBuf, String), DatasetError> {
-    let root_is_category = is_dir(&root.join("good"));
-    match category {
-        Some(c) => {
-            let dir = root.join(c);
-            if is_dir(&dir.join("good")) {
-                return Ok((dir, c.to_string()));
-            }
-            if root_is_category && folder_category_name(root) == c {
-                return Ok((root.to_path_buf(), c.to_string()));
-            }
-            let available = categories(root)?;
-            if available.is_empty() {
-                return Err(DatasetError::MissingFolder {
-                    expected: dir.join("good"),
-                    what: format!("a folder of good images of category `{c}`"),
-                    layout: Layout::Folder,
-                });
-            }
-            Err(DatasetError::CategoryNotFound {
-                root: root.to_path_buf(),
-                category: c.to_string(),
-                available,
-            })
-        }
-        None => {
-            if root_is_category {
-                return Ok((root.to_path_buf(), folder_category_name(root)));
-            }
-            let mut dirs = category_dirs(root)?;
-            match dirs.len() {
-                0 => Err(DatasetError::MissingFolder {
-                    expected: root.join("good"),
-                    what: "a folder of good images".into(),
-                    layout: Layout::Folder,
-                }),
-                1 => {
-                    let d = dirs.remove(0);
-                    let name = scan::dir_name(&d);
-                    Ok((d, name))
-                }
-                _ => Err(DatasetError::CategoryRequired {
-                    root: root.to_path_buf(),
-                    available: dirs.iter().map(|d| scan::dir_name(d)).collect(),
-                }),
-            }
-        }
-    }
+    CATEGORY.categories(root)
 }
 
 /// What reading one `good/` or `defect/` tree collects.
@@ -198,11 +132,52 @@ pub(crate) fn open(
     test_fraction: f64,
     seed: u64,
 ) -> Result<Dataset, DatasetError> {
-    let (dir, category) = resolve(root, category)?;
+    let (dir, category) = CATEGORY.resolve(root, category)?;
     let mut c = Collected::default();
 
+    let (train, mut test) = split_good(&dir, test_fraction, seed, &mut c)?;
+    let masks = dir.join("masks");
+    let defect_dir = dir.join("defect");
+    if is_dir(&defect_dir) {
+        test.extend(defect_samples(
+            &defect_dir,
+            std::slice::from_ref(&masks),
+            "",
+            &mut c,
+        )?);
+    }
+    test.sort_by(|a, b| a.path.cmp(&b.path));
+    let validation = validation_samples(&dir.join("validation"), &masks, &mut c)?;
+
+    let top = list_dir(&dir)?;
+    c.ignored.extend(
+        top.subdirs
+            .into_iter()
+            .filter(|d| !KNOWN.contains(&scan::dir_name(d).as_str())),
+    );
+    let warnings = warnings(&mut c, &test, &validation);
+    c.skipped.sort();
+    Ok(Dataset {
+        category,
+        layout: Layout::Folder,
+        root: dir,
+        train,
+        validation,
+        test,
+        skipped: c.skipped,
+        warnings,
+    })
+}
+
+/// `good/*` split by name hash into train and the good part of test (there is no separate test folder).
+fn split_good(
+    dir: &Path,
+    test_fraction: f64,
+    seed: u64,
+    c: &mut Collected,
+) -> Result<(Vec<Sample>, Vec<Sample>), DatasetError> {
     let good_dir = dir.join("good");
-    let good = good_samples(&good_dir, "", &mut c)?;
+    let good = good_samples(&good_dir, "", c)?;
     if good.is_empty() {
         return Err(DatasetError::EmptyTrainSet {
             folder: good_dir,
@@ -225,52 +200,40 @@ pub(crate) fn open(
     for s in &mut test {
         s.name = format!("good_{}", s.name);
     }
+    Ok((train, test))
+}
 
-    let masks = dir.join("masks");
-    let defect_dir = dir.join("defect");
-    if is_dir(&defect_dir) {
-        test.extend(defect_samples(
-            &defect_dir,
-            std::slice::from_ref(&masks),
-            "",
-            &mut c,
-        )?);
-    }
-    test.sort_by(|a, b| a.path.cmp(&b.path));
-
+/// `validation/{good,defect}`, with defect masks from `validation/masks/`, then the category's `masks/`.
+fn validation_samples(
+    val_dir: &Path,
+    masks: &Path,
+    c: &mut Collected,
+) -> Result<Vec<Sample>, DatasetError> {
     let mut validation = Vec::new();
-    let val_dir = dir.join("validation");
-    if is_dir(&val_dir) {
-        let l = list_dir(&val_dir)?;
-        c.skipped.extend(l.images);
-        c.skipped.extend(l.skipped);
-        c.ignored.extend(
-            l.subdirs
-                .into_iter()
-                .filter(|d| !["good", "defect", "masks"].contains(&scan::dir_name(d).as_str())),
-        );
-        if is_dir(&val_dir.join("good")) {
-            validation.extend(good_samples(&val_dir.join("good"), "val_good_", &mut c)?);
-        }
-        if is_dir(&val_dir.join("defect")) {
-            let roots = [val_dir.join("masks"), masks.clone()];
-            validation.extend(defect_samples(
-                &val_dir.join("defect"),
-                &roots,
-                "val_",
-                &mut c,
-            )?);
-        }
-        validation.sort_by(|a, b| a.path.cmp(&b.path));
+    if !is_dir(val_dir) {
+        return Ok(validation);
     }
-
-    let top = list_dir(&dir)?;
+    let l = list_dir(val_dir)?;
+    c.skipped.extend(l.images);
+    c.skipped.extend(l.skipped);
     c.ignored.extend(
-        top.subdirs
+        l.subdirs
             .into_iter()
-            .filter(|d| !KNOWN.contains(&scan::dir_name(d).as_str())),
+            .filter(|d| !["good", "defect", "masks"].contains(&scan::dir_name(d).as_str())),
     );
+    if is_dir(&val_dir.join("good")) {
+        validation.extend(good_samples(&val_dir.join("good"), "val_good_", c)?);
+    }
+    if is_dir(&val_dir.join("defect")) {
+        let roots = [val_dir.join("masks"), masks.to_path_buf()];
+        validation.extend(defect_samples(&val_dir.join("defect"), &roots, "val_", c)?);
+    }
+    validation.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(validation)
+}
 
+/// What to tell the user about what was collected: defects without masks, unused masks, ignored folders.
+fn warnings(c: &mut Collected, test: &[Sample], validation: &[Sample]) -> Vec<DatasetWarning> {
     let mut warnings = Vec::new();
     if !c.without_mask.is_empty() {
         warnings.push(DatasetWarning::DefectsWithoutMask {
@@ -278,7 +241,7 @@ pub(crate) fn open(
             examples: super::examples(&c.without_mask),
         });
     }
-    let unused = scan::unused_masks(&c.mask_indexes, &[&test, &validation]);
+    let unused = scan::unused_masks(&c.mask_indexes, &[test, validation]);
     if !unused.is_empty() {
         warnings.push(DatasetWarning::UnusedMasks {
             count: unused.len(),
@@ -287,17 +250,9 @@ pub(crate) fn open(
     }
     if !c.ignored.is_empty() {
         c.ignored.sort();
-        warnings.push(DatasetWarning::IgnoredFolders { folders: c.ignored });
+        warnings.push(DatasetWarning::IgnoredFolders {
+            folders: std::mem::take(&mut c.ignored),
+        });
     }
-    c.skipped.sort();
-    Ok(Dataset {
-        category,
-        layout: Layout::Folder,
-        root: dir,
-        train,
-        validation,
-        test,
-        skipped: c.skipped,
-        warnings,
-    })
+    warnings
 }

@@ -44,6 +44,7 @@
 //! loading will perform. Pixel data is decoded later by [`Sample::load`] / [`load_rgb`], whose errors name the
 //! file.
 
+mod category;
 mod folder;
 mod image_io;
 mod mvtec;
@@ -143,6 +144,25 @@ impl Sample {
     /// Decode the image to RGB8 ([`load_rgb`]).
     pub fn load(&self) -> Result<LoadedImage, DatasetError> {
         load_rgb(&self.path)
+    }
+
+    /// Read the image's header and, if it has a mask, the mask's, checking that their sizes agree.
+    fn read_headers(&self) -> Result<image_io::ImageHeader, DatasetError> {
+        let h = image_io::read_header(&self.path)?;
+        if let Some(m) = &self.mask {
+            let mh = image_io::read_header(m)?;
+            if (mh.width, mh.height) != (h.width, h.height) {
+                return Err(DatasetError::MaskSizeMismatch {
+                    mask: m.clone(),
+                    mask_width: mh.width,
+                    mask_height: mh.height,
+                    image: Some(self.path.clone()),
+                    image_width: h.width,
+                    image_height: h.height,
+                });
+            }
+        }
+        Ok(h)
     }
 
     /// Load the ground-truth mask, checked against the image size `width` × `height`.
@@ -314,26 +334,8 @@ impl Dataset {
     /// Corrupt pixel data behind a valid header is only detected when the image is decoded.
     pub fn inspect(&self) -> Result<DatasetReport, DatasetError> {
         let samples: Vec<&Sample> = self.all_samples().collect();
-        let headers: Vec<Result<image_io::ImageHeader, DatasetError>> = samples
-            .par_iter()
-            .map(|s| {
-                let h = image_io::read_header(&s.path)?;
-                if let Some(m) = &s.mask {
-                    let mh = image_io::read_header(m)?;
-                    if (mh.width, mh.height) != (h.width, h.height) {
-                        return Err(DatasetError::MaskSizeMismatch {
-                            mask: m.clone(),
-                            mask_width: mh.width,
-                            mask_height: mh.height,
-                            image: Some(s.path.clone()),
-                            image_width: h.width,
-                            image_height: h.height,
-                        });
-                    }
-                }
-                Ok(h)
-            })
-            .collect();
+        let headers: Vec<Result<image_io::ImageHeader, DatasetError>> =
+            samples.par_iter().map(|s| s.read_headers()).collect();
         let mut report = DatasetReport {
             train: self.train.len(),
             validation: self.validation.len(),
@@ -406,7 +408,7 @@ pub enum DatasetError {
         available: Vec<String>,
     },
     /// A file or folder could not be read.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read {}", path.display())]
     Io {
         /// What was being read.
         path: PathBuf,
@@ -415,7 +417,7 @@ pub enum DatasetError {
         source: std::io::Error,
     },
     /// An image or mask could not be decoded.
-    #[error("cannot decode image {}: {source}; the file is corrupt, truncated or not a PNG/JPEG/BMP/TIFF image — re-export or remove it", path.display())]
+    #[error("cannot decode image {}; the file is corrupt, truncated or not a PNG/JPEG/BMP/TIFF image — re-export or remove it", path.display())]
     Decode {
         /// The file.
         path: PathBuf,

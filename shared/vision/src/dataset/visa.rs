@@ -147,128 +147,12 @@ pub(crate) fn open(
     csv: &Path,
 ) -> Result<Dataset, DatasetError> {
     let rows = read_rows(csv)?;
-    let available: Vec<String> = rows
-        .iter()
-        .map(|r| r.object.clone())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let category = match category {
-        Some(c) if available.iter().any(|a| a == c) => c.to_string(),
-        Some(c) => {
-            return Err(DatasetError::CategoryNotFound {
-                root: csv.to_path_buf(),
-                category: c.to_string(),
-                available,
-            })
-        }
-        None if available.len() == 1 => available[0].clone(),
-        None if available.is_empty() => {
-            return Err(DatasetError::EmptyTrainSet {
-                folder: csv.to_path_buf(),
-                skipped: 0,
-            })
-        }
-        None => {
-            return Err(DatasetError::CategoryRequired {
-                root: csv.to_path_buf(),
-                available,
-            })
-        }
-    };
-    let err = |line: usize, message: String| DatasetError::Csv {
-        path: csv.to_path_buf(),
-        line,
-        message,
-    };
-    let resolve = |rel: &str, line: usize| -> Result<PathBuf, DatasetError> {
-        let p = Path::new(rel);
-        let p = if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            root.join(p)
-        };
-        if p.is_file() {
-            Ok(p)
-        } else {
-            Err(DatasetError::MissingFile {
-                path: p,
-                csv: csv.to_path_buf(),
-                line,
-            })
-        }
-    };
+    let category = choose_category(&rows, category, csv)?;
     let (mut train, mut validation, mut test, mut skipped) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for row in rows.iter().filter(|r| r.object == category) {
-        let split = match row.split.as_str() {
-            "train" => Split::Train,
-            "val" | "valid" | "validation" => Split::Validation,
-            "test" => Split::Test,
-            other => {
-                return Err(err(
-                    row.line,
-                    format!("unknown split `{other}`; expected train, val or test"),
-                ))
-            }
-        };
-        let anomalous = match row.label.as_str() {
-            "normal" | "good" => false,
-            "anomaly" | "anomalous" => true,
-            other => {
-                return Err(err(
-                    row.line,
-                    format!("unknown label `{other}`; expected normal or anomaly"),
-                ))
-            }
-        };
-        if row.image.is_empty() {
-            return Err(err(row.line, "the image column is empty".into()));
-        }
-        let path = resolve(&row.image, row.line)?;
-        if !has_image_extension(&path) {
-            skipped.push(path);
+        let Some((split, sample)) = row_sample(row, root, csv, &mut skipped)? else {
             continue;
-        }
-        let stem = scan::sanitize(&scan::file_stem(&path));
-        let sample = if anomalous {
-            if matches!(split, Split::Train) {
-                return Err(err(
-                    row.line,
-                    format!(
-                        "anomalous image {} is in the train split; detectors are fitted on normal images only",
-                        path.display()
-                    ),
-                ));
-            }
-            if row.mask.is_empty() {
-                return Err(err(
-                    row.line,
-                    format!(
-                        "anomalous image {} has an empty mask column; the VisA layout requires a mask for \
-                         every anomalous image (use the folder layout for image-level labels only)",
-                        path.display()
-                    ),
-                ));
-            }
-            Sample {
-                name: format!("anomaly_{stem}"),
-                mask: Some(resolve(&row.mask, row.line)?),
-                path,
-                defect_type: Some("anomaly".into()),
-            }
-        } else {
-            let prefix = if matches!(split, Split::Train) {
-                "train"
-            } else {
-                "good"
-            };
-            Sample {
-                name: format!("{prefix}_{stem}"),
-                path,
-                defect_type: None,
-                mask: None,
-            }
         };
         match split {
             Split::Train => train.push(sample),
@@ -300,6 +184,131 @@ pub(crate) fn open(
         skipped,
         warnings: Vec::new(),
     })
+}
+
+/// The object to read: `category` if the CSV has it, else the CSV's only object.
+fn choose_category(
+    rows: &[Row],
+    category: Option<&str>,
+    csv: &Path,
+) -> Result<String, DatasetError> {
+    let available: Vec<String> = rows
+        .iter()
+        .map(|r| r.object.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    match category {
+        Some(c) if available.iter().any(|a| a == c) => Ok(c.to_string()),
+        Some(c) => Err(DatasetError::CategoryNotFound {
+            root: csv.to_path_buf(),
+            category: c.to_string(),
+            available,
+        }),
+        None if available.len() == 1 => Ok(available[0].clone()),
+        None if available.is_empty() => Err(DatasetError::EmptyTrainSet {
+            folder: csv.to_path_buf(),
+            skipped: 0,
+        }),
+        None => Err(DatasetError::CategoryRequired {
+            root: csv.to_path_buf(),
+            available,
+        }),
+    }
+}
+
+/// The sample one CSV row describes and its split; `None` (and the path recorded in `skipped`) for a file without
+/// an image extension.
+fn row_sample(
+    row: &Row,
+    root: &Path,
+    csv: &Path,
+    skipped: &mut Vec<PathBuf>,
+) -> Result<Option<(Split, Sample)>, DatasetError> {
+    let err = |message: String| DatasetError::Csv {
+        path: csv.to_path_buf(),
+        line: row.line,
+        message,
+    };
+    let resolve = |rel: &str| -> Result<PathBuf, DatasetError> {
+        let p = Path::new(rel);
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            root.join(p)
+        };
+        if p.is_file() {
+            Ok(p)
+        } else {
+            Err(DatasetError::MissingFile {
+                path: p,
+                csv: csv.to_path_buf(),
+                line: row.line,
+            })
+        }
+    };
+    let split = match row.split.as_str() {
+        "train" => Split::Train,
+        "val" | "valid" | "validation" => Split::Validation,
+        "test" => Split::Test,
+        other => {
+            return Err(err(format!(
+                "unknown split `{other}`; expected train, val or test"
+            )))
+        }
+    };
+    let anomalous = match row.label.as_str() {
+        "normal" | "good" => false,
+        "anomaly" | "anomalous" => true,
+        other => {
+            return Err(err(format!(
+                "unknown label `{other}`; expected normal or anomaly"
+            )))
+        }
+    };
+    if row.image.is_empty() {
+        return Err(err("the image column is empty".into()));
+    }
+    let path = resolve(&row.image)?;
+    if !has_image_extension(&path) {
+        skipped.push(path);
+        return Ok(None);
+    }
+    let stem = scan::sanitize(&scan::file_stem(&path));
+    let sample = if anomalous {
+        if matches!(split, Split::Train) {
+            return Err(err(format!(
+                "anomalous image {} is in the train split; detectors are fitted on normal images only",
+                path.display()
+            )));
+        }
+        if row.mask.is_empty() {
+            return Err(err(format!(
+                "anomalous image {} has an empty mask column; the VisA layout requires a mask for \
+                 every anomalous image (use the folder layout for image-level labels only)",
+                path.display()
+            )));
+        }
+        Sample {
+            name: format!("anomaly_{stem}"),
+            mask: Some(resolve(&row.mask)?),
+            path,
+            defect_type: Some("anomaly".into()),
+        }
+    } else {
+        let prefix = if matches!(split, Split::Train) {
+            "train"
+        } else {
+            "good"
+        };
+        Sample {
+            name: format!("{prefix}_{stem}"),
+            path,
+            defect_type: None,
+            mask: None,
+        }
+    };
+    Ok(Some((split, sample)))
 }
 
 #[cfg(test)]

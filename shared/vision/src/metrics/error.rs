@@ -70,7 +70,7 @@ pub enum MetricsError {
     #[error("the pixel source changed between passes: {0}")]
     SourceChanged(String),
     /// An error raised by a caller-provided [`crate::metrics::PixelSource`].
-    #[error("pixel source failed: {0}")]
+    #[error("the pixel source failed")]
     Source(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Two images share a name, so per-name image scores would be ambiguous.
     #[error("two images are both named {0:?}")]
@@ -83,7 +83,7 @@ pub enum MetricsError {
     UnknownImageScore(String),
 
     /// Reading a directory or file failed.
-    #[error("{path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         /// The path involved.
         path: PathBuf,
@@ -92,7 +92,7 @@ pub enum MetricsError {
         source: std::io::Error,
     },
     /// A map file is not a usable `.npy` array.
-    #[error("{path}: {source}")]
+    #[error("cannot read anomaly map {path}")]
     Npy {
         /// The map file.
         path: PathBuf,
@@ -101,7 +101,7 @@ pub enum MetricsError {
         source: NpyError,
     },
     /// A mask file could not be decoded as PNG.
-    #[error("{path}: cannot decode mask: {source}")]
+    #[error("cannot decode mask {path}")]
     MaskDecode {
         /// The mask file.
         path: PathBuf,

@@ -1,68 +1,14 @@
-//! ResNet backbones, written once and loaded through one weight path (candle `VarBuilder`).
+//! The ResNet architecture: residual blocks, the four stages, the forward pass and BatchNorm folding.
 //!
-//! Why our own ResNet rather than `candle_transformers::models::resnet`: detectors need the intermediate stages
-//! (layer1..layer4, called c1..c4 here, strides 4/8/16/32), BatchNorm must be able to train (pretraining), there is no
-//! wide or narrow variant there, and inference wants BatchNorm folded into the convolutions. Parameter names follow
-//! torchvision exactly (`conv1`, `bn1`, `layer2.0.downsample.0`, ...), so torchvision checkpoints load unchanged,
-//! whether as `.safetensors` or as a PyTorch `.pth` pickle (see [`import_weights`]).
-//!
-//! The same [`ResNet`] serves training (`VarBuilder::from_varmap`, `train = true`), evaluation and edge inference
-//! (`VarBuilder` over safetensors, then [`ResNet::fold_batch_norm`]).
-//!
-//! A folded network on the CPU in f32 runs its convolutions through [`crate::conv`] (im2col + GEMM with bias, ReLU
-//! and the residual add fused into the output pass), several times faster than candle's `conv2d` followed by
-//! separate elementwise ops. Unfolded networks (training, pretraining: they need autograd) always use candle ops;
-//! [`ResNet::with_conv_impl`] forces candle ops for a folded one too (benchmarks, A/B checks).
+//! Parameter names follow torchvision (`conv1`, `bn1`, `layer2.0.downsample.0`, ...) so that checkpoints load
+//! unchanged through [`super::weights`].
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_core::{Module, ModuleT, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
+use serde::{Deserialize, Serialize};
 
 use crate::conv::{self, ConvSpec, Epilogue};
 use crate::ops;
-use rand::SeedableRng;
-use rand_distr_free::normal_f32;
-use serde::{Deserialize, Serialize};
-
-/// Errors of backbone construction and weight handling.
-#[derive(Debug, thiserror::Error)]
-pub enum BackboneError {
-    /// The architecture name is not one we build.
-    #[error("unknown backbone architecture `{0}`; known: {known}", known = Arch::NAMES.join(", "))]
-    UnknownArch(String),
-    /// The weights file does not exist or cannot be read.
-    #[error("cannot read weights {path}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: candle_core::Error,
-    },
-    /// A tensor the architecture needs is missing or has the wrong shape.
-    #[error(
-        "weights {path} do not fit a {arch}: {detail}\n  hint: check `--arch` matches the checkpoint (the file has {count} tensors{sample})"
-    )]
-    Mismatch {
-        /// The weights file.
-        path: PathBuf,
-        /// Architecture tried.
-        arch: String,
-        /// Number of tensors found in the file.
-        count: usize,
-        /// A few tensor names from the file, to help tell which model it came from.
-        sample: String,
-        /// What did not fit (names the tensor).
-        detail: String,
-    },
-    /// The file extension is neither `.safetensors` nor `.pth`/`.pt`/`.bin`.
-    #[error("{0}: unsupported weights format; use .safetensors or a PyTorch .pth/.pt checkpoint")]
-    Format(PathBuf),
-    /// Any other tensor error.
-    #[error(transparent)]
-    Candle(#[from] candle_core::Error),
-}
 
 /// Residual block kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,108 +46,6 @@ impl ResNetConfig {
     /// Channels of the stage outputs c1..c4.
     pub fn stage_channels(&self) -> [usize; 4] {
         self.planes.map(|p| p * self.expansion())
-    }
-}
-
-/// Named architectures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Arch {
-    /// torchvision resnet18.
-    #[serde(rename = "resnet18")]
-    Resnet18,
-    /// torchvision resnet34.
-    #[serde(rename = "resnet34")]
-    Resnet34,
-    /// torchvision resnet50.
-    #[serde(rename = "resnet50")]
-    Resnet50,
-    /// torchvision wide_resnet50_2.
-    #[serde(rename = "wide_resnet50_2")]
-    WideResnet50_2,
-    /// ResNet-18 topology at half width (32-64-128-256): about 4× cheaper, for CPU presets and pretraining.
-    #[serde(rename = "resnet18_narrow")]
-    Resnet18Narrow,
-}
-
-impl Arch {
-    /// Accepted names, as used on the command line and in model.toml.
-    pub const NAMES: [&'static str; 5] = [
-        "resnet18",
-        "resnet34",
-        "resnet50",
-        "wide_resnet50_2",
-        "resnet18_narrow",
-    ];
-
-    /// Parse a name (also accepts `wrn50`/`wide_resnet50` and `narrow18`).
-    pub fn parse(s: &str) -> Result<Self, BackboneError> {
-        Ok(match s.to_ascii_lowercase().replace('-', "_").as_str() {
-            "resnet18" | "r18" => Arch::Resnet18,
-            "resnet34" | "r34" => Arch::Resnet34,
-            "resnet50" | "r50" => Arch::Resnet50,
-            "wide_resnet50_2" | "wide_resnet50" | "wrn50" | "wrn50_2" => Arch::WideResnet50_2,
-            "resnet18_narrow" | "narrow18" | "resnet18n" => Arch::Resnet18Narrow,
-            _ => return Err(BackboneError::UnknownArch(s.to_string())),
-        })
-    }
-
-    /// Canonical name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Resnet18 => "resnet18",
-            Arch::Resnet34 => "resnet34",
-            Arch::Resnet50 => "resnet50",
-            Arch::WideResnet50_2 => "wide_resnet50_2",
-            Arch::Resnet18Narrow => "resnet18_narrow",
-        }
-    }
-
-    /// The shape of this architecture.
-    pub fn config(self) -> ResNetConfig {
-        let std_planes = [64, 128, 256, 512];
-        match self {
-            Arch::Resnet18 => ResNetConfig {
-                block: BlockKind::Basic,
-                layers: [2, 2, 2, 2],
-                stem_width: 64,
-                planes: std_planes,
-                width_per_group: 64,
-            },
-            Arch::Resnet34 => ResNetConfig {
-                block: BlockKind::Basic,
-                layers: [3, 4, 6, 3],
-                stem_width: 64,
-                planes: std_planes,
-                width_per_group: 64,
-            },
-            Arch::Resnet50 => ResNetConfig {
-                block: BlockKind::Bottleneck,
-                layers: [3, 4, 6, 3],
-                stem_width: 64,
-                planes: std_planes,
-                width_per_group: 64,
-            },
-            Arch::WideResnet50_2 => ResNetConfig {
-                block: BlockKind::Bottleneck,
-                layers: [3, 4, 6, 3],
-                stem_width: 64,
-                planes: std_planes,
-                width_per_group: 128,
-            },
-            Arch::Resnet18Narrow => ResNetConfig {
-                block: BlockKind::Basic,
-                layers: [2, 2, 2, 2],
-                stem_width: 32,
-                planes: [32, 64, 128, 256],
-                width_per_group: 64,
-            },
-        }
-    }
-}
-
-impl std::fmt::Display for Arch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 
@@ -547,249 +391,14 @@ impl ResNet {
     }
 }
 
-/// Where a backbone's weights come from.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum WeightSource {
-    /// Deterministic random initialisation (torchvision's scheme: Kaiming-normal fan-out convs, BN γ=1, β=0).
-    Random {
-        /// Seed of the generator.
-        seed: u64,
-    },
-    /// A weights file (safetensors or PyTorch checkpoint).
-    File {
-        /// Path as given by the user.
-        path: PathBuf,
-    },
-}
-
-/// Deterministic torchvision-style random weights for `config`, keyed by torchvision names.
-///
-/// Generated here rather than by candle's initialisers because candle's CPU RNG cannot be seeded, and a fitted model
-/// must be reproducible from its seed.
-pub fn random_weights(
-    config: &ResNetConfig,
-    seed: u64,
-    device: &Device,
-) -> candle_core::Result<HashMap<String, Tensor>> {
-    // Build once with a recording VarMap to learn every name and shape, then fill deterministically.
-    let vm = candle_nn::VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    ResNet::new(config, vb)?;
-    let data = vm.data().lock().expect("VarMap lock poisoned");
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mut out = HashMap::with_capacity(names.len());
-    for name in names {
-        let shape = data[name].shape().clone();
-        let dims = shape.dims().to_vec();
-        let n = shape.elem_count();
-        let values: Vec<f32> =
-            if name.ends_with("running_var") || name.ends_with(".weight") && dims.len() == 1 {
-                vec![1.0; n]
-            } else if dims.len() == 4 {
-                // Kaiming normal, mode fan_out, gain sqrt(2).
-                let fan_out = (dims[0] * dims[2] * dims[3]) as f32;
-                let std = (2.0 / fan_out).sqrt();
-                (0..n).map(|_| normal_f32(&mut rng) * std).collect()
-            } else {
-                vec![0.0; n]
-            };
-        out.insert(
-            name.clone(),
-            Tensor::from_vec(values, dims.as_slice(), device)?,
-        );
-    }
-    Ok(out)
-}
-
-/// Read every tensor of a weights file (safetensors or PyTorch pickle), with torchvision names normalised: a
-/// `state_dict`/`model` wrapper is unwrapped by candle's reader, and `module.` / `backbone.` / `model.` prefixes
-/// (DataParallel, timm/anomalib wrappers) are stripped.
-pub fn read_weights(path: &Path) -> Result<HashMap<String, Tensor>, BackboneError> {
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let read_err = |source| BackboneError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let raw: Vec<(String, Tensor)> = match ext.as_str() {
-        "safetensors" => candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(read_err)?
-            .into_iter()
-            .collect(),
-        "pth" | "pt" | "bin" | "ckpt" => {
-            if !path.exists() {
-                return Err(read_err(candle_core::Error::Msg("file not found".into())));
-            }
-            // Try the bare state dict first, then the common wrappers.
-            let mut found = Vec::new();
-            for key in [
-                None,
-                Some("state_dict"),
-                Some("model"),
-                Some("model_state_dict"),
-            ] {
-                match candle_core::pickle::read_all_with_key(path, key) {
-                    Ok(v) if !v.is_empty() => {
-                        found = v;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) if key.is_none() => {
-                        // A wrapper dict fails to read as a flat dict; keep trying.
-                        found.clear();
-                        let _ = e;
-                    }
-                    Err(_) => {}
-                }
-            }
-            if found.is_empty() {
-                return Err(read_err(candle_core::Error::Msg(
-                    "no tensors found (expected a state_dict, possibly under `state_dict` or `model`)".into(),
-                )));
-            }
-            found
-        }
-        _ => return Err(BackboneError::Format(path.to_path_buf())),
-    };
-    Ok(raw
-        .into_iter()
-        .map(|(k, v)| {
-            let mut k = k.as_str();
-            for p in ["module.", "backbone.", "model.", "feature_extractor."] {
-                while let Some(rest) = k.strip_prefix(p) {
-                    k = rest;
-                }
-            }
-            (k.to_string(), v)
-        })
-        .collect())
-}
-
-/// Build a network for `arch` from a weights map, with an error that names the missing tensor and hints at the
-/// architecture when it does not fit.
-pub fn resnet_from_weights(
-    config: &ResNetConfig,
-    arch_label: &str,
-    weights: HashMap<String, Tensor>,
-    origin: &Path,
-    device: &Device,
-) -> Result<ResNet, BackboneError> {
-    build_checked(config, arch_label, weights, origin, device, ResNet::new)
-}
-
-/// [`resnet_from_weights`] for BatchNorm-folded weights ([`ResNet::folded_tensors`]), e.g. from a model bundle.
-pub fn resnet_from_folded_weights(
-    config: &ResNetConfig,
-    arch_label: &str,
-    weights: HashMap<String, Tensor>,
-    origin: &Path,
-    device: &Device,
-) -> Result<ResNet, BackboneError> {
-    build_checked(
-        config,
-        arch_label,
-        weights,
-        origin,
-        device,
-        ResNet::from_folded,
-    )
-}
-
-fn build_checked(
-    config: &ResNetConfig,
-    arch_label: &str,
-    weights: HashMap<String, Tensor>,
-    origin: &Path,
-    device: &Device,
-    build: fn(&ResNetConfig, VarBuilder) -> candle_core::Result<ResNet>,
-) -> Result<ResNet, BackboneError> {
-    let mut sample: Vec<&String> = weights.keys().collect();
-    sample.sort();
-    let sample_txt = if sample.is_empty() {
-        String::new()
-    } else {
-        format!(
-            ", e.g. {}",
-            sample
-                .iter()
-                .take(3)
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    };
-    let count = weights.len();
-    let weights: HashMap<String, Tensor> = weights
-        .into_iter()
-        .map(|(k, v)| v.to_dtype(DType::F32).map(|v| (k, v)))
-        .collect::<candle_core::Result<_>>()?;
-    let vb = VarBuilder::from_tensors(weights, DType::F32, device);
-    build(config, vb).map_err(|e| BackboneError::Mismatch {
-        path: origin.to_path_buf(),
-        arch: arch_label.to_string(),
-        count,
-        sample: sample_txt,
-        detail: without_backtrace(e).to_string(),
-    })
-}
-
-/// candle attaches a backtrace to errors when `RUST_BACKTRACE` is set; users need the message, not the trace.
-pub fn without_backtrace(e: candle_core::Error) -> candle_core::Error {
-    match e {
-        candle_core::Error::WithBacktrace { inner, .. } => without_backtrace(*inner),
-        e => e,
-    }
-}
-
-/// Convert a checkpoint (safetensors or `.pth`) to a safetensors file holding exactly the tensors `config` needs
-/// (classifier head and other extras dropped), after checking that they all fit. Returns the number of tensors
-/// written.
-pub fn import_weights(
-    config: &ResNetConfig,
-    arch_label: &str,
-    input: &Path,
-    output: &Path,
-) -> Result<usize, BackboneError> {
-    let weights = read_weights(input)?;
-    // Validate by building the network.
-    resnet_from_weights(config, arch_label, weights.clone(), input, &Device::Cpu)?;
-    let needed = random_weights(config, 0, &Device::Cpu)?;
-    let mut kept: HashMap<String, Tensor> = HashMap::with_capacity(needed.len());
-    for name in needed.keys() {
-        if let Some(t) = weights.get(name) {
-            kept.insert(name.clone(), t.to_dtype(DType::F32)?);
-        }
-    }
-    let n = kept.len();
-    candle_core::safetensors::save(&kept, output).map_err(|source| BackboneError::Read {
-        path: output.to_path_buf(),
-        source,
-    })?;
-    Ok(n)
-}
-
-/// A tiny Box–Muller normal sampler, so we need no extra distribution crate for one function.
-mod rand_distr_free {
-    use rand::Rng;
-
-    pub fn normal_f32<R: Rng>(rng: &mut R) -> f32 {
-        let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
-        let u2: f64 = rng.gen();
-        ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use crate::backbone::{random_weights, resnet_from_weights};
+    use candle_core::{DType, Device};
+    use std::path::Path;
 
-    fn tiny() -> ResNetConfig {
+    pub(crate) fn tiny() -> ResNetConfig {
         ResNetConfig {
             block: BlockKind::Bottleneck,
             layers: [1, 1, 1, 1],
@@ -819,6 +428,8 @@ mod tests {
     /// has no folded weights to give.
     #[test]
     fn folded_tensors_rebuild_the_same_network() {
+        use crate::backbone::resnet_from_folded_weights;
+        use std::collections::HashMap;
         let dev = Device::Cpu;
         let cfg = tiny();
         let w = random_weights(&cfg, 3, &dev).unwrap();
@@ -961,40 +572,5 @@ mod tests {
         for o in net.stages(&x, 4, false).unwrap() {
             assert!(!o.track_op(), "inference output tracks an autograd graph");
         }
-    }
-
-    #[test]
-    fn random_weights_are_deterministic() {
-        let cfg = tiny();
-        let a = random_weights(&cfg, 7, &Device::Cpu).unwrap();
-        let b = random_weights(&cfg, 7, &Device::Cpu).unwrap();
-        let k = "layer1.0.conv2.weight";
-        let va: Vec<f32> = a[k].flatten_all().unwrap().to_vec1().unwrap();
-        let vb: Vec<f32> = b[k].flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(va, vb);
-    }
-
-    #[test]
-    fn wrong_arch_names_missing_tensor() {
-        let dev = Device::Cpu;
-        let w = random_weights(&Arch::Resnet18Narrow.config(), 1, &dev).unwrap();
-        let err = resnet_from_weights(
-            &Arch::Resnet50.config(),
-            "resnet50",
-            w,
-            Path::new("x.safetensors"),
-            &dev,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("resnet50") && err.contains("hint"), "{err}");
-    }
-
-    #[test]
-    fn arch_names_round_trip() {
-        for n in Arch::NAMES {
-            assert_eq!(Arch::parse(n).unwrap().name(), n);
-        }
-        assert!(Arch::parse("vgg16").is_err());
     }
 }
