@@ -215,18 +215,20 @@ async fn free_run_drops_the_oldest_frames_under_load_and_counts_them() {
 async fn triggered_parts_are_all_inspected_and_an_overflow_is_a_fault_until_drained() {
     let tmp = tempfile::tempdir().unwrap();
     let mut profile = sim_profile(tmp.path(), Mode::Triggered, 2, 500.0);
-    // Conveyor travel longer than the backlog (7 parts × 30 ms), so every reject pulse is still ahead of the part.
-    profile.inspection.reject_delay_ms = 400;
-    let unit = start_scripted(profile, 1, 30);
+    // Conveyor travel longer than the backlog (7 parts × 150 ms), so every reject pulse is still ahead of the part.
+    profile.inspection.reject_delay_ms = 2000;
+    let unit = start_scripted(profile, 1, 150);
     let board = unit.fake_board().unwrap().clone();
     let mut c = connect(&unit).await;
     subscribe(&mut c, ALL).await;
-    // Six parts on the trigger input, faster than inspection: the queue (depth 2) overflows.
+    // Six parts on the trigger input, one every 50 ms while inspection takes 150 ms: by the sixth, four parts wait
+    // and the queue (depth 2) overflows. Pulses are 25 ms wide so that the line thread, which polls the input, sees
+    // every one even on a loaded CI machine (4 ms pulses were missed under load: a part that never arrived).
     for _ in 0..6 {
         board.set_trigger(true);
-        std::thread::sleep(Duration::from_millis(4));
+        std::thread::sleep(Duration::from_millis(25));
         board.set_trigger(false);
-        std::thread::sleep(Duration::from_millis(4));
+        std::thread::sleep(Duration::from_millis(25));
     }
     let mut verdicts = 0;
     let mut fault = false;
@@ -267,7 +269,7 @@ async fn triggered_parts_are_all_inspected_and_an_overflow_is_a_fault_until_drai
     .is_some());
     assert!(next_verdict(&mut c).await.frame_id > 0);
     // Every part scored as a reject (scripted): the reject output pulses after the conveyor delay.
-    assert!(board.wait_for(Signal::Reject, true, Duration::from_secs(2)));
+    assert!(board.wait_for(Signal::Reject, true, Duration::from_secs(5)));
     stop(unit).await;
 }
 

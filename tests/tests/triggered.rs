@@ -32,13 +32,14 @@ async fn each_trigger_gives_one_verdict_and_rejects_pulse_on_time() {
     let board = sim.board().clone();
     board.clear_log();
     const PARTS: usize = 6;
-    // Parts 80 ms apart: longer than delay + pulse, so pulses never merge and each maps to its trigger.
+    // Parts 80 ms apart: longer than delay + pulse, so pulses never merge and each maps to its trigger. Trigger
+    // pulses are 25 ms wide so the polling line thread sees each one on a loaded CI machine too.
     let driver = std::thread::spawn(move || {
         for _ in 0..PARTS {
             board.set_trigger(true);
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(25));
             board.set_trigger(false);
-            std::thread::sleep(Duration::from_millis(70));
+            std::thread::sleep(Duration::from_millis(55));
         }
         board
     });
