@@ -76,7 +76,7 @@ pub fn evaluate(
             if let Some(dir) = heatmaps {
                 write_npy_file(
                     &dir.join("maps").join(format!("{}.npy", sample.name)),
-                    &Array2::new(size as usize, size as usize, scored.map.data().to_vec())?,
+                    &Array2::from(&scored.map),
                 )?;
                 if let Some(m) = &mask {
                     m.to_image()
@@ -91,11 +91,9 @@ pub fn evaluate(
             }
             scores.insert(sample.name.clone(), scored.score as f64);
             score_list.push(scored.score);
-            maps.push(AnomalyMap::new(
+            maps.push(AnomalyMap::from_score_map(
                 sample.name.clone(),
-                size as usize,
-                size as usize,
-                scored.map.into_data(),
+                scored.map,
                 mask.map(|m| m.data),
             )?);
             Ok(())

@@ -210,6 +210,17 @@ impl Array2 {
     }
 }
 
+impl From<&crate::map::ScoreMap> for Array2 {
+    /// A heatmap as a `height × width` array (what `kestrel eval --heatmaps` writes).
+    fn from(map: &crate::map::ScoreMap) -> Self {
+        Self {
+            rows: map.height(),
+            cols: map.width(),
+            data: map.data().to_vec(),
+        }
+    }
+}
+
 impl fmt::Debug for Array2 {
     // Printing a whole anomaly map into a test failure or log line is never useful.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -746,6 +757,15 @@ impl Parser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_score_map_becomes_a_height_by_width_array() {
+        let m = crate::map::ScoreMap::new(3, 2, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        let a = Array2::from(&m);
+        assert_eq!(a.shape(), [2, 3]);
+        assert_eq!(a.get(1, 0), Some(4.0));
+        assert_eq!(parse_npy(&to_npy_bytes(&a)).unwrap(), a);
+    }
     use proptest::prelude::*;
 
     /// Builds a v1.0 file with an arbitrary header text and payload, for exercising the reader.

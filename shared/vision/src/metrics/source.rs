@@ -98,6 +98,16 @@ impl AnomalyMap {
         Ok(map)
     }
 
+    /// A model's heatmap ([`crate::map::ScoreMap`], never empty, length already checked) with its ground truth.
+    pub fn from_score_map(
+        name: impl Into<String>,
+        map: crate::map::ScoreMap,
+        mask: Option<Vec<u8>>,
+    ) -> Result<Self, MetricsError> {
+        let (width, height) = (map.width(), map.height());
+        Self::new(name, width, height, map.into_data(), mask)
+    }
+
     /// Borrows the map as a [`MapView`].
     pub fn view(&self) -> MapView<'_> {
         MapView {
