@@ -7,8 +7,6 @@ use std::process::Output;
 mod common;
 use common::{assert_success, kestrel};
 
-use kestrel_vision::synthetic::{write_mvtec_category, SyntheticSpec};
-
 fn ok(out: &Output) -> String {
     assert_success(out);
     String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
@@ -24,21 +22,7 @@ fn s(p: &Path) -> &str {
 
 /// 24 good training images, so fit holds out a validation split and chooses a threshold.
 fn product(dir: &Path) -> PathBuf {
-    let root = dir.join("data");
-    write_mvtec_category(
-        &root,
-        "widget",
-        &SyntheticSpec {
-            size: 64,
-            n_train_good: 24,
-            n_test_good: 6,
-            n_test_defect: 6,
-            seed: 11,
-            ..SyntheticSpec::default()
-        },
-    )
-    .expect("synthetic data");
-    root
+    common::product(dir, 24, 6, 6, 11)
 }
 
 fn json(s: &str) -> serde_json::Value {

@@ -8,8 +8,6 @@ use std::process::Output;
 mod common;
 use common::{assert_success, kestrel};
 
-use kestrel_vision::synthetic::{write_mvtec_category, SyntheticSpec};
-
 fn ok(out: &Output) -> String {
     assert_success(out);
     String::from_utf8(out.stdout.clone()).expect("utf-8 stdout")
@@ -17,21 +15,7 @@ fn ok(out: &Output) -> String {
 
 /// A small synthetic MVTec-layout product: 24 good training images (so 10 % are held out for the threshold).
 fn product(dir: &Path) -> PathBuf {
-    let root = dir.join("data");
-    write_mvtec_category(
-        &root,
-        "widget",
-        &SyntheticSpec {
-            size: 64,
-            n_train_good: 24,
-            n_test_good: 8,
-            n_test_defect: 12,
-            seed: 5,
-            ..SyntheticSpec::default()
-        },
-    )
-    .expect("synthetic data");
-    root
+    common::product(dir, 24, 8, 12, 5)
 }
 
 fn fit(data: &Path, model: &Path, detector: &str) {

@@ -1,6 +1,9 @@
 //! Helpers shared by the CLI integration tests (each test file is its own crate and includes this module).
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use kestrel_vision::synthetic::{write_mvtec_category, SyntheticSpec};
 
 /// Run the `kestrel` binary built for this test run, on 2 threads like CI.
 pub fn kestrel(args: &[&str]) -> Output {
@@ -21,4 +24,31 @@ pub fn assert_success(out: &Output) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Write the synthetic product `widget` (MVTec AD layout) under `dir/data` at 64 px with the given image counts and
+/// seed; returns the dataset root.
+#[allow(dead_code)] // not every test file writes a product
+pub fn product(
+    dir: &Path,
+    train_good: usize,
+    test_good: usize,
+    test_defect: usize,
+    seed: u64,
+) -> PathBuf {
+    let root = dir.join("data");
+    write_mvtec_category(
+        &root,
+        "widget",
+        &SyntheticSpec {
+            size: 64,
+            n_train_good: train_good,
+            n_test_good: test_good,
+            n_test_defect: test_defect,
+            seed,
+            ..SyntheticSpec::default()
+        },
+    )
+    .expect("synthetic data");
+    root
 }
