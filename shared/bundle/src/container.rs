@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{BundleError, Section};
 use crate::keys::{SigningKey, TrustedKey, TrustedKeys};
-use crate::manifest::{Manifest, TensorEntry};
+use crate::manifest::{Manifest, ModelInfo, TensorEntry};
 use crate::{ALIGN, FORMAT_VERSION, HASH_LEN, MAGIC, PREFIX_LEN, SIGNATURE_LEN, SIGNING_DOMAIN};
 
 /// Byte ranges of a bundle's sections, all checked to lie inside the file and to tile it exactly.
@@ -32,36 +32,67 @@ fn align_up(n: u64) -> u64 {
     n.div_ceil(ALIGN as u64) * ALIGN as u64
 }
 
+/// Checks the fixed prefix (length, magic, version, flags) and returns the declared manifest and payload lengths.
+fn read_prefix(bytes: &[u8]) -> Result<(u64, u64), BundleError> {
+    let Some(prefix) = bytes.first_chunk::<PREFIX_LEN>() else {
+        return Err(BundleError::Truncated {
+            section: Section::Prefix,
+            need: PREFIX_LEN as u64,
+            have: bytes.len() as u64,
+        });
+    };
+    let magic: [u8; 8] = prefix[0..8].try_into().expect("8 bytes");
+    if magic != MAGIC {
+        return Err(BundleError::BadMagic { found: magic });
+    }
+    let version = u16::from_le_bytes([prefix[8], prefix[9]]);
+    if version != FORMAT_VERSION {
+        return Err(BundleError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let flags = u16::from_le_bytes([prefix[10], prefix[11]]);
+    if flags != 0 {
+        return Err(BundleError::UnsupportedFlags { flags });
+    }
+    let manifest_len = u64::from(u32::from_le_bytes(
+        prefix[12..16].try_into().expect("4 bytes"),
+    ));
+    let payload_len = u64::from_le_bytes(prefix[16..24].try_into().expect("8 bytes"));
+    Ok((manifest_len, payload_len))
+}
+
+/// The file length a prefix declares (saturating, so a hostile length is an impossible size, never a wrapped one).
+fn declared_len(manifest_len: u64, payload_len: u64) -> u64 {
+    align_up(PREFIX_LEN as u64 + manifest_len)
+        .saturating_add(payload_len)
+        .saturating_add((HASH_LEN + SIGNATURE_LEN) as u64)
+}
+
+/// The trusted key whose signature over `hash` verifies; the same refusals as [`VerifiedBundle::parse`].
+fn check_signature(
+    hash: &[u8; 32],
+    signature: &[u8; 64],
+    keys: &TrustedKeys,
+) -> Result<TrustedKey, BundleError> {
+    if keys.is_empty() {
+        return Err(BundleError::NoTrustedKeys);
+    }
+    if signature.iter().all(|&b| b == 0) {
+        return Err(BundleError::Unsigned);
+    }
+    let message = signed_message(hash);
+    keys.iter()
+        .find(|k| k.key.verifies(&message, signature))
+        .cloned()
+        .ok_or(BundleError::BadSignature { tried: keys.len() })
+}
+
 impl Layout {
     fn read(bytes: &[u8]) -> Result<Layout, BundleError> {
         let have = bytes.len() as u64;
-        let Some(prefix) = bytes.first_chunk::<PREFIX_LEN>() else {
-            return Err(BundleError::Truncated {
-                section: Section::Prefix,
-                need: PREFIX_LEN as u64,
-                have,
-            });
-        };
-        let magic: [u8; 8] = prefix[0..8].try_into().expect("8 bytes");
-        if magic != MAGIC {
-            return Err(BundleError::BadMagic { found: magic });
-        }
-        let version = u16::from_le_bytes([prefix[8], prefix[9]]);
-        if version != FORMAT_VERSION {
-            return Err(BundleError::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let flags = u16::from_le_bytes([prefix[10], prefix[11]]);
-        if flags != 0 {
-            return Err(BundleError::UnsupportedFlags { flags });
-        }
-        let manifest_len = u64::from(u32::from_le_bytes(
-            prefix[12..16].try_into().expect("4 bytes"),
-        ));
-        let payload_len = u64::from_le_bytes(prefix[16..24].try_into().expect("8 bytes"));
-
+        let (manifest_len, payload_len) = read_prefix(bytes)?;
         // Section ends as the prefix declares them, in u64 and saturating: a hostile payload length (up to
         // u64::MAX) becomes an impossible "need", never a wrapped small one.
         let manifest_end = PREFIX_LEN as u64 + manifest_len;
@@ -159,19 +190,7 @@ impl VerifiedBundle {
     pub fn parse(bytes: Vec<u8>, keys: &TrustedKeys) -> Result<Self, BundleError> {
         let layout = Layout::read(&bytes)?;
         let sha256 = layout.check_hash(&bytes)?;
-        let signature = layout.signature(&bytes);
-        if keys.is_empty() {
-            return Err(BundleError::NoTrustedKeys);
-        }
-        if signature.iter().all(|&b| b == 0) {
-            return Err(BundleError::Unsigned);
-        }
-        let message = signed_message(&sha256);
-        let signer = keys
-            .iter()
-            .find(|k| k.key.verifies(&message, signature))
-            .ok_or(BundleError::BadSignature { tried: keys.len() })?
-            .clone();
+        let signer = check_signature(&sha256, layout.signature(&bytes), keys)?;
         let manifest = layout.manifest(&bytes)?;
         Ok(VerifiedBundle {
             manifest,
@@ -267,6 +286,87 @@ pub fn inspect_untrusted(bytes: &[u8]) -> Result<UntrustedInspection, BundleErro
         sha256,
         has_signature,
     })
+}
+
+/// What a unit can tell from a bundle's head (prefix and manifest) and trailer (hash and signature) alone.
+#[derive(Debug)]
+pub struct ProbedBundle {
+    /// The signed model information (firmware range, input size, model version, ...).
+    pub model: ModelInfo,
+    /// The hash the signature covers; the upload's SHA-256 must equal it.
+    pub sha256: [u8; 32],
+    /// The trusted key whose signature verified.
+    pub signer: TrustedKey,
+}
+
+/// Checks a bundle from its head and trailer without its payload: the dry run of a flash, so a unit can refuse a
+/// bundle (untrusted signer, other firmware or input size, downgrade) before minutes of upload over a serial line.
+///
+/// `head` must be exactly the prefix and the manifest, `trailer` the last 96 bytes, `size` the file length. The
+/// signature is checked before the manifest is decoded, as in [`VerifiedBundle::parse`]. What this cannot check is
+/// that the payload (and so the hash) matches the head: the full parse at commit does that, so a probe's `Ok` is a
+/// prediction, never a reason to run a model.
+pub fn probe(
+    head: &[u8],
+    trailer: &[u8],
+    size: u64,
+    keys: &TrustedKeys,
+) -> Result<ProbedBundle, BundleError> {
+    let (manifest_len, payload_len) = read_prefix(head)?;
+    let manifest_end = PREFIX_LEN as u64 + manifest_len;
+    let have = head.len() as u64;
+    if have < manifest_end {
+        return Err(BundleError::Truncated {
+            section: Section::Manifest,
+            need: manifest_end,
+            have,
+        });
+    }
+    if have > manifest_end {
+        return Err(BundleError::LengthMismatch {
+            declared: manifest_end,
+            actual: have,
+        });
+    }
+    let declared = declared_len(manifest_len, payload_len);
+    if declared != size {
+        return Err(BundleError::LengthMismatch {
+            declared,
+            actual: size,
+        });
+    }
+    let Some((hash, signature)) = trailer
+        .split_first_chunk::<HASH_LEN>()
+        .and_then(|(h, rest)| Some((h, rest.first_chunk::<SIGNATURE_LEN>()?)))
+        .filter(|_| trailer.len() == HASH_LEN + SIGNATURE_LEN)
+    else {
+        return Err(BundleError::Truncated {
+            section: Section::Signature,
+            need: (HASH_LEN + SIGNATURE_LEN) as u64,
+            have: trailer.len() as u64,
+        });
+    };
+    let signer = check_signature(hash, signature, keys)?;
+    let (manifest, rest) =
+        postcard::take_from_bytes::<Manifest>(&head[PREFIX_LEN..]).map_err(BundleError::Manifest)?;
+    if !rest.is_empty() {
+        return Err(BundleError::ManifestTrailingBytes { extra: rest.len() });
+    }
+    manifest.model.validate()?;
+    Ok(ProbedBundle {
+        model: manifest.model,
+        sha256: *hash,
+        signer,
+    })
+}
+
+/// Splits a bundle file into what [`probe`] takes: (head, trailer). `None` when the bytes are too short to hold
+/// a prefix, the declared manifest and a trailer.
+pub fn probe_parts(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (manifest_len, _) = read_prefix(bytes).ok()?;
+    let head_len = usize::try_from(PREFIX_LEN as u64 + manifest_len).ok()?;
+    let trailer_start = bytes.len().checked_sub(HASH_LEN + SIGNATURE_LEN)?;
+    (head_len <= trailer_start).then(|| (&bytes[..head_len], &bytes[trailer_start..]))
 }
 
 /// Assembles and signs a bundle from an encoded manifest and a payload. No checks on their content: the writer

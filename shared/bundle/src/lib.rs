@@ -46,7 +46,9 @@ mod keys;
 mod manifest;
 mod writer;
 
-pub use container::{inspect_untrusted, UntrustedInspection, VerifiedBundle};
+pub use container::{
+    inspect_untrusted, probe, probe_parts, ProbedBundle, UntrustedInspection, VerifiedBundle,
+};
 pub use error::{BundleError, KeyProblem, Section, TableProblem};
 pub use keys::{PublicKey, SigningKey, TrustedKey, TrustedKeys};
 pub use manifest::{

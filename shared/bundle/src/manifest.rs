@@ -206,7 +206,7 @@ impl ModelInfo {
         }
     }
 
-    fn validate(&self) -> Result<(), BundleError> {
+    pub(crate) fn validate(&self) -> Result<(), BundleError> {
         let field = |field, problem| Err(BundleError::ManifestField { field, problem });
         if self.name.is_empty() {
             return field("name", "empty");

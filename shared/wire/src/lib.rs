@@ -54,7 +54,7 @@ pub use mask::{Mask, MaskEncoding, MaskError};
 pub use protocol::*;
 
 /// Protocol version exchanged in the handshake; bumped on any incompatible change to the message types.
-pub const PROTO_VERSION: u16 = 1;
+pub const PROTO_VERSION: u16 = 2;
 
 /// Hash of the whole message schema (every type reachable from [`Envelope`]: field and variant names, order and
 /// types), exchanged in [`Hello`].

@@ -116,6 +116,10 @@ pub enum Msg {
     Replayed(Verdict),
     /// Edge → host: the replay started by the last [`Msg::ReplayBegin`] is complete.
     ReplayEnd(ReplayEnd),
+    /// Edge → host: answer to [`Msg::BundleBegin`]: where the upload stands (0 = fresh start, more = resume).
+    UploadStatus(UploadStatus),
+    /// Host → edge: check a bundle's signature and compatibility without sending or storing it (`--dry-run`).
+    BundleProbe(BundleProbe),
 }
 
 impl Msg {
@@ -143,7 +147,8 @@ impl Msg {
             | Msg::Activate(_)
             | Msg::Rollback
             | Msg::Status
-            | Msg::Replay(_) => Direction::HostToEdge,
+            | Msg::Replay(_)
+            | Msg::BundleProbe(_) => Direction::HostToEdge,
             Msg::AuthChallenge(_)
             | Msg::AuthConfirm(_)
             | Msg::Verdict(_)
@@ -153,7 +158,8 @@ impl Msg {
             | Msg::Nack(_)
             | Msg::ReplayBegin(_)
             | Msg::Replayed(_)
-            | Msg::ReplayEnd(_) => Direction::EdgeToHost,
+            | Msg::ReplayEnd(_)
+            | Msg::UploadStatus(_) => Direction::EdgeToHost,
         }
     }
 
@@ -182,11 +188,13 @@ impl Msg {
             Msg::ReplayBegin(_) => "ReplayBegin",
             Msg::Replayed(_) => "Replayed",
             Msg::ReplayEnd(_) => "ReplayEnd",
+            Msg::UploadStatus(_) => "UploadStatus",
+            Msg::BundleProbe(_) => "BundleProbe",
         }
     }
 }
 
-/// Identity of a model bundle: its manifest name and the SHA-256 of the whole `.kbundle` file.
+/// Identity of a model bundle: its manifest name, model version and the SHA-256 of the whole `.kbundle` file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Schema)]
 #[cfg_attr(feature = "testing", derive(proptest_derive::Arbitrary))]
 pub struct ModelRef {
@@ -194,6 +202,8 @@ pub struct ModelRef {
     pub name: String,
     /// SHA-256 of the bundle file; what `Activate` names.
     pub sha256: [u8; 32],
+    /// The bundle's model version (anti-rollback counter); 0 for a development model directory.
+    pub version: u64,
 }
 
 /// A/B model slot on the unit.
@@ -304,6 +314,33 @@ pub struct BundleChunk {
 pub struct Activate {
     /// SHA-256 of the bundle to activate (names it by content, so a race with another upload cannot swap it).
     pub sha256: [u8; 32],
+    /// Activate even when the bundle's model version is below the active model's (anti-rollback override).
+    pub allow_downgrade: bool,
+}
+
+/// Edge → host: where an upload stands after [`Msg::BundleBegin`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Schema)]
+#[cfg_attr(feature = "testing", derive(proptest_derive::Arbitrary))]
+pub struct UploadStatus {
+    /// [`Envelope::seq`] of the `BundleBegin` being answered.
+    pub re: u32,
+    /// Bytes of this bundle (same size and SHA-256) the unit already holds; the next chunk must start here.
+    pub received: u64,
+}
+
+/// Host → edge: the parts of a bundle that carry its identity and claims, for a check without upload: the bytes
+/// from the start of the file to the end of the manifest, and the 96-byte trailer (SHA-256 and signature).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Schema)]
+#[cfg_attr(feature = "testing", derive(proptest_derive::Arbitrary))]
+pub struct BundleProbe {
+    /// Prefix and manifest (at most [`crate::frame::MAX_BUNDLE_CHUNK`] bytes).
+    pub head: Vec<u8>,
+    /// SHA-256 (32 bytes) then Ed25519 signature (64 bytes), as at the end of the file.
+    pub trailer: Vec<u8>,
+    /// Total file size (the unit checks it against the prefix and its free space).
+    pub size: u64,
+    /// Report a model version below the active one as acceptable (what `--allow-downgrade` would do).
+    pub allow_downgrade: bool,
 }
 
 /// Host → edge: resend the journal from `from_seq` (journal sequence numbers, i.e. [`Verdict::seq`]).
@@ -356,6 +393,10 @@ pub struct Stats {
     pub missed_by_client: u64,
     /// Frames from this client that failed to decode (CRC, COBS, oversize…), as counted by the edge's decoder.
     pub link_errors: u64,
+    /// The model the unit inspects with; `None` = no model (parts are not passed).
+    pub model: Option<ModelRef>,
+    /// The model a rollback would return to, if any.
+    pub previous_model: Option<ModelRef>,
 }
 
 /// Edge → host: something happened, stamped with the unit clock.
@@ -404,6 +445,20 @@ pub enum EventKind {
     ThresholdChanged {
         /// New threshold.
         threshold: f32,
+    },
+    /// The unit refused a bundle (signature, hash, compatibility, self-test); it keeps its current model.
+    BundleRefused {
+        /// SHA-256 of the refused bundle as the upload declared it.
+        sha256: [u8; 32],
+        /// Why, as the `Nack` gave it.
+        code: NackCode,
+        /// Human-readable detail.
+        detail: String,
+    },
+    /// A newly activated model inspected its first frames without failure; the unit will boot it from now on.
+    ModelConfirmed {
+        /// The model.
+        model: ModelRef,
     },
 }
 
@@ -495,6 +550,10 @@ pub enum NackCode {
     ReplayUnavailable,
     /// Unexpected failure on the unit; see the detail string.
     Internal,
+    /// The bundle's model version is below the active model's (anti-rollback); `--allow-downgrade` overrides.
+    Downgrade,
+    /// The bundle is for another firmware range or input size than this unit's.
+    BundleIncompatible,
 }
 
 impl NackCode {
@@ -510,7 +569,9 @@ impl NackCode {
             NackCode::BundleTooLarge
             | NackCode::BundleHashMismatch
             | NackCode::BundleSignature
-            | NackCode::BundleInvalid => exit::BAD_MODEL,
+            | NackCode::BundleInvalid
+            | NackCode::BundleIncompatible
+            | NackCode::SelfTestFailed => exit::BAD_MODEL,
             _ => exit::REFUSED,
         }
     }

@@ -11,6 +11,7 @@ fn model() -> ModelRef {
     ModelRef {
         name: "bottle-r18".into(),
         sha256: [0xAB; 32],
+        version: 7,
     }
 }
 
@@ -39,13 +40,7 @@ fn samples() -> Vec<(Msg, &'static [u8])> {
                 fw_version: "0.1.0".into(),
                 active_model: Some(model()),
             }),
-            &[
-                7, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 1, 10, 108, 105, 110, 101, 51, 45, 99, 97, 109,
-                49, 9, 111, 114, 105, 110, 45, 110, 97, 110, 111, 5, 48, 46, 49, 46, 48, 1, 10, 98,
-                111, 116, 116, 108, 101, 45, 114, 49, 56, 171, 171, 171, 171, 171, 171, 171, 171,
-                171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171,
-                171, 171, 171, 171, 171, 171, 171, 171, 0,
-            ],
+            &[7, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 1, 10, 108, 105, 110, 101, 51, 45, 99, 97, 109, 49, 9, 111, 114, 105, 110, 45, 110, 97, 110, 111, 5, 48, 46, 49, 46, 48, 1, 10, 98, 111, 116, 116, 108, 101, 45, 114, 49, 56, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 7, 0],
         ),
         (
             Msg::AuthChallenge(AuthChallenge { nonce: [0x11; 32] }),
@@ -104,12 +99,11 @@ fn samples() -> Vec<(Msg, &'static [u8])> {
         ),
         (Msg::BundleCommit, &[7, 9, 0]),
         (
-            Msg::Activate(Activate { sha256: [0x66; 32] }),
-            &[
-                7, 10, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102,
-                102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102,
-                102, 0,
-            ],
+            Msg::Activate(Activate {
+                sha256: [0x66; 32],
+                allow_downgrade: true,
+            }),
+            &[7, 10, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 102, 1, 0],
         ),
         (Msg::Rollback, &[7, 11, 0]),
         (Msg::Status, &[7, 12, 0]),
@@ -135,11 +129,10 @@ fn samples() -> Vec<(Msg, &'static [u8])> {
                 uptime_s: 86_400,
                 missed_by_client: 3,
                 link_errors: 1,
+                model: Some(model()),
+                previous_model: None,
             }),
-            &[
-                7, 15, 160, 141, 6, 184, 133, 6, 222, 7, 10, 192, 62, 136, 164, 1, 128, 163, 5, 3,
-                1, 0,
-            ],
+            &[7, 15, 160, 141, 6, 184, 133, 6, 222, 7, 10, 192, 62, 136, 164, 1, 128, 163, 5, 3, 1, 1, 10, 98, 111, 116, 116, 108, 101, 45, 114, 49, 56, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 7, 0, 0],
         ),
         (
             Msg::Event(Event {
@@ -188,6 +181,22 @@ fn samples() -> Vec<(Msg, &'static [u8])> {
             Msg::ReplayEnd(ReplayEnd { re: 19, sent: 901 }),
             &[7, 21, 19, 133, 7, 0],
         ),
+        (
+            Msg::UploadStatus(UploadStatus {
+                re: 20,
+                received: 65_536,
+            }),
+            &[7, 22, 20, 128, 128, 4, 0],
+        ),
+        (
+            Msg::BundleProbe(BundleProbe {
+                head: vec![b'K', b'S', 0, 1],
+                trailer: vec![9; 3],
+                size: 1_000_000,
+                allow_downgrade: false,
+            }),
+            &[7, 23, 4, 75, 83, 0, 1, 3, 9, 9, 9, 192, 132, 61, 0, 0],
+        ),
     ]
 }
 
@@ -216,9 +225,11 @@ fn variant_index(msg: &Msg) -> usize {
         Msg::ReplayBegin(_) => 19,
         Msg::Replayed(_) => 20,
         Msg::ReplayEnd(_) => 21,
+        Msg::UploadStatus(_) => 22,
+        Msg::BundleProbe(_) => 23,
     }
 }
-const MSG_VARIANTS: usize = 22;
+const MSG_VARIANTS: usize = 24;
 
 /// Compare every case, then fail once listing all mismatches in paste-ready form.
 fn check_all(cases: Vec<(String, Vec<u8>, &[u8])>) {
@@ -287,34 +298,37 @@ fn nested_enum_bytes() {
                 model: model(),
                 slot: Slot::B,
             },
-            &[
-                2, 10, 98, 111, 116, 116, 108, 101, 45, 114, 49, 56, 171, 171, 171, 171, 171, 171,
-                171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171,
-                171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 1,
-            ],
+            &[2, 10, 98, 111, 116, 116, 108, 101, 45, 114, 49, 56, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 7, 1],
         ),
         (
             EventKind::RolledBack {
                 from: ModelRef {
                     name: "new".into(),
                     sha256: [1; 32],
+                    version: 3,
                 },
                 to: ModelRef {
                     name: "old".into(),
                     sha256: [2; 32],
+                    version: 2,
                 },
                 automatic: true,
             },
-            &[
-                3, 3, 110, 101, 119, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-                1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 111, 108, 100, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
-                2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1,
-            ],
+            &[3, 3, 110, 101, 119, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 3, 3, 111, 108, 100, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 1],
         ),
         (
             EventKind::ThresholdChanged { threshold: -0.5 },
             &[4, 0, 0, 0, 191],
         ),
+        (
+            EventKind::BundleRefused {
+                sha256: [3; 32],
+                code: NackCode::BundleSignature,
+                detail: "key".into(),
+            },
+            &[5, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 12, 3, 107, 101, 121],
+        ),
+        (EventKind::ModelConfirmed { model: model() }, &[6, 10, 98, 111, 116, 116, 108, 101, 45, 114, 49, 56, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 7]),
     ];
     let mut cases: Vec<(String, Vec<u8>, &[u8])> = kinds
         .into_iter()
@@ -342,6 +356,8 @@ fn nested_enum_bytes() {
         NackCode::TriggerUnavailable,
         NackCode::ReplayUnavailable,
         NackCode::Internal,
+        NackCode::Downgrade,
+        NackCode::BundleIncompatible,
     ];
     for (i, code) in nack_codes.iter().enumerate() {
         // Exhaustiveness guard: adding a code without listing it here fails to compile.
@@ -365,7 +381,9 @@ fn nested_enum_bytes() {
             | NackCode::NoRollbackTarget
             | NackCode::TriggerUnavailable
             | NackCode::ReplayUnavailable
-            | NackCode::Internal => {}
+            | NackCode::Internal
+            | NackCode::Downgrade
+            | NackCode::BundleIncompatible => {}
         }
         assert_eq!(
             postcard::to_stdvec(code).unwrap(),

@@ -46,6 +46,8 @@ round_trips! {
     bundle_begin: BundleBegin,
     bundle_chunk: BundleChunk,
     activate: Activate,
+    upload_status: UploadStatus,
+    bundle_probe: BundleProbe,
     replay: Replay,
     verdict: Verdict,
     stats: Stats,
