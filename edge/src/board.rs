@@ -321,6 +321,9 @@ pub struct ComputeConfig {
     pub device: String,
     /// CPU threads for inference (None = let the runtime choose).
     pub threads: Option<usize>,
+    /// Network input size (pixels, square) this unit is qualified for; a bundle for another size is refused at
+    /// flash time. None = any (the sim and development units).
+    pub input_size: Option<u32>,
 }
 
 impl ComputeConfig {
@@ -459,6 +462,7 @@ struct RawSerial {
 struct RawCompute {
     device: String,
     threads: Option<usize>,
+    input_size: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -871,9 +875,18 @@ impl Validator<'_> {
                 " threads (omit for automatic)",
             )?;
         }
+        if let Some(s) = raw.input_size {
+            self.check_range(
+                "compute.input_size",
+                s as usize,
+                16..=4096,
+                " pixels (omit to accept any model input size)",
+            )?;
+        }
         Ok(ComputeConfig {
             device: raw.device,
             threads: raw.threads,
+            input_size: raw.input_size,
         })
     }
 

@@ -22,6 +22,7 @@ use kestrel_vision::device::parse_device;
 use kestrel_vision::map::{MapError, ScoreMap};
 use kestrel_vision::model::{Model, Rgb8};
 use kestrel_vision::resample;
+use kestrel_bundle::VerifiedBundle;
 use kestrel_wire::{Mask, MaskError, ModelRef};
 use sha2::{Digest, Sha256};
 
@@ -68,6 +69,31 @@ pub enum InferenceError {
         /// Why.
         #[source]
         source: Box<kestrel_vision::model::ModelError>,
+    },
+    /// The bundle could not be turned into a model (its spec or tensors are inconsistent).
+    #[error("cannot load bundle {sha256}")]
+    Bundle {
+        /// Hex SHA-256 of the bundle.
+        sha256: String,
+        /// What kestrel-vision said.
+        #[source]
+        source: Box<kestrel_vision::bundle::BundleModelError>,
+    },
+    /// The bundle carries no self-test image, so the unit cannot check that it scores as it did on the host.
+    #[error("bundle {sha256} has no self-test image; export it again with `kestrel export` (which embeds one)")]
+    NoSelfTest {
+        /// Hex SHA-256 of the bundle.
+        sha256: String,
+    },
+    /// The self-test image scored differently on this unit than at export.
+    #[error("self-test failed: the embedded image scores {got} on this unit, the bundle expects {expected} ± {tolerance}")]
+    SelfTest {
+        /// Score on this unit.
+        got: f32,
+        /// Score recorded at export.
+        expected: f32,
+        /// Allowed difference.
+        tolerance: f32,
     },
     /// A map could not be resized to the mask grid.
     #[error("building the wire mask")]
@@ -135,12 +161,60 @@ impl VisionInspector {
         let model_ref = ModelRef {
             name,
             sha256: hash_dir(dir)?,
+            version: 0,
         };
         Ok(Self {
             model,
             model_ref,
             threshold,
         })
+    }
+}
+
+impl VisionInspector {
+    /// Load the model of a verified bundle onto `device` and run its self-test: the embedded image must score what
+    /// it scored at export (within the recorded tolerance). A bundle that fails is never used.
+    pub fn from_bundle(bundle: &VerifiedBundle, device: &str) -> Result<Self, InferenceError> {
+        let dev = parse_device(device)?;
+        let sha256 = bundle.sha256_hex();
+        let model = Model::from_bundle(bundle, &dev).map_err(|source| InferenceError::Bundle {
+            sha256: sha256.clone(),
+            source: Box::new(source),
+        })?;
+        let info = &bundle.manifest().model;
+        let model_ref = ModelRef {
+            name: info.name.clone(),
+            sha256: *bundle.sha256(),
+            version: info.model_version,
+        };
+        let inspector = VisionInspector {
+            model,
+            model_ref,
+            threshold: info.threshold,
+        };
+        let (image, test) = kestrel_vision::bundle::self_test_image(bundle)
+            .ok_or(InferenceError::NoSelfTest { sha256 })?;
+        let got = inspector
+            .model
+            .score_rgb8(&[Rgb8 {
+                pixels: image.as_raw(),
+                width: image.width(),
+                height: image.height(),
+            }])
+            .map_err(|e| InferenceError::Score {
+                first_frame: 0,
+                source: Box::new(e),
+            })?[0]
+            .score;
+        if !test.accepts(got) {
+            return Err(InferenceError::SelfTest {
+                got,
+                expected: test.expected_score,
+                tolerance: test.tolerance,
+            });
+        }
+        tracing::info!(model = %info.name, version = info.model_version, score = got, expected = test.expected_score, "self-test passed");
+        Ok(inspector)
     }
 }
 

@@ -31,6 +31,7 @@ pub mod link;
 pub mod pins;
 pub mod runtime;
 pub mod stats;
+pub mod store;
 
 pub use cli::run;
 pub use runtime::{EdgeError, Unit, UnitHandle, UnitOptions};

@@ -106,6 +106,9 @@ impl UnitStats {
             uptime_s: self.started.elapsed().as_secs(),
             missed_by_client,
             link_errors,
+            // Filled in by the runtime, which knows the models.
+            model: None,
+            previous_model: None,
         }
     }
 }

@@ -100,6 +100,60 @@ pub enum Command {
     /// bundle on the model's validation images and, with `--data`, on the test split. The bundle embeds a
     /// validation image and the score the quantised model gives it, as a self-test for units.
     Export(ExportArgs),
+    /// Install a signed bundle on an inspection unit, or roll the unit back to its previous model.
+    ///
+    /// Over the unit's authenticated link (the same as `kestrel monitor`): the unit first checks the bundle's
+    /// signature against its trusted keys, its firmware range, input size and model version (`--dry-run` stops
+    /// there and writes nothing); then the bundle is uploaded in acknowledged chunks into the unit's inactive slot
+    /// (a dropped link is reconnected and the upload resumes where it stopped), verified again, loaded,
+    /// self-tested, and activated between two frames. The unit inspects with its old model throughout, keeps it for
+    /// `--rollback`, and rolls back by itself if the new model fails its first frames.
+    ///
+    /// Example: kestrel flash model.kbundle --unit tcp://10.0.0.7:7700 --key-file unit.key
+    ///
+    /// Exit codes: 0 flashed (or the dry run passed), 2 bad arguments or key file, 4 the unit refused the bundle
+    /// (signature, corrupt, other firmware or input size, self-test failed), 5 unit unreachable or the link was lost
+    /// for longer than `--reconnect-for`, 6 the unit speaks another protocol, 7 the unit refused the key, 8 refused
+    /// otherwise (older model version without `--allow-downgrade`, no previous model to roll back to, busy).
+    Flash(FlashArgs),
+}
+
+/// `kestrel flash`.
+#[derive(Debug, Args)]
+pub struct FlashArgs {
+    /// The `.kbundle` to install (from `kestrel export`); not with `--rollback`.
+    #[arg(required_unless_present = "rollback", conflicts_with = "rollback")]
+    pub bundle: Option<PathBuf>,
+    /// The unit: `tcp://HOST:PORT` or `serial:///dev/ttyX[?baud=N]`.
+    #[arg(long, env = "KESTREL_UNIT")]
+    pub unit: String,
+    /// File holding the unit's pre-shared key (64 hex digits).
+    #[arg(long, env = "KESTREL_UNIT_KEY")]
+    pub key_file: PathBuf,
+    /// Refuse the unit unless its id is this (guards against a swapped cable or address).
+    #[arg(long)]
+    pub unit_id: Option<String>,
+    /// Only ask the unit whether it would accept the bundle (signature, board, input size, firmware, version).
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Go back to the model the unit ran before the last flash.
+    #[arg(long)]
+    pub rollback: bool,
+    /// Install even if the bundle's model version is below the unit's active one (anti-rollback override).
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Bytes per chunk (at most 61440).
+    #[arg(long, default_value_t = kestrel_wire::frame::DEFAULT_BUNDLE_CHUNK)]
+    pub chunk_size: usize,
+    /// Chunks sent ahead of the unit's acknowledgements.
+    #[arg(long, default_value_t = 4)]
+    pub window: usize,
+    /// Seconds to keep reconnecting a dropped link before giving up (the upload then resumes on the next run).
+    #[arg(long, default_value_t = 60.0)]
+    pub reconnect_for: f64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the public keys that may sign a bundle come from (`eval`/`predict` with a `.kbundle`).

@@ -36,6 +36,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Monitor(a) => commands::monitor::run(&a),
         Command::Keygen(a) => commands::keygen::run(&a),
         Command::Export(a) => commands::export::run(&a),
+        Command::Flash(a) => commands::flash::run(&a),
     }
 }
 

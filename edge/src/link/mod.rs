@@ -9,7 +9,9 @@
 //!    the pre-shared unit key) and sends `AuthConfirm`. A wrong proof gets `Nack(AuthFailed)` and ends the session.
 //! 4. From then on every frame is tagged; unauthenticated, badly tagged or replayed requests get a `Nack` and are
 //!    otherwise ignored. Requests: `Subscribe`, `Status` → `Stats`, `Replay` → `ReplayBegin`/`Replayed`*/`ReplayEnd`,
-//!    `SoftTrigger`, `SetThreshold`; each answered with `Ack`/`Nack` naming the request's `seq`.
+//!    `SoftTrigger`, `SetThreshold`; each answered with `Ack`/`Nack` naming the request's `seq`. Model flashing:
+//!    `BundleProbe` (dry run), `BundleBegin` → `UploadStatus` (where to resume), `BundleChunk`s (each acked),
+//!    `BundleCommit`, `Activate`, `Rollback` (see `docs/flashing.md`).
 //!
 //! A serial line has no "connect": a host `Hello` arriving in any state restarts the handshake (the edge answers
 //! with a fresh `Hello` and challenge), so a host that re-opens the port, or a new host, can always get in. Bytes
@@ -29,7 +31,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kestrel_wire::{Event, ModelRef, NackCode, Stats, UnitKey, Verdict};
+use kestrel_wire::{
+    Activate, BundleBegin, BundleChunk, BundleProbe, Event, ModelRef, NackCode, Stats, UnitKey,
+    Verdict,
+};
 
 use crate::journal::Journal;
 
@@ -61,6 +66,41 @@ pub trait UnitControl: Send + Sync {
     fn active_model(&self) -> Option<ModelRef>;
     /// Unit counters with this client's own two fields filled in.
     fn stats(&self, missed_by_client: u64, link_errors: u64) -> Stats;
+    /// `BundleBegin`: start or resume an upload; returns the bytes already held (where the next chunk starts).
+    fn upload_begin(&self, begin: &BundleBegin) -> Result<u64, (NackCode, String)> {
+        let _ = begin;
+        Err(unsupported("bundle uploads"))
+    }
+    /// `BundleChunk`: append to the upload in progress.
+    fn upload_chunk(&self, chunk: &BundleChunk) -> Result<(), (NackCode, String)> {
+        let _ = chunk;
+        Err(unsupported("bundle uploads"))
+    }
+    /// `BundleCommit`: verify and store the upload (blocking: hashing and signature checks).
+    fn upload_commit(&self) -> Result<(), (NackCode, String)> {
+        Err(unsupported("bundle uploads"))
+    }
+    /// `BundleProbe`: would this bundle be accepted?
+    fn probe(&self, probe: &BundleProbe) -> Result<(), (NackCode, String)> {
+        let _ = probe;
+        Err(unsupported("bundle checks"))
+    }
+    /// `Activate` (blocking: loads and self-tests the model).
+    fn activate(&self, activate: &Activate) -> Result<(), (NackCode, String)> {
+        let _ = activate;
+        Err(unsupported("model activation"))
+    }
+    /// `Rollback` (blocking: loads and self-tests the previous model).
+    fn rollback(&self) -> Result<(), (NackCode, String)> {
+        Err(unsupported("rollback"))
+    }
+}
+
+fn unsupported(what: &str) -> (NackCode, String) {
+    (
+        NackCode::Unexpected,
+        format!("{what}: not supported by this unit"),
+    )
 }
 
 /// Everything a session needs; cheap to clone (all shared).

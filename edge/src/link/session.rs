@@ -7,6 +7,7 @@ use std::time::Duration;
 use kestrel_link::{FrameReader, FrameWriter};
 use kestrel_wire::{
     Ack, AuthError, EdgeAuthenticator, Envelope, Hello, Msg, Nack, NackCode, ReplayBegin,
+    UploadStatus,
     ReplayEnd, Role, Subscribe, Verdict, PROTO_VERSION, SCHEMA_HASH,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -76,6 +77,15 @@ struct Session<W> {
     sub: Option<Subscribe>,
     sent_verdicts: u64,
     missed: u64,
+}
+
+/// Run a blocking unit operation on tokio's blocking pool; a panic in it becomes an `Internal` refusal.
+async fn blocking(
+    f: impl FnOnce() -> Result<(), (NackCode, String)> + Send + 'static,
+) -> Result<(), (NackCode, String)> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err((NackCode::Internal, format!("the operation failed: {e}"))))
 }
 
 /// Serve one session on `io` until the peer leaves, the unit shuts down, or the peer fails the handshake.
@@ -287,13 +297,52 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 Ok(()) => self.send(Msg::Ack(Ack { re })).await,
                 Err((code, detail)) => self.nack(re, code, detail).await,
             },
+            Msg::BundleBegin(b) => match self.ctx.control.upload_begin(&b) {
+                Ok(received) => {
+                    self.send(Msg::UploadStatus(UploadStatus { re, received }))
+                        .await
+                }
+                Err((code, detail)) => self.nack(re, code, detail).await,
+            },
+            Msg::BundleChunk(c) => match self.ctx.control.upload_chunk(&c) {
+                Ok(()) => self.send(Msg::Ack(Ack { re })).await,
+                Err((code, detail)) => self.nack(re, code, detail).await,
+            },
+            Msg::BundleProbe(p) => match self.ctx.control.probe(&p) {
+                Ok(()) => self.send(Msg::Ack(Ack { re })).await,
+                Err((code, detail)) => self.nack(re, code, detail).await,
+            },
+            // Hashing, signature checks, model loading and the self-test take up to seconds: off the async workers.
+            Msg::BundleCommit => {
+                let ctl = self.ctx.control.clone();
+                let r = blocking(move || ctl.upload_commit()).await;
+                self.answer(re, r).await
+            }
+            Msg::Activate(a) => {
+                let ctl = self.ctx.control.clone();
+                let r = blocking(move || ctl.activate(&a)).await;
+                self.answer(re, r).await
+            }
+            Msg::Rollback => {
+                let ctl = self.ctx.control.clone();
+                let r = blocking(move || ctl.rollback()).await;
+                self.answer(re, r).await
+            }
             other => {
-                let detail = format!(
-                    "{} is not supported by this firmware; install models with `kestrel-edge run --model DIR`",
-                    other.name()
-                );
+                let detail = format!("{} is not a request a unit serves", other.name());
                 self.nack(re, NackCode::Unexpected, detail).await
             }
+        }
+    }
+
+    async fn answer(
+        &mut self,
+        re: u32,
+        r: Result<(), (NackCode, String)>,
+    ) -> Result<(), SessionEnd> {
+        match r {
+            Ok(()) => self.send(Msg::Ack(Ack { re })).await,
+            Err((code, detail)) => self.nack(re, code, detail).await,
         }
     }
 

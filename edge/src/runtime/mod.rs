@@ -39,8 +39,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kestrel_wire::{
-    AuthError, Event, EventKind, FaultCode, KeyFileError, ModelRef, NackCode, Stats, UnitKey,
-    Verdict,
+    Activate, AuthError, BundleBegin, BundleChunk, BundleProbe, Event, EventKind, FaultCode,
+    KeyFileError, ModelRef, NackCode, Stats, UnitKey, Verdict,
 };
 
 use crate::board::{BoardError, BoardProfile, Mode};
@@ -53,6 +53,7 @@ use crate::stats::UnitStats;
 
 pub mod key;
 pub mod lines;
+pub mod models;
 pub mod queue;
 
 use lines::IoCmd;
@@ -186,7 +187,11 @@ struct Shared {
     mode: Mode,
     stats: UnitStats,
     threshold_bits: AtomicU32,
-    model: Option<ModelRef>,
+    /// The model the inference thread scores with (it updates this when it swaps models).
+    model: Mutex<Option<ModelRef>>,
+    /// The model a rollback would return to.
+    previous_model: Mutex<Option<ModelRef>>,
+    models: models::ModelManager,
     faults: Mutex<HashSet<FaultCode>>,
     outgoing: tokio::sync::broadcast::Sender<Arc<Outgoing>>,
     io_tx: Mutex<mpsc::Sender<IoCmd>>,
@@ -197,6 +202,30 @@ struct Shared {
 impl Shared {
     fn threshold(&self) -> f32 {
         f32::from_bits(self.threshold_bits.load(Ordering::Relaxed))
+    }
+
+    fn active_model_ref(&self) -> Option<ModelRef> {
+        self.model.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn has_model(&self) -> bool {
+        self.model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Called by the inference thread when it starts scoring with a new model.
+    fn model_swapped(&self, model: ModelRef, previous: Option<ModelRef>, threshold: f32) {
+        self.threshold_bits
+            .store(threshold.to_bits(), Ordering::Relaxed);
+        *self.model.lock().unwrap_or_else(|p| p.into_inner()) = Some(model);
+        *self
+            .previous_model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = previous;
+        let f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        self.update_lamps(&f);
     }
 
     fn publish(&self, o: Outgoing) {
@@ -220,7 +249,7 @@ impl Shared {
     }
 
     fn update_lamps(&self, faults: &HashSet<FaultCode>) {
-        let ready = self.model.is_some() && !self.stopping.load(Ordering::Relaxed);
+        let ready = self.has_model() && !self.stopping.load(Ordering::Relaxed);
         self.io(IoCmd::Lamps {
             ready,
             fault: !faults.is_empty(),
@@ -285,7 +314,7 @@ impl UnitControl for Shared {
                 "the unit is in free-run mode; SoftTrigger needs `mode = \"triggered\"` in the board profile".into(),
             ));
         }
-        if self.model.is_none() {
+        if !self.has_model() {
             return Err((
                 NackCode::TriggerUnavailable,
                 "no model installed: the unit inspects nothing".into(),
@@ -295,7 +324,7 @@ impl UnitControl for Shared {
     }
 
     fn set_threshold(&self, threshold: f32) -> Result<(), (NackCode, String)> {
-        if self.model.is_none() {
+        if !self.has_model() {
             return Err((
                 NackCode::Unexpected,
                 "no model installed: there is no threshold to set".into(),
@@ -309,17 +338,49 @@ impl UnitControl for Shared {
     }
 
     fn active_model(&self) -> Option<ModelRef> {
-        self.model.clone()
+        self.active_model_ref()
     }
 
     fn stats(&self, missed_by_client: u64, link_errors: u64) -> Stats {
-        self.stats.snapshot(missed_by_client, link_errors)
+        Stats {
+            model: self.active_model_ref(),
+            previous_model: self
+                .previous_model
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            ..self.stats.snapshot(missed_by_client, link_errors)
+        }
+    }
+
+    fn upload_begin(&self, begin: &BundleBegin) -> Result<u64, (NackCode, String)> {
+        Shared::upload_begin(self, begin)
+    }
+
+    fn upload_chunk(&self, chunk: &BundleChunk) -> Result<(), (NackCode, String)> {
+        Shared::upload_chunk(self, chunk)
+    }
+
+    fn upload_commit(&self) -> Result<(), (NackCode, String)> {
+        Shared::upload_commit(self).map(|_| ())
+    }
+
+    fn probe(&self, probe: &BundleProbe) -> Result<(), (NackCode, String)> {
+        Shared::probe(self, probe)
+    }
+
+    fn activate(&self, a: &Activate) -> Result<(), (NackCode, String)> {
+        Shared::activate(self, a).map(|_| ())
+    }
+
+    fn rollback(&self) -> Result<(), (NackCode, String)> {
+        Shared::rollback(self).map(|_| ())
     }
 }
 
 impl lines::LineEvents for Arc<Shared> {
     fn trigger(&self, at: Instant) {
-        if self.model.is_some() {
+        if self.has_model() {
             let _ = Shared::trigger(self, at);
         }
     }
@@ -388,15 +449,34 @@ impl Unit {
         )?;
         let journal = open_journal(&state, opts.journal)?;
         configure_compute(&profile);
-        let model = load_model(
+        let (swap_tx, swap_rx) = mpsc::channel();
+        let (store, store_error) = match crate::store::ModelStore::open(&state) {
+            Ok(s) => (Some(s), None),
+            Err(e) => {
+                tracing::error!(error = %crate::error_text(&e), "model store unusable");
+                (None, Some(crate::error_text(&e)))
+            }
+        };
+        let manager = models::ModelManager::new(
+            &state,
+            &profile.compute.device,
+            profile.compute.input_size,
+            store,
+            swap_tx,
+        );
+        let mut model = load_model(
             opts.inspector.take(),
             opts.model_dir.as_deref(),
             &state,
             &profile,
+            &manager,
         );
+        if let Some(e) = store_error {
+            model.problems.push(e);
+        }
         let source = open_camera(opts.source.take(), &profile)?;
         let (line_io, fake_board) = crate::pins::open(&profile.pins)?;
-        let wiring = Wiring::new(&profile, &model);
+        let wiring = Wiring::new(&profile, &model, manager);
         let shared = wiring.shared.clone();
         let links = Links::open(&profile, &key, &journal, &shared)?;
         let (tcp_addr, serial_path) = (links.tcp_addr, links.serial_path.clone());
@@ -406,7 +486,11 @@ impl Unit {
         let pipeline = spawn_pipeline(
             source,
             wiring.trig_rx,
-            model.inspector,
+            Scorer {
+                inspector: model.inspector,
+                trial: model.trial,
+                swaps: swap_rx,
+            },
             wiring.depth,
             &shared,
             &journal,
@@ -470,51 +554,80 @@ fn configure_compute(profile: &BoardProfile) {
     }
 }
 
-/// The scorer the unit runs, or why there is none.
+/// The scorer the unit starts with, and what went wrong on the way.
 struct LoadedModel {
     inspector: Option<Box<dyn Inspector>>,
-    /// Why loading failed (a fault detail), when a model was there but did not load.
-    load_error: Option<String>,
+    /// The model a rollback would return to.
+    previous: Option<ModelRef>,
+    /// Frames left before a newly activated model is confirmed.
+    trial: Option<u32>,
+    /// Load failures and fallbacks, raised as a `ModelLoadFailed` fault (also when a fallback model runs).
+    problems: Vec<String>,
 }
 
-/// The given inspector (tests), else the model in `--model` or `<state>/model`. A model that fails to load is not
-/// an error: the unit runs without verdicts and raises a fault (see the module docs).
+/// The model to start with, first that applies:
+/// 1. the inspector given in the options (tests);
+/// 2. `--model PATH`: a model directory from `kestrel fit` (development) or a `.kbundle` (verified like a flashed
+///    one);
+/// 3. the active slot of the model store, verified and self-tested, falling back to the other slot;
+/// 4. a model directory `<state>/model` (units set up before bundles existed).
+///
+/// A model that fails to load is not an error: the unit runs without verdicts and raises a fault (module docs).
 fn load_model(
     given: Option<Box<dyn Inspector>>,
-    model_dir: Option<&Path>,
+    model_path: Option<&Path>,
     state: &Path,
     profile: &BoardProfile,
+    manager: &models::ModelManager,
 ) -> LoadedModel {
-    if let Some(i) = given {
-        return LoadedModel {
-            inspector: Some(i),
-            load_error: None,
-        };
-    }
-    let dir = model_dir.map(Path::to_path_buf).or_else(|| {
-        let d = state.join("model");
-        d.is_dir().then_some(d)
-    });
-    let Some(dir) = dir else {
-        tracing::warn!("no model installed (pass --model DIR or install one in <state>/model); running without verdicts");
-        return LoadedModel {
-            inspector: None,
-            load_error: None,
-        };
+    let mut loaded = LoadedModel {
+        inspector: None,
+        previous: None,
+        trial: None,
+        problems: Vec::new(),
     };
-    match VisionInspector::load(&dir, &profile.compute.device) {
-        Ok(i) => LoadedModel {
-            inspector: Some(Box::new(i)),
-            load_error: None,
-        },
-        Err(e) => {
-            tracing::error!(error = %crate::error_text(&e), "model failed to load; running without verdicts");
-            LoadedModel {
-                inspector: None,
-                load_error: Some(crate::error_text(&e)),
+    if let Some(i) = given {
+        loaded.inspector = Some(i);
+        return loaded;
+    }
+    if let Some(path) = model_path.filter(|p| p.is_file()) {
+        match manager.load_file(path) {
+            Ok(i) => loaded.inspector = Some(Box::new(i)),
+            Err(e) => {
+                tracing::error!(error = %e, "bundle failed to load; running without verdicts");
+                loaded.problems.push(e);
             }
         }
+        return loaded;
     }
+    let dir = match model_path {
+        Some(p) => Some(p.to_path_buf()),
+        None => {
+            let boot = manager.boot();
+            if boot.inspector.is_some() || !boot.problems.is_empty() {
+                return LoadedModel {
+                    inspector: boot.inspector,
+                    previous: boot.previous,
+                    trial: boot.trial,
+                    problems: boot.problems,
+                };
+            }
+            let d = state.join("model");
+            d.is_dir().then_some(d)
+        }
+    };
+    let Some(dir) = dir else {
+        tracing::warn!("no model installed (flash one with `kestrel flash`, or pass --model DIR); running without verdicts");
+        return loaded;
+    };
+    match VisionInspector::load(&dir, &profile.compute.device) {
+        Ok(i) => loaded.inspector = Some(Box::new(i)),
+        Err(e) => {
+            tracing::error!(error = %crate::error_text(&e), "model failed to load; running without verdicts");
+            loaded.problems.push(crate::error_text(&e));
+        }
+    }
+    loaded
 }
 
 /// The given frame source (tests), else the profile's camera.
@@ -540,7 +653,7 @@ struct Wiring {
 
 impl Wiring {
     /// Build the shared state for `model` and show the model state (ready lamp, or the no-model fault).
-    fn new(profile: &BoardProfile, model: &LoadedModel) -> Wiring {
+    fn new(profile: &BoardProfile, model: &LoadedModel, models: models::ModelManager) -> Wiring {
         let inspector = model.inspector.as_ref();
         let threshold = inspector.map(|i| i.threshold()).unwrap_or(f32::NAN);
         let (out_tx, _) = tokio::sync::broadcast::channel(link::OUTBOX_LEN);
@@ -551,20 +664,23 @@ impl Wiring {
             mode: profile.inspection.mode,
             stats: UnitStats::new(),
             threshold_bits: AtomicU32::new(threshold.to_bits()),
-            model: inspector.map(|i| i.model_ref()),
+            model: Mutex::new(inspector.map(|i| i.model_ref())),
+            previous_model: Mutex::new(model.previous.clone()),
+            models,
             faults: Mutex::new(HashSet::new()),
             outgoing: out_tx,
             io_tx: Mutex::new(io_tx),
             trigger_tx: Mutex::new(Some(trig_tx)),
             stopping: AtomicBool::new(false),
         });
-        match (&shared.model, &model.load_error) {
-            (Some(m), _) => {
-                tracing::info!(model = %m.name, threshold, "model active");
-                shared.update_lamps(&HashSet::new());
-            }
-            (None, Some(e)) => shared.raise(FaultCode::ModelLoadFailed, e.clone()),
-            (None, None) => shared.raise(FaultCode::ModelLoadFailed, "no model installed".into()),
+        if let Some(m) = shared.active_model_ref() {
+            tracing::info!(model = %m.name, version = m.version, threshold, "model active");
+            shared.update_lamps(&HashSet::new());
+        }
+        if !model.problems.is_empty() {
+            shared.raise(FaultCode::ModelLoadFailed, model.problems.join("; "));
+        } else if !shared.has_model() {
+            shared.raise(FaultCode::ModelLoadFailed, "no model installed".into());
         }
         Wiring {
             shared,
@@ -721,10 +837,18 @@ struct Pipeline {
     inference: JoinHandle<()>,
 }
 
+/// What the inference thread scores with: the model it starts with, and where new ones arrive.
+struct Scorer {
+    inspector: Option<Box<dyn Inspector>>,
+    /// Frames left before the starting model is confirmed (it was activated and not yet confirmed).
+    trial: Option<u32>,
+    swaps: mpsc::Receiver<models::Swap>,
+}
+
 fn spawn_pipeline(
     source: Box<dyn FrameSource>,
     triggers: mpsc::Receiver<TriggerReq>,
-    inspector: Option<Box<dyn Inspector>>,
+    scorer: Scorer,
     depth: usize,
     shared: &Arc<Shared>,
     journal: &Arc<Mutex<Journal>>,
@@ -741,7 +865,7 @@ fn spawn_pipeline(
     let (q, sh, j) = (queue.clone(), shared.clone(), journal.clone());
     let inference = std::thread::Builder::new()
         .name("kestrel-inference".into())
-        .spawn(move || inference_loop(inspector, &q, &sh, &j))
+        .spawn(move || inference_loop(scorer, &q, &sh, &j))
         .map_err(|source| EdgeError::Os {
             what: "inference thread",
             source,
@@ -866,14 +990,28 @@ fn capture_loop(
 }
 
 fn inference_loop(
-    mut inspector: Option<Box<dyn Inspector>>,
+    scorer: Scorer,
     queue: &FrameQueue<Part>,
     shared: &Shared,
     journal: &Mutex<Journal>,
 ) {
     let lock = || journal.lock().unwrap_or_else(|p| p.into_inner());
+    let Scorer {
+        mut inspector,
+        mut trial,
+        swaps,
+    } = scorer;
     let mut failing = false;
     loop {
+        // A new model (activation or rollback) takes over between two batches, threshold and identity with it.
+        while let Ok(swap) = swaps.try_recv() {
+            shared.model_swapped(swap.model, swap.previous, swap.threshold);
+            inspector = Some(swap.inspector);
+            trial = swap.trial;
+            if let Some(done) = swap.done {
+                let _ = done.send(());
+            }
+        }
         let parts = match queue.pop_batch(MAX_BATCH, Duration::from_millis(50)) {
             Pop::Closed => break,
             Pop::Timeout => {
@@ -898,13 +1036,27 @@ fn inference_loop(
                     parts.len()
                 );
                 fail_parts(shared, &parts, &e, &mut failing);
+                if trial.take().is_some() {
+                    shared.auto_rollback(&e);
+                }
                 continue;
             }
             Err(e) => {
-                fail_parts(shared, &parts, &crate::error_text(&e), &mut failing);
+                let e = crate::error_text(&e);
+                fail_parts(shared, &parts, &e, &mut failing);
+                if trial.take().is_some() {
+                    shared.auto_rollback(&e);
+                }
                 continue;
             }
         };
+        if let Some(left) = trial {
+            let left = left.saturating_sub(parts.len() as u32);
+            trial = (left > 0).then_some(left);
+            if trial.is_none() {
+                shared.confirm_model();
+            }
+        }
         if failing {
             failing = false;
             shared.clear(FaultCode::InferenceFailed);
@@ -1015,7 +1167,7 @@ impl UnitHandle {
 
     /// The model in use.
     pub fn active_model(&self) -> Option<ModelRef> {
-        self.shared.model.clone()
+        self.shared.active_model_ref()
     }
 
     /// Current counters.

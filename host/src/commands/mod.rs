@@ -5,6 +5,7 @@ pub mod demo;
 pub mod eval;
 pub mod export;
 pub mod fit;
+pub mod flash;
 pub mod import;
 pub mod keygen;
 pub mod metrics;

@@ -7,6 +7,7 @@
 //!   frames afterwards;
 //! - [`client`]: [`Monitor`], a subscription that reconnects, replays the unit's journal from the first verdict it
 //!   has not shown, and deduplicates by journal seq ([`tracker`]), so a link drop loses no verdict;
+//! - [`flash`]: `kestrel flash`: probe, resumable chunked upload, commit, activate, rollback;
 //! - [`render`]: table / plain / JSON output and reject-mask PNGs.
 //!
 //! Errors are [`MonitorError`], one variant per cause, each with its own exit code.
@@ -14,6 +15,7 @@
 pub mod addr;
 pub mod client;
 pub mod error;
+pub mod flash;
 pub mod link;
 pub mod render;
 pub mod session;

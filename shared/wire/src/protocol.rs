@@ -200,7 +200,8 @@ impl Msg {
 pub struct ModelRef {
     /// Human-readable model name from the bundle manifest.
     pub name: String,
-    /// SHA-256 of the bundle file; what `Activate` names.
+    /// The bundle's SHA-256 as its signature covers it (everything before the trailer; `kestrel export` prints it):
+    /// the name the unit stores it under and what `Activate` names.
     pub sha256: [u8; 32],
     /// The bundle's model version (anti-rollback counter); 0 for a development model directory.
     pub version: u64,
@@ -294,7 +295,8 @@ pub struct SetThreshold {
 pub struct BundleBegin {
     /// Total bundle size in bytes; the edge checks free space before accepting.
     pub size: u64,
-    /// SHA-256 of the whole bundle, checked at [`Msg::BundleCommit`].
+    /// SHA-256 of the whole bundle file (trailer included), checked at [`Msg::BundleCommit`]: the transfer's
+    /// integrity, and the name of a resumable partial upload.
     pub sha256: [u8; 32],
 }
 
@@ -312,7 +314,8 @@ pub struct BundleChunk {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Schema)]
 #[cfg_attr(feature = "testing", derive(proptest_derive::Arbitrary))]
 pub struct Activate {
-    /// SHA-256 of the bundle to activate (names it by content, so a race with another upload cannot swap it).
+    /// The signed SHA-256 of the bundle to activate ([`ModelRef::sha256`]; names it by content, so a race with
+    /// another upload cannot swap it).
     pub sha256: [u8; 32],
     /// Activate even when the bundle's model version is below the active model's (anti-rollback override).
     pub allow_downgrade: bool,
