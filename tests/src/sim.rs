@@ -109,6 +109,7 @@ impl Inspector for ScriptedScorer {
         ModelRef {
             name: format!("hil-scripted-1-in-{}", self.reject_every),
             sha256: [0x4b; 32],
+            version: 0,
         }
     }
 

@@ -474,6 +474,8 @@ pub(crate) mod tests {
                 uptime_s: 0,
                 missed_by_client: missed,
                 link_errors,
+                model: None,
+                previous_model: None,
             }
         }
     }

@@ -1005,12 +1005,7 @@ fn inference_loop(
     loop {
         // A new model (activation or rollback) takes over between two batches, threshold and identity with it.
         while let Ok(swap) = swaps.try_recv() {
-            shared.model_swapped(swap.model, swap.previous, swap.threshold);
-            inspector = Some(swap.inspector);
-            trial = swap.trial;
-            if let Some(done) = swap.done {
-                let _ = done.send(());
-            }
+            apply_swap(swap, &mut inspector, &mut trial, shared);
         }
         let parts = match queue.pop_batch(MAX_BATCH, Duration::from_millis(50)) {
             Pop::Closed => break,
@@ -1037,7 +1032,9 @@ fn inference_loop(
                 );
                 fail_parts(shared, &parts, &e, &mut failing);
                 if trial.take().is_some() {
-                    shared.auto_rollback(&e);
+                    if let Some(swap) = shared.auto_rollback(&e) {
+                        apply_swap(swap, &mut inspector, &mut trial, shared);
+                    }
                 }
                 continue;
             }
@@ -1045,7 +1042,9 @@ fn inference_loop(
                 let e = crate::error_text(&e);
                 fail_parts(shared, &parts, &e, &mut failing);
                 if trial.take().is_some() {
-                    shared.auto_rollback(&e);
+                    if let Some(swap) = shared.auto_rollback(&e) {
+                        apply_swap(swap, &mut inspector, &mut trial, shared);
+                    }
                 }
                 continue;
             }
@@ -1114,6 +1113,24 @@ fn inference_loop(
         if shared.mode == Mode::Triggered && queue.is_empty() {
             shared.clear(FaultCode::TriggerOverflow);
         }
+    }
+}
+
+/// Start scoring with a new model (identity, threshold and trial count with it), then tell whoever waits.
+fn apply_swap(
+    swap: models::Swap,
+    inspector: &mut Option<Box<dyn Inspector>>,
+    trial: &mut Option<u32>,
+    shared: &Shared,
+) {
+    shared.model_swapped(swap.model, swap.previous, swap.threshold);
+    *inspector = Some(swap.inspector);
+    *trial = swap.trial;
+    if let Some(done) = swap.done {
+        let _ = done.send(());
+    }
+    if let Some(kind) = swap.event {
+        shared.event(kind);
     }
 }
 

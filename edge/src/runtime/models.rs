@@ -47,6 +47,9 @@ pub(crate) struct Swap {
     pub trial: Option<u32>,
     /// Told once the inference thread uses the new scorer.
     pub done: Option<mpsc::SyncSender<()>>,
+    /// Published by the inference thread right after the swap (an automatic rollback's event, so no host sees it
+    /// before the unit runs the model it names).
+    pub event: Option<EventKind>,
 }
 
 /// Model-store state shared by the links and the inference thread.
@@ -479,6 +482,7 @@ impl Shared {
             previous,
             trial: Some(TRIAL_FRAMES),
             done: None,
+            event: None,
         })?;
         self.clear(FaultCode::ModelLoadFailed);
         self.clear(FaultCode::SelfTestFailed);
@@ -494,13 +498,15 @@ impl Shared {
     pub(crate) fn rollback(&self) -> Result<ModelRef, Refusal> {
         let m = &self.models;
         let _op = m.ops.try_lock().map_err(|_| busy())?;
-        let to = self.roll_back(false)?;
+        let swap = self.prepare_rollback(false)?;
+        let to = swap.model.clone();
+        self.swap_and_wait(swap)?;
         Ok(to)
     }
 
-    /// Load the other slot's model, persist it as active (confirmed: it ran before), swap it in and report.
-    /// `automatic` = the unit decided (first frames failed); the caller holds `ops` or is the inference thread.
-    fn roll_back(&self, automatic: bool) -> Result<ModelRef, Refusal> {
+    /// Load the other slot's model and persist it as active (confirmed: it ran before); returns the swap that puts
+    /// it to work, announcing `RolledBack` once applied. `automatic` = the unit decided (first frames failed).
+    fn prepare_rollback(&self, automatic: bool) -> Result<Swap, Refusal> {
         let m = &self.models;
         let (target, path) = {
             let store = lock(&m.store);
@@ -532,39 +538,35 @@ impl Shared {
                 .map_err(|e| (NackCode::Internal, crate::error_text(&e)))?;
         }
         let from = self.active_model_ref();
-        let swap = Swap {
+        tracing::warn!(model = %to.name, version = to.version, automatic, "rolling back");
+        Ok(Swap {
             threshold: insp.threshold(),
             inspector: Box::new(insp),
-            model: to.clone(),
-            previous: from.clone(),
-            trial: None,
-            done: None,
-        };
-        if automatic {
-            // Called from the inference thread itself: it applies the swap on its next turn.
-            m.send_swap(swap)?;
-        } else {
-            self.swap_and_wait(swap)?;
-        }
-        if let Some(from) = from {
-            self.event(EventKind::RolledBack {
+            event: from.clone().map(|from| EventKind::RolledBack {
                 from,
                 to: to.clone(),
                 automatic,
-            });
-        }
-        tracing::warn!(model = %to.name, version = to.version, automatic, "rolled back");
-        Ok(to)
+            }),
+            model: to,
+            previous: from,
+            trial: None,
+            done: None,
+        })
     }
 
-    /// The first frames of a new model failed: go back to the previous one (if there is one).
-    pub(crate) fn auto_rollback(&self, why: &str) {
+    /// The first frames of a new model failed: the swap back to the previous one, if there is one (the inference
+    /// thread, which calls this, applies it at once).
+    pub(crate) fn auto_rollback(&self, why: &str) -> Option<Swap> {
         tracing::error!(%why, "the new model failed on its first frames; rolling back");
-        if let Err((_, detail)) = self.roll_back(true) {
-            self.raise(
-                FaultCode::SelfTestFailed,
-                format!("the new model failed on its first frames ({why}) and no rollback was possible: {detail}"),
-            );
+        match self.prepare_rollback(true) {
+            Ok(swap) => Some(swap),
+            Err((_, detail)) => {
+                self.raise(
+                    FaultCode::SelfTestFailed,
+                    format!("the new model failed on its first frames ({why}) and no rollback was possible: {detail}"),
+                );
+                None
+            }
         }
     }
 

@@ -44,6 +44,7 @@ pub fn sim_profile(state: &Path, mode: Mode, queue_depth: usize, fps: f64) -> Bo
         compute: ComputeConfig {
             device: "cpu".into(),
             threads: None,
+            input_size: None,
         },
         unit: UnitConfig {
             id: "sim-test-1".into(),
@@ -90,6 +91,7 @@ impl Inspector for ScriptedInspector {
         ModelRef {
             name: "scripted".into(),
             sha256: [1; 32],
+            version: 0,
         }
     }
     fn threshold(&self) -> f32 {
