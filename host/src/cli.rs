@@ -440,7 +440,7 @@ pub struct PredictArgs {
     /// Images to score (files or folders).
     #[arg(required = true)]
     pub images: Vec<PathBuf>,
-    /// Output folder for `<name>_heatmap.png` overlays and `scores.csv`.
+    /// Output folder for `<name>_heatmap.png` overlays, `maps/<name>.npy` anomaly maps and `scores.csv`.
     #[arg(short = 'o', long = "output")]
     pub output: PathBuf,
     /// Print one JSON object per image (name, score, verdict) instead of a table.

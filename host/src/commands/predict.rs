@@ -1,4 +1,5 @@
-//! `kestrel predict`: score images with a fitted model; write heatmap overlays and a scores CSV.
+//! `kestrel predict`: score images with a fitted model; write heatmap overlays, the raw anomaly maps
+//! (`maps/<stem>.npy`, at the model's input size: the map a unit reduces to its wire mask) and a scores CSV.
 
 use std::io::Write;
 use std::path::Path;
@@ -6,6 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use kestrel_vision::dataset::ConversionCounts;
 use kestrel_vision::device::parse_device;
+use kestrel_vision::npy::{write_npy_file, Array2};
 use kestrel_vision::preprocess::overlay_heatmap;
 use kestrel_vision::resample;
 use kestrel_vision::scoring::score_files;
@@ -26,6 +28,8 @@ pub struct Prediction {
     pub verdict: &'static str,
     /// Overlay written.
     pub heatmap: String,
+    /// Anomaly map written (`.npy`, float32, the model's input size).
+    pub map: String,
 }
 
 /// `kestrel predict`.
@@ -33,7 +37,7 @@ pub fn run(a: &PredictArgs) -> anyhow::Result<()> {
     let device = parse_device(&a.compute.device)?;
     let (model, _) = super::load_model(&a.model, &a.trust, &device)?;
     let files = images::expand_image_paths(&a.images)?;
-    std::fs::create_dir_all(&a.output)
+    std::fs::create_dir_all(a.output.join("maps"))
         .with_context(|| format!("creating {}", a.output.display()))?;
     let threshold = model.spec().threshold.clone();
     let paths: Vec<&Path> = files.iter().map(|p| p.as_path()).collect();
@@ -58,6 +62,8 @@ pub fn run(a: &PredictArgs) -> anyhow::Result<()> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| format!("image{i}"));
+            let map_path = a.output.join("maps").join(format!("{stem}.npy"));
+            write_npy_file(&map_path, &Array2::from(&s.map))?;
             let out = a.output.join(format!("{stem}_heatmap.png"));
             overlay_heatmap(&image.image, full.data(), lo, hi)?
                 .save(&out)
@@ -72,6 +78,7 @@ pub fn run(a: &PredictArgs) -> anyhow::Result<()> {
                 score: s.score,
                 verdict,
                 heatmap: out.display().to_string(),
+                map: map_path.display().to_string(),
             };
             if a.json {
                 crate::outln!("{}", serde_json::to_string(&p)?)?;
