@@ -18,11 +18,11 @@
 
 use std::path::{Path, PathBuf};
 
+use kestrel_bundle::VerifiedBundle;
 use kestrel_vision::device::parse_device;
 use kestrel_vision::map::{MapError, ScoreMap};
 use kestrel_vision::model::{Model, Rgb8};
 use kestrel_vision::resample;
-use kestrel_bundle::VerifiedBundle;
 use kestrel_wire::{Mask, MaskError, ModelRef};
 use sha2::{Digest, Sha256};
 

@@ -60,7 +60,10 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
+    fn io<'a>(
+        what: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
         move |source| StoreError::Io {
             what,
             path: path.to_path_buf(),

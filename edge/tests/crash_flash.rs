@@ -101,7 +101,9 @@ fn spawn(board: &Path) -> EdgeProcess {
 }
 
 fn tiny_bundle(model: &Model, version: u64, key: &SigningKey) -> Vec<u8> {
-    let image = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 3) as u8, (y * 3) as u8, 90]));
+    let image = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 3) as u8, 90])
+    });
     model
         .to_bundle(
             Quant::Int8,
@@ -123,7 +125,9 @@ fn tiny_bundle(model: &Model, version: u64, key: &SigningKey) -> Vec<u8> {
 async fn check_inspecting(addr: &UnitAddr, key: &kestrel_wire::UnitKey) -> (Option<ModelRef>, u64) {
     let mut c = ConnectOptions::new(key.clone());
     c.handshake_timeout = Duration::from_secs(30);
-    let mut s = Session::open(addr, &c).await.expect("the restarted unit accepts hosts");
+    let mut s = Session::open(addr, &c)
+        .await
+        .expect("the restarted unit accepts hosts");
     let model = s.peer().active_model.clone();
     s.request(Msg::Subscribe(Subscribe {
         masks_every: 0,
@@ -238,14 +242,19 @@ fn run_kills(points: usize, seed: u64) {
 
         unit = spawn(&board);
         let (model, seq) = rt.block_on(check_inspecting(&unit.addr, &unit_key));
-        let model = model.unwrap_or_else(|| panic!("kill {k} at {kill_after:?}: the unit came back with no model"));
+        let model = model.unwrap_or_else(|| {
+            panic!("kill {k} at {kill_after:?}: the unit came back with no model")
+        });
         running = names
             .iter()
             .position(|n| *n == model.name)
             .unwrap_or_else(|| panic!("kill {k}: unknown model {model:?}"));
         if flashed == Some(true) {
             // The unit acknowledged the activation, so it was on disk before the kill.
-            assert_eq!(running, target_index, "kill {k}: an acknowledged flash was lost");
+            assert_eq!(
+                running, target_index,
+                "kill {k}: an acknowledged flash was lost"
+            );
         }
         assert!(
             seq > last_seq,

@@ -247,7 +247,9 @@ async fn bundles_the_unit_must_not_run_are_refused_with_a_reason_and_an_event() 
     // Signed by another key.
     let other = SigningKey::from_seed([9; 32]);
     let foreign = bundle(&model, 1, any_firmware(), &other);
-    let e = flash::flash(&foreign, &opts, &mut |_| {}).await.unwrap_err();
+    let e = flash::flash(&foreign, &opts, &mut |_| {})
+        .await
+        .unwrap_err();
     assert_eq!(refused_code(&e), NackCode::BundleSignature);
     // For another firmware range.
     let future = FirmwareRange {

@@ -134,11 +134,7 @@ fn flashed_bundle_scores_on_the_unit_exactly_as_predict_scores_on_the_host() {
     let state = tmp.path().join("state");
     std::fs::create_dir_all(state.join("trusted")).unwrap();
     std::fs::copy(keys.join("signing.pub"), state.join("trusted/line.pub")).unwrap();
-    let unit = Unit::start(
-        profile(tmp.path(), &frames, &state),
-        UnitOptions::default(),
-    )
-    .unwrap();
+    let unit = Unit::start(profile(tmp.path(), &frames, &state), UnitOptions::default()).unwrap();
     let url = unit_url(&unit);
     let unit_key = unit.key_path().to_path_buf();
 
@@ -169,7 +165,9 @@ fn flashed_bundle_scores_on_the_unit_exactly_as_predict_scores_on_the_host() {
     assert_eq!(report["active"]["version"], 3, "{report}");
     assert_eq!(report["active"]["sha256"], report["bundle"]["sha256"]);
     assert!(report["before"].is_null());
-    let active = unit.active_model().expect("the unit runs the flashed model");
+    let active = unit
+        .active_model()
+        .expect("the unit runs the flashed model");
     assert_eq!(hex::encode(active.sha256), report["bundle"]["sha256"]);
 
     // The host's view of the same bundle.
@@ -261,14 +259,7 @@ fn flashed_bundle_scores_on_the_unit_exactly_as_predict_scores_on_the_host() {
     assert_eq!(out.status.code(), Some(8), "{out:?}");
     let wrong = tmp.path().join("wrong.key");
     std::fs::write(&wrong, format!("{}\n", "ab".repeat(32))).unwrap();
-    let out = kestrel(&[
-        "flash",
-        s(&bundle),
-        "--unit",
-        &url,
-        "--key-file",
-        s(&wrong),
-    ]);
+    let out = kestrel(&["flash", s(&bundle), "--unit", &url, "--key-file", s(&wrong)]);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     drop(unit);
 }
@@ -281,7 +272,13 @@ fn flash_refuses_bad_arguments_as_usage_errors_and_an_absent_unit_as_unreachable
     let junk = tmp.path().join("junk.kbundle");
     std::fs::write(&junk, b"not a bundle").unwrap();
     // No bundle and no --rollback.
-    let out = kestrel(&["flash", "--unit", "tcp://127.0.0.1:9", "--key-file", s(&key)]);
+    let out = kestrel(&[
+        "flash",
+        "--unit",
+        "tcp://127.0.0.1:9",
+        "--key-file",
+        s(&key),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     // Not a bundle: refused locally, before any connection.
     let out = kestrel(&[
@@ -294,7 +291,14 @@ fn flash_refuses_bad_arguments_as_usage_errors_and_an_absent_unit_as_unreachable
     ]);
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     // Bad address.
-    let out = kestrel(&["flash", "--rollback", "--unit", "ftp://x", "--key-file", s(&key)]);
+    let out = kestrel(&[
+        "flash",
+        "--rollback",
+        "--unit",
+        "ftp://x",
+        "--key-file",
+        s(&key),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     // Nobody listening.
     let out = kestrel(&[

@@ -168,6 +168,8 @@ async fn serve(sock: tokio::net::TcpStream, st: Arc<FakeState>) -> std::io::Resu
                                         uptime_s: 1,
                                         missed_by_client: 0,
                                         link_errors: frames.counts().errors(),
+                                        model: None,
+                                        previous_model: None,
                                     })]
                                 }
                                 Msg::Replay(r) => {

@@ -7,8 +7,7 @@ use std::time::Duration;
 use kestrel_link::{FrameReader, FrameWriter};
 use kestrel_wire::{
     Ack, AuthError, EdgeAuthenticator, Envelope, Hello, Msg, Nack, NackCode, ReplayBegin,
-    UploadStatus,
-    ReplayEnd, Role, Subscribe, Verdict, PROTO_VERSION, SCHEMA_HASH,
+    ReplayEnd, Role, Subscribe, UploadStatus, Verdict, PROTO_VERSION, SCHEMA_HASH,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::broadcast::error::RecvError;

@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use kestrel_bundle::{BundleError, FirmwareVersion, ModelInfo, TrustedKeys, VerifiedBundle};
 use kestrel_wire::{
-    Activate, BundleBegin, BundleChunk, BundleProbe, EventKind, FaultCode, ModelRef, NackCode,
-    Slot,
+    Activate, BundleBegin, BundleChunk, BundleProbe, EventKind, FaultCode, ModelRef, NackCode, Slot,
 };
 
 use super::Shared;

@@ -99,60 +99,11 @@ impl Inspector for ScriptedInspector {
     }
 }
 
-/// Fit a tiny PaDiM model (resnet18_narrow, random weights, 64×64 synthetic frames) into `dir`, with a threshold.
+/// The shared tiny PaDiM model (kestrel-vision's test model: narrow ResNet-18, random weights, 64×64), saved into
+/// `dir/model` with a threshold that passes everything.
 pub fn fit_tiny_model(dir: &Path) -> PathBuf {
-    use kestrel_vision::backbone::{random_weights, Arch, WeightSource};
-    use kestrel_vision::detector::padim::PadimConfig;
-    use kestrel_vision::detector::DetectorConfig;
-    use kestrel_vision::model::{preprocess_batch, DataSpec, FitSettings, Fitter, Rgb8};
-    use kestrel_vision::preprocess::PreprocessConfig;
-    use kestrel_vision::threshold::ThresholdSpec;
-
-    let pre = PreprocessConfig {
-        image_size: 64,
-        ..PreprocessConfig::default()
-    };
-    let settings = FitSettings {
-        arch: Arch::Resnet18Narrow,
-        weights_source: WeightSource::Random { seed: 1 },
-        preprocess: pre.clone(),
-        detector: DetectorConfig::Padim(PadimConfig::for_backbone(
-            Arch::Resnet18Narrow.config().stage_channels(),
-        )),
-        blur_sigma: 4.0,
-        data: DataSpec {
-            root: "synthetic".into(),
-            category: "edge-test".into(),
-        },
-    };
-    let dev = candle_core::Device::Cpu;
-    let w = random_weights(&Arch::Resnet18Narrow.config(), 1, &dev).unwrap();
-    let mut fitter = Fitter::new(settings, w, 6, &dev).unwrap();
-    let frames: Vec<Vec<u8>> = (0..6u8)
-        .map(|k| {
-            (0..64 * 64 * 3)
-                .map(|i| ((i as u32 * 7 + k as u32 * 13) % 251) as u8)
-                .collect()
-        })
-        .collect();
-    let views: Vec<Rgb8<'_>> = frames
-        .iter()
-        .map(|pixels| Rgb8 {
-            pixels,
-            width: 64,
-            height: 64,
-        })
-        .collect();
-    fitter
-        .add_batch(&preprocess_batch(&views, &pre, &dev).unwrap())
-        .unwrap();
-    let mut model = fitter.finish(&|_, _| {}).unwrap();
-    model.set_threshold(Some(ThresholdSpec {
-        image: 1e9,
-        method: "test: accept everything".into(),
-        validation_good: 0,
-        validation_defect: 0,
-    }));
+    let model =
+        kestrel_vision::testing::tiny_model(kestrel_vision::detector::DetectorKind::Padim, 1e9);
     let out = dir.join("model");
     model.save(&out).unwrap();
     out

@@ -8,9 +8,9 @@ use kestrel_bundle::inspect_untrusted;
 use kestrel_wire::ModelRef;
 
 use crate::cli::FlashArgs;
-use crate::outln;
 use crate::monitor::flash::{self, FlashOptions, FlashProgress, FlashReport};
 use crate::monitor::{read_key_file, ConnectOptions, MonitorError, UnitAddr};
+use crate::outln;
 
 /// Largest file `flash` reads (refused from its size first).
 const MAX_BUNDLE_BYTES: u64 = 1 << 30;
@@ -86,7 +86,10 @@ pub fn run(a: &FlashArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let path = a.bundle.as_ref().expect("clap requires a bundle without --rollback");
+    let path = a
+        .bundle
+        .as_ref()
+        .expect("clap requires a bundle without --rollback");
     let len = std::fs::metadata(path)
         .with_context(|| format!("reading {}", path.display()))?
         .len();
@@ -95,7 +98,8 @@ pub fn run(a: &FlashArgs) -> anyhow::Result<()> {
     }
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     // Check locally what needs no key: structure and hash. The unit checks the signature with its own keys.
-    let local = inspect_untrusted(&bytes).with_context(|| format!("{} is not a valid bundle", path.display()))?;
+    let local = inspect_untrusted(&bytes)
+        .with_context(|| format!("{} is not a valid bundle", path.display()))?;
     let info = &local.manifest.model;
 
     let bar = indicatif::ProgressBar::new(len);

@@ -358,7 +358,10 @@ async fn upload(
 }
 
 /// The unit's active model, from a `Status` request.
-async fn status_model(s: &mut Session, timeout: Duration) -> Result<Option<ModelRef>, MonitorError> {
+async fn status_model(
+    s: &mut Session,
+    timeout: Duration,
+) -> Result<Option<ModelRef>, MonitorError> {
     s.send(Msg::Status).await?;
     loop {
         match recv(s, timeout).await? {

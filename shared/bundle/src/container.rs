@@ -347,8 +347,8 @@ pub fn probe(
         });
     };
     let signer = check_signature(hash, signature, keys)?;
-    let (manifest, rest) =
-        postcard::take_from_bytes::<Manifest>(&head[PREFIX_LEN..]).map_err(BundleError::Manifest)?;
+    let (manifest, rest) = postcard::take_from_bytes::<Manifest>(&head[PREFIX_LEN..])
+        .map_err(BundleError::Manifest)?;
     if !rest.is_empty() {
         return Err(BundleError::ManifestTrailingBytes { extra: rest.len() });
     }

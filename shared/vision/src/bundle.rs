@@ -499,12 +499,6 @@ fn unpack_lower_triangle(t: &Tensor) -> Result<Tensor, BundleModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbone::{Arch, WeightSource};
-    use crate::detector::padim::PadimConfig;
-    use crate::detector::patchcore::PatchCoreConfig;
-    use crate::detector::DetectorConfig;
-    use crate::model::{DataSpec, FitSettings, Fitter, ThresholdSpec};
-    use crate::preprocess::PreprocessConfig;
     use kestrel_bundle::FirmwareVersion;
 
     fn key() -> SigningKey {
@@ -515,44 +509,9 @@ mod tests {
         TrustedKeys::new().with("test", key().public_key())
     }
 
-    /// A tiny random-weight model (narrow ResNet-18 at 64×64) fitted on random images, with a threshold.
+    /// The shared tiny test model (narrow ResNet-18 at 64×64), threshold 1.5.
     fn tiny_model(kind: DetectorKind) -> Model {
-        let dev = Device::Cpu;
-        let cfg = Arch::Resnet18Narrow.config();
-        let settings = FitSettings {
-            arch: Arch::Resnet18Narrow,
-            weights_source: WeightSource::Random { seed: 1 },
-            preprocess: PreprocessConfig {
-                image_size: 64,
-                ..PreprocessConfig::default()
-            },
-            detector: match kind {
-                DetectorKind::Padim => {
-                    DetectorConfig::Padim(PadimConfig::for_backbone(cfg.stage_channels()))
-                }
-                DetectorKind::Patchcore => DetectorConfig::Patchcore(PatchCoreConfig {
-                    coreset_ratio: 0.2,
-                    ..Default::default()
-                }),
-            },
-            blur_sigma: 4.0,
-            data: DataSpec {
-                root: "mem".into(),
-                category: "unit".into(),
-            },
-        };
-        let w = backbone::random_weights(&cfg, 1, &dev).unwrap();
-        let mut f = Fitter::new(settings, w, 6, &dev).unwrap();
-        f.add_batch(&Tensor::randn(0f32, 1.0, (6, 3, 64, 64), &dev).unwrap())
-            .unwrap();
-        let mut m = f.finish(&|_, _| {}).unwrap();
-        m.set_threshold(Some(ThresholdSpec {
-            image: 1.5,
-            method: "test".into(),
-            validation_good: 0,
-            validation_defect: 0,
-        }));
-        m
+        crate::testing::tiny_model(kind, 1.5)
     }
 
     fn info(self_test: Option<image::RgbImage>) -> BundleInfo {
