@@ -38,11 +38,14 @@ pub enum Command {
     ///
     /// Example (simulated board, from a fresh clone):
     ///
-    ///   kestrel-edge run --board boards/sim.toml --model runs/bottle
+    ///   kestrel-edge run --board boards/sim.toml
     ///
-    /// The unit prints the TCP address and the serial (pty) path it listens on. Without a model it still runs,
-    /// reports "no model" to hosts, lights the fault lamp and sends no verdicts. Hosts authenticate with the unit
-    /// key: by default `<state>/unit.key`, created on first start.
+    /// The unit prints the TCP address and the serial (pty) path it listens on. Hosts authenticate with the unit
+    /// key: by default `<state>/unit.key`, created on first start. Models arrive with `kestrel flash` (signed
+    /// bundles, checked against the public keys in `<state>/trusted/`) and are kept in `<state>/models`; at every
+    /// start the active one is verified and self-tested again, falling back to the previous one if it fails.
+    /// Without a model the unit still runs, reports "no model" to hosts, lights the fault lamp and sends no
+    /// verdicts.
     #[command(after_long_help = EXIT_CODES)]
     Run(RunArgs),
 }
@@ -56,8 +59,9 @@ pub struct RunArgs {
     /// State directory (journal, unit key, installed model); overrides `state_dir` in the profile.
     #[arg(long, value_name = "DIR", env = "KESTREL_STATE")]
     pub state: Option<PathBuf>,
-    /// Model directory written by `kestrel fit`; default: `<state>/model` if present.
-    #[arg(long, value_name = "DIR", env = "KESTREL_MODEL")]
+    /// Development: a model directory from `kestrel fit` or a `.kbundle` (verified against `<state>/trusted/`),
+    /// instead of the flashed model in `<state>/models`.
+    #[arg(long, value_name = "DIR|FILE", env = "KESTREL_MODEL")]
     pub model: Option<PathBuf>,
     /// Pre-shared unit key file (64 hex digits); default: the profile's `unit.key_file`, else `<state>/unit.key`.
     #[arg(long, value_name = "FILE", env = "KESTREL_KEY_FILE")]

@@ -17,6 +17,9 @@
 //! * [`journal`]: crash-tolerant on-disk ring of verdicts; `Replay` is served from it.
 //! * [`link`]: kestrel-wire over TCP and serial (handshake, HMAC auth, subscriptions, per-client backpressure).
 //! * [`stats`]: counters and latency percentiles reported as wire `Stats`.
+//! * [`store`]: the model store (signed bundles by content hash, A/B slots switched atomically); the decisions
+//!   about which model runs (flash, self-test, rollback, boot fallback) are `runtime::models`, see
+//!   `docs/flashing.md`.
 //!
 //! Capture and inference run on plain OS threads because both block (V4L2 poll, candle on the CPU); only the links
 //! use tokio. Nothing on the link side can block capture or inference: verdicts reach clients through a bounded

@@ -90,7 +90,7 @@ async fn verdicts_flow_over_tcp_from_a_fitted_model_with_masks() {
     .unwrap();
     let mut c = connect(&unit).await;
     let hello = c.peer().clone();
-    assert!(hello.active_model.unwrap().name.contains("edge-test"));
+    assert!(hello.active_model.unwrap().name.contains("tiny"));
     subscribe(
         &mut c,
         Subscribe {

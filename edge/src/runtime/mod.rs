@@ -8,7 +8,8 @@
 //!   `SoftTrigger` from links), grabs one frame per part and queues it; nothing is dropped, an over-depth queue
 //!   raises a `TriggerOverflow` fault (fault lamp) until it drains.
 //! - **inference** (`inference`): pops batches, scores them, journals each verdict (sequence number), counts it,
-//!   asks the I/O thread to reject bad parts, and publishes the verdict to the links.
+//!   asks the I/O thread to reject bad parts, and publishes the verdict to the links. It owns the scorer: a flashed
+//!   or rolled-back model arrives through a channel and is swapped in between two batches ([`models`]).
 //! - **lines** ([`lines`]): owns the pins (trigger polling, reject pulses, lamps).
 //! - **links**: a tokio runtime on its own thread running the TCP and serial servers ([`crate::link`]).
 //!
