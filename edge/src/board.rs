@@ -277,6 +277,22 @@ pub struct InspectionConfig {
     pub reject_pulse_ms: u32,
     /// The trigger input must be stable this long before an edge counts.
     pub trigger_debounce_ms: u32,
+    /// What a part whose verdict is not ready by its deadline gets (default: reject).
+    pub on_late: OnLate,
+    /// The deadline is `reference instant + reject_delay − deadline_margin`: time the I/O thread needs to wake and
+    /// drive the output (default 5 ms).
+    pub deadline_margin_ms: u32,
+}
+
+/// What a late part gets. TOML: `"reject"` (default) or `"pass"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnLate {
+    /// Reject it (fail safe: never ship a part nobody judged in time).
+    #[default]
+    Reject,
+    /// Let it pass (lines where a false reject costs more than an escape; the part is still journaled as late).
+    Pass,
 }
 
 /// Inspection mode. TOML: `"free-run"` or `"triggered"`.
@@ -436,6 +452,14 @@ struct RawInspection {
     reject_pulse_ms: u32,
     #[serde(default)]
     trigger_debounce_ms: u32,
+    #[serde(default)]
+    on_late: OnLate,
+    #[serde(default = "default_deadline_margin")]
+    deadline_margin_ms: u32,
+}
+
+fn default_deadline_margin() -> u32 {
+    5
 }
 
 #[derive(Deserialize)]
@@ -799,12 +823,20 @@ impl Validator<'_> {
             0..=MAX_DEBOUNCE_MS,
             " ms",
         )?;
+        self.check_range(
+            "inspection.deadline_margin_ms",
+            raw.deadline_margin_ms,
+            0..=1000,
+            " ms (clamped to reject_delay_ms)",
+        )?;
         Ok(InspectionConfig {
             mode: raw.mode,
             queue_depth: raw.queue_depth,
             reject_delay_ms: raw.reject_delay_ms,
             reject_pulse_ms: raw.reject_pulse_ms,
             trigger_debounce_ms: raw.trigger_debounce_ms,
+            on_late: raw.on_late,
+            deadline_margin_ms: raw.deadline_margin_ms,
         })
     }
 

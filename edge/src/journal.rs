@@ -116,6 +116,17 @@ pub enum JournalError {
     /// A configuration value is out of range.
     #[error("invalid journal setting: {0}")]
     Config(&'static str),
+    /// Appending verdict `seq` failed. The number stays assigned to that verdict (publish it under it; it will
+    /// never be given to another), but the record may not be on disk: a torn write was cut off again and the next
+    /// record starts a new segment, so the journal reads as a gap at `seq`, never as a corrupt segment.
+    #[error("journal: verdict {seq} was not stored")]
+    Append {
+        /// The sequence number assigned to the verdict.
+        seq: u64,
+        /// What failed.
+        #[source]
+        source: Box<JournalError>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +167,14 @@ pub struct Journal {
     unsynced: u32,
     last_sync: Instant,
     recovery: Recovery,
+    /// The open segment's last record could not be written (and was cut off): the next record must start a new
+    /// segment, because a segment's record `i` is sequence number `first_seq + i`.
+    reopen: bool,
+    /// The last fsync failed and no later one succeeded.
+    sync_failed: bool,
+    /// Tests: the error the next record write fails with (ENOSPC, EIO), injected at the file layer.
+    #[cfg(test)]
+    inject: Option<io::Error>,
 }
 
 impl Journal {
@@ -257,6 +276,10 @@ impl Journal {
             unsynced: 0,
             last_sync: Instant::now(),
             recovery,
+            reopen: false,
+            sync_failed: false,
+            #[cfg(test)]
+            inject: None,
         };
         j.enforce_bound()?;
         Ok(j)
@@ -282,11 +305,36 @@ impl Journal {
     }
 
     /// Append a verdict, giving it the next sequence number (its `seq` is overwritten, its mask not stored).
-    /// Returns the sequence number.
+    /// Returns the sequence number. On failure the number is still consumed and named by
+    /// [`JournalError::Append`]: a number is never published twice, nor one the journal did not assign.
     pub fn append(&mut self, verdict: &Verdict) -> Result<u64, JournalError> {
         let seq = self.next_seq;
-        if self.segments.last().map(|s| s.count) >= Some(self.cfg.segment_records) {
+        match self.try_append(seq, verdict) {
+            Ok(()) => Ok(seq),
+            Err(e) => {
+                if self.next_seq == seq {
+                    // Not stored: the number is spent all the same, and the segment cannot hold it.
+                    self.next_seq = seq + 1;
+                    self.reopen = true;
+                }
+                Err(JournalError::Append {
+                    seq,
+                    source: Box::new(e),
+                })
+            }
+        }
+    }
+
+    /// Whether every appended record has been fsynced without error since the last failure (a failed sync is a
+    /// fault that stays until a sync succeeds).
+    pub fn is_healthy(&self) -> bool {
+        !self.sync_failed && !self.reopen
+    }
+
+    fn try_append(&mut self, seq: u64, verdict: &Verdict) -> Result<(), JournalError> {
+        if self.reopen || self.segments.last().map(|s| s.count) >= Some(self.cfg.segment_records) {
             self.rotate()?;
+            self.reopen = false;
         }
         let rec = Verdict {
             seq,
@@ -299,10 +347,21 @@ impl Journal {
         buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
         buf.extend_from_slice(&crc32(&body).to_le_bytes());
         buf.extend_from_slice(&body);
-        let path = &self.segments.last().expect("a segment is always open").path;
-        self.file
-            .write_all(&buf)
-            .map_err(io_err("append to", path))?;
+        let path = self
+            .segments
+            .last()
+            .expect("a segment is always open")
+            .path
+            .clone();
+        let before = self.file.metadata().map(|m| m.len());
+        if let Err(e) = self.write_record(&buf) {
+            // Cut a torn record off again so the segment stays readable; if even that fails, reading stops at the
+            // torn record at the next open (it is truncated there), and the next append starts a new segment.
+            if let Ok(len) = before {
+                let _ = self.file.set_len(len);
+            }
+            return Err(io_err("append to", &path)(e));
+        }
         self.segments.last_mut().expect("open segment").count += 1;
         self.next_seq += 1;
         self.unsynced += 1;
@@ -311,7 +370,7 @@ impl Journal {
         } else {
             self.sync_if_due()?;
         }
-        Ok(seq)
+        Ok(())
     }
 
     /// fsync pending records if the policy's interval has passed.
@@ -324,13 +383,25 @@ impl Journal {
 
     /// Force every appended record to stable storage now.
     pub fn sync(&mut self) -> Result<(), JournalError> {
-        if self.unsynced > 0 {
+        if self.unsynced > 0 || self.sync_failed {
             let path = &self.segments.last().expect("open segment").path;
-            self.file.sync_data().map_err(io_err("sync", path))?;
+            if let Err(e) = self.file.sync_data() {
+                self.sync_failed = true;
+                return Err(io_err("sync", path)(e));
+            }
+            self.sync_failed = false;
             self.unsynced = 0;
         }
         self.last_sync = Instant::now();
         Ok(())
+    }
+
+    fn write_record(&mut self, buf: &[u8]) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(e) = self.inject.take() {
+            return Err(e);
+        }
+        self.file.write_all(buf)
     }
 
     /// Up to `max` records from `from_seq` on. Asking for records the ring already dropped starts at the oldest one
@@ -549,6 +620,7 @@ mod tests {
             score: frame_id as f32 * 0.5,
             pass: !frame_id.is_multiple_of(3),
             mask: None,
+            outcome: kestrel_wire::Outcome::Inspected,
         }
     }
 
@@ -562,6 +634,39 @@ mod tests {
 
     fn seqs(b: &ReadBatch) -> Vec<u64> {
         b.records.iter().map(|v| v.seq).collect()
+    }
+
+    #[test]
+    fn a_failed_append_spends_its_number_and_leaves_every_segment_readable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut j = Journal::open(tmp.path(), cfg(100, 4)).unwrap();
+        for i in 0..3 {
+            assert_eq!(j.append(&verdict(i)).unwrap(), i);
+        }
+        for errno in [libc_enospc(), io::ErrorKind::Other.into()] {
+            j.inject = Some(errno);
+            let e = j.append(&verdict(99)).unwrap_err();
+            let JournalError::Append { seq, .. } = e else {
+                panic!("{e}")
+            };
+            assert!(!j.is_healthy());
+            // The number is spent: the next verdict gets the one after it.
+            let next = j.append(&verdict(100)).unwrap();
+            assert_eq!(next, seq + 1);
+            assert!(j.is_healthy(), "a later append and sync recover");
+        }
+        // Seqs 0..3, then gap 3, then 4, gap 5, 6: a reader sees every stored record once, in order, no corruption.
+        let got = seqs(&j.read_from(0, 100).unwrap());
+        assert_eq!(got, vec![0, 1, 2, 4, 6]);
+        drop(j);
+        let j = Journal::open(tmp.path(), cfg(100, 4)).unwrap();
+        assert_eq!(j.recovery().truncated_segments, 0, "nothing torn on disk");
+        assert_eq!(seqs(&j.read_from(0, 100).unwrap()), vec![0, 1, 2, 4, 6]);
+        assert!(j.next_seq() >= 7);
+    }
+
+    fn libc_enospc() -> io::Error {
+        io::Error::from_raw_os_error(28)
     }
 
     fn newest_segment(dir: &Path) -> PathBuf {

@@ -22,6 +22,8 @@ pub struct UnitStats {
     passes: AtomicU64,
     rejects: AtomicU64,
     dropped: AtomicU64,
+    late: AtomicU64,
+    uninspected: AtomicU64,
     latencies: Mutex<LatencyWindow>,
 }
 
@@ -46,6 +48,8 @@ impl UnitStats {
             passes: AtomicU64::new(0),
             rejects: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            uninspected: AtomicU64::new(0),
             latencies: Mutex::new(LatencyWindow {
                 ring: Vec::with_capacity(LATENCY_WINDOW),
                 next: 0,
@@ -56,11 +60,7 @@ impl UnitStats {
     /// One frame was inspected with this verdict and capture → verdict latency.
     pub fn record_verdict(&self, pass: bool, latency: Duration) {
         self.frames.fetch_add(1, Ordering::Relaxed);
-        if pass {
-            self.passes.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.rejects.fetch_add(1, Ordering::Relaxed);
-        }
+        self.record_decision(pass);
         let us = u32::try_from(latency.as_micros()).unwrap_or(u32::MAX);
         let mut w = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
         if w.ring.len() < LATENCY_WINDOW {
@@ -72,9 +72,38 @@ impl UnitStats {
         w.next = (w.next + 1) % LATENCY_WINDOW;
     }
 
+    /// A verdict without an inspected frame (an uninspected part): counts as a pass or reject only.
+    pub fn record_decision(&self, pass: bool) {
+        if pass {
+            self.passes.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.rejects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// `n` frames were dropped before inspection (free-run overload, trigger overflow).
     pub fn record_dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A part's verdict was not ready by its deadline (it got the `on_late` decision).
+    pub fn record_late(&self) {
+        self.late.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A part was rejected without being scored.
+    pub fn record_uninspected(&self) {
+        self.uninspected.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Late parts so far.
+    pub fn late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
+    }
+
+    /// Uninspected parts so far.
+    pub fn uninspected(&self) -> u64 {
+        self.uninspected.load(Ordering::Relaxed)
     }
 
     /// Frames inspected so far.
@@ -109,6 +138,8 @@ impl UnitStats {
             // Filled in by the runtime, which knows the models.
             model: None,
             previous_model: None,
+            late: self.late(),
+            uninspected: self.uninspected(),
         }
     }
 }

@@ -71,6 +71,7 @@ fn journal(seq: u64, with_mask: bool) -> Verdict {
         score: if pass { 0.1 } else { 0.9 },
         pass,
         mask,
+        outcome: kestrel_wire::Outcome::Inspected,
     }
 }
 
@@ -170,6 +171,8 @@ async fn serve(sock: tokio::net::TcpStream, st: Arc<FakeState>) -> std::io::Resu
                                         link_errors: frames.counts().errors(),
                                         model: None,
                                         previous_model: None,
+                                        late: 0,
+                                        uninspected: 0,
                                     })]
                                 }
                                 Msg::Replay(r) => {

@@ -475,6 +475,8 @@ pub(crate) mod tests {
                 link_errors,
                 model: None,
                 previous_model: None,
+                late: 0,
+                uninspected: 0,
             }
         }
     }
@@ -628,6 +630,7 @@ pub(crate) mod tests {
             score,
             pass,
             mask: Some(kestrel_wire::Mask::rle(1, 1, &[9]).unwrap()),
+            outcome: kestrel_wire::Outcome::Inspected,
         }
     }
 

@@ -1,5 +1,9 @@
 //! The line-I/O thread: sole owner of the pins. It polls the trigger input (debounced), drives reject pulses from
-//! [`RejectScheduler`] on the monotonic clock, and sets the lamps on request.
+//! [`RejectScheduler`] on the monotonic clock, sets the lamps on request, and enforces part **deadlines**: every
+//! part the unit has committed to judge is announced with [`IoCmd::Expect`]; if its verdict has not claimed it by
+//! `reference instant + reject_delay − margin`, this thread claims it and applies `on_late` (reject by default) in
+//! time for the part's pulse window, then tells the runtime (`LineEvents::late`). Whoever claims a part first (the
+//! inference thread with a verdict, or this thread at the deadline) decides it; the other learns it was late.
 //!
 //! Why a dedicated thread: reject pulses must start within a millisecond or two of their deadline whatever the
 //! inference or link load, so the thread that drives them does nothing else and sleeps exactly until the next
@@ -22,6 +26,13 @@ pub const SHUTDOWN_PULSE_WAIT: Duration = Duration::from_secs(5);
 pub enum IoCmd {
     /// Reject the part seen at this instant (pulse after the profile's delay).
     Reject(Instant),
+    /// Watch part `part` (reference instant `at`): decide it by `on_late` if nobody claims it by its deadline.
+    Expect {
+        /// The runtime's part number.
+        part: u64,
+        /// The part's reference instant (trigger edge or capture time).
+        at: Instant,
+    },
     /// Set both lamps.
     Lamps {
         /// Ready lamp.
@@ -39,6 +50,19 @@ pub trait LineEvents: Send {
     fn trigger(&self, at: Instant);
     /// A pin failed (reported once per failure streak).
     fn fault(&self, code: FaultCode, detail: String);
+    /// Claim the decision on `part`; `true` for exactly one caller (see the module docs).
+    fn claim(&self, part: u64) -> bool;
+    /// `part` reached its deadline unclaimed; this thread applied `on_late` (`rejected` says which way).
+    fn late(&self, part: u64, rejected: bool);
+}
+
+/// When parts are due and what a late one gets.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    /// From a part's reference instant to its deadline (`reject_delay − margin`).
+    pub after: Duration,
+    /// Reject late parts (`on_late = "reject"`), or let them pass.
+    pub reject_late: bool,
 }
 
 /// Run the I/O loop until [`IoCmd::Shutdown`] (or the runtime drops its sender).
@@ -47,8 +71,12 @@ pub fn run(
     rx: Receiver<IoCmd>,
     mut sched: RejectScheduler,
     mut trigger: Option<TriggerDetector>,
+    deadlines: Deadlines,
     events: &dyn LineEvents,
 ) {
+    // (deadline, part, reference instant), earliest first.
+    let mut due: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64, Instant)>> =
+        std::collections::BinaryHeap::new();
     let mut failing = false;
     let mut report = |r: Result<(), PinError>, what: &str| match r {
         Ok(()) => failing = false,
@@ -72,6 +100,18 @@ pub fn run(
                 Err(e) => report(Err(e), "reading the trigger input"),
             }
         }
+        while let Some(&std::cmp::Reverse((deadline, part, at))) = due.peek() {
+            if deadline > now {
+                break;
+            }
+            due.pop();
+            if events.claim(part) {
+                if deadlines.reject_late {
+                    sched.schedule(at);
+                }
+                events.late(part, deadlines.reject_late);
+            }
+        }
         let r = sched.poll(now, &mut io.reject);
         report(r, "driving the reject output");
         let mut wait = if trigger.is_some() {
@@ -82,8 +122,14 @@ pub fn run(
         if let Some(d) = sched.next_deadline() {
             wait = wait.min(d.saturating_duration_since(Instant::now()));
         }
+        if let Some(std::cmp::Reverse((d, _, _))) = due.peek() {
+            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
         match rx.recv_timeout(wait) {
             Ok(IoCmd::Reject(at)) => sched.schedule(at),
+            Ok(IoCmd::Expect { part, at }) => {
+                due.push(std::cmp::Reverse((at + deadlines.after, part, at)))
+            }
             Ok(IoCmd::Lamps { ready, fault }) => {
                 let r = io.ready.set_state(ready.into());
                 report(r, "switching the ready lamp");

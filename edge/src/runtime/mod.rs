@@ -33,7 +33,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -41,10 +41,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kestrel_wire::{
     Activate, AuthError, BundleBegin, BundleChunk, BundleProbe, Event, EventKind, FaultCode,
-    KeyFileError, ModelRef, NackCode, Stats, UnitKey, Verdict,
+    KeyFileError, ModelRef, NackCode, Outcome, Stats, UnitKey, Verdict,
 };
 
-use crate::board::{BoardError, BoardProfile, Mode};
+use crate::board::{BoardError, BoardProfile, Mode, OnLate};
 use crate::camera::{CameraError, Frame, FrameSource};
 use crate::inference::{self, Inspector, VisionInspector};
 use crate::journal::{Journal, JournalConfig, JournalError};
@@ -62,6 +62,12 @@ use queue::{FrameQueue, PartAdmission, Pop};
 
 /// Largest batch the inference thread scores at once (frames that piled up while it was busy).
 pub const MAX_BATCH: usize = 4;
+
+/// Consecutive on-time verdicts after which a `VerdictLate` fault clears.
+pub const ON_TIME_TO_CLEAR: u32 = 50;
+
+/// `frame_id` of a verdict for a part no frame was captured for (capture backlog full, camera failed).
+pub const NO_FRAME: u64 = u64::MAX;
 
 /// Errors that stop a unit from starting (or from shutting down cleanly). Each keeps the error that caused it as
 /// its `source()`; the binary prints the chain and maps the variant to an exit code ([`EdgeError::exit_code`]).
@@ -171,6 +177,9 @@ impl std::fmt::Debug for UnitOptions {
 
 /// A part waiting for inspection.
 struct Part {
+    /// Part number once the unit has committed to judge it (its deadline is watched from then on): at capture in
+    /// triggered mode, when inference takes the frame in free-run.
+    id: Option<u64>,
     frame: Frame,
     /// Reference instant for the reject pulse (trigger edge or capture time).
     at: Instant,
@@ -195,6 +204,15 @@ struct Shared {
     models: models::ModelManager,
     faults: Mutex<HashSet<FaultCode>>,
     outgoing: tokio::sync::broadcast::Sender<Arc<Outgoing>>,
+    /// Every verdict, late and uninspected parts included, is journaled here before it is published.
+    journal: Arc<Mutex<Journal>>,
+    /// Parts announced to the I/O thread whose decision nobody has claimed yet.
+    pending: Mutex<HashSet<u64>>,
+    next_part: AtomicU64,
+    /// Reject parts whose verdict misses the deadline (`on_late = "reject"`).
+    reject_late: bool,
+    /// On-time verdicts since the last late one (the late fault clears after [`ON_TIME_TO_CLEAR`]).
+    on_time_streak: AtomicU32,
     io_tx: Mutex<mpsc::Sender<IoCmd>>,
     trigger_tx: Mutex<Option<mpsc::SyncSender<TriggerReq>>>,
     stopping: AtomicBool,
@@ -277,6 +295,174 @@ impl Shared {
         }
     }
 
+    /// Announce part `at` to the I/O thread's deadline watch; returns its number.
+    fn register(&self, at: Instant) -> u64 {
+        let id = self.next_part.fetch_add(1, Ordering::Relaxed);
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+        self.io(IoCmd::Expect { part: id, at });
+        id
+    }
+
+    /// Take the decision on `part`: `true` for exactly one caller (verdict in time, or the I/O thread at the
+    /// deadline).
+    fn claim(&self, part: u64) -> bool {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&part)
+    }
+
+    /// A scored part: decide it (or learn it was late), count, journal and publish its verdict.
+    fn judged(&self, part: &Part, r: inference::Inspection) {
+        let threshold = self.threshold();
+        let model_pass = inference::passes(r.score, threshold);
+        let on_time = part.id.is_none_or(|id| self.claim(id));
+        let (pass, outcome) = if on_time {
+            if !model_pass {
+                self.io(IoCmd::Reject(part.at));
+            }
+            let streak = self.on_time_streak.fetch_add(1, Ordering::Relaxed) + 1;
+            if streak >= ON_TIME_TO_CLEAR {
+                self.clear(FaultCode::VerdictLate);
+            }
+            (model_pass, Outcome::Inspected)
+        } else {
+            // The I/O thread already applied `on_late` at the deadline.
+            if !model_pass && !self.reject_late {
+                tracing::error!(
+                    frame = part.frame.id,
+                    score = r.score,
+                    "a late part the model rejects was let pass (on_late = \"pass\")"
+                );
+            }
+            (!self.reject_late, Outcome::Late)
+        };
+        let mask = if self.outgoing.receiver_count() > 0 {
+            match inference::mask_from_map(&r.map, threshold) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "no mask for this verdict");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        self.record(
+            part.frame.id,
+            part.at,
+            part.wall_us,
+            r.score,
+            pass,
+            mask,
+            outcome,
+        );
+    }
+
+    /// A part that will not be scored (no model, camera failure, overflow, scoring error): rejected unless the I/O
+    /// thread already decided it at its deadline, counted, journaled as uninspected, published.
+    fn uninspected(&self, part: &Part, why: &str) {
+        self.lost(part.id, part.frame.id, part.at, part.wall_us, why);
+    }
+
+    fn lost(&self, id: Option<u64>, frame_id: u64, at: Instant, wall_us: u64, why: &str) {
+        let pass = if id.is_none_or(|id| self.claim(id)) {
+            self.io(IoCmd::Reject(at));
+            false
+        } else {
+            !self.reject_late
+        };
+        self.stats.record_uninspected();
+        tracing::warn!(frame = frame_id, %why, pass, "part not inspected");
+        self.record(
+            frame_id,
+            at,
+            wall_us,
+            f32::NAN,
+            pass,
+            None,
+            Outcome::Uninspected,
+        );
+    }
+
+    /// Journal a verdict (the journal assigns its sequence number, even when the write fails), count it, publish.
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &self,
+        frame_id: u64,
+        at: Instant,
+        wall_us: u64,
+        score: f32,
+        pass: bool,
+        mask: Option<kestrel_wire::Mask>,
+        outcome: Outcome,
+    ) {
+        let latency = at.elapsed();
+        let mut v = Verdict {
+            seq: 0,
+            frame_id,
+            t_capture_us: wall_us,
+            latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
+            score,
+            pass,
+            mask,
+            outcome,
+        };
+        let mut j = self.journal.lock().unwrap_or_else(|p| p.into_inner());
+        let appended = j.append(&v);
+        let healthy = j.is_healthy();
+        drop(j);
+        v.seq = match appended {
+            Ok(seq) => seq,
+            Err(JournalError::Append { seq, source }) => {
+                self.raise(FaultCode::Storage, crate::error_text(&*source));
+                seq
+            }
+            Err(e) => {
+                // `append` only fails with `Append`; anything else is a bug, still not a reason to lose the verdict.
+                self.raise(FaultCode::Storage, crate::error_text(&e));
+                return;
+            }
+        };
+        if healthy {
+            self.clear(FaultCode::Storage);
+        }
+        if outcome == Outcome::Uninspected {
+            self.stats.record_decision(pass);
+        } else {
+            self.stats.record_verdict(pass, latency);
+        }
+        tracing::debug!(
+            seq = v.seq,
+            frame = v.frame_id,
+            score = v.score,
+            pass,
+            ?outcome,
+            "verdict"
+        );
+        self.publish(Outgoing::Verdict(v));
+    }
+
+    /// A journal sync outcome: a failure is a fault that stays until a sync succeeds.
+    fn journal_result(&self, r: Result<(), JournalError>) {
+        match r {
+            Ok(()) => {
+                let healthy = self
+                    .journal
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .is_healthy();
+                if healthy {
+                    self.clear(FaultCode::Storage);
+                }
+            }
+            Err(e) => self.raise(FaultCode::Storage, crate::error_text(&e)),
+        }
+    }
+
     /// A part arrived (trigger edge or SoftTrigger): hand it to the capture thread.
     fn trigger(&self, at: Instant) -> Result<(), (NackCode, String)> {
         let tx = self.trigger_tx.lock().unwrap_or_else(|p| p.into_inner());
@@ -296,10 +482,9 @@ impl Shared {
         }
     }
 
-    /// A triggered part that cannot be inspected: count it, reject it (fail-safe), raise the overflow fault.
+    /// A triggered part that cannot be inspected: reject it (fail-safe), journal it, raise the overflow fault.
     fn part_lost(&self, at: Instant, why: &str) {
-        self.stats.record_dropped(1);
-        self.io(IoCmd::Reject(at));
+        self.lost(None, NO_FRAME, at, unix_us(at), why);
         self.raise(
             FaultCode::TriggerOverflow,
             format!("{why}; parts are rejected uninspected until the unit catches up"),
@@ -315,12 +500,7 @@ impl UnitControl for Shared {
                 "the unit is in free-run mode; SoftTrigger needs `mode = \"triggered\"` in the board profile".into(),
             ));
         }
-        if !self.has_model() {
-            return Err((
-                NackCode::TriggerUnavailable,
-                "no model installed: the unit inspects nothing".into(),
-            ));
-        }
+        // Without a model the part is rejected uninspected, like a hardware trigger (fail closed).
         self.trigger(Instant::now())
     }
 
@@ -381,13 +561,28 @@ impl UnitControl for Shared {
 
 impl lines::LineEvents for Arc<Shared> {
     fn trigger(&self, at: Instant) {
-        if self.has_model() {
-            let _ = Shared::trigger(self, at);
-        }
+        // With or without a model: a part without a model is rejected uninspected (fail closed), never ignored.
+        let _ = Shared::trigger(self, at);
     }
 
     fn fault(&self, code: FaultCode, detail: String) {
         self.raise(code, detail);
+    }
+
+    fn claim(&self, part: u64) -> bool {
+        Shared::claim(self, part)
+    }
+
+    fn late(&self, part: u64, rejected: bool) {
+        self.stats.record_late();
+        self.on_time_streak.store(0, Ordering::Relaxed);
+        self.raise(
+            FaultCode::VerdictLate,
+            format!(
+                "part {part} had no verdict by its deadline (inspection slower than the reject delay); it was {}",
+                if rejected { "rejected (on_late = \"reject\")" } else { "passed (on_late = \"pass\")" }
+            ),
+        );
     }
 }
 
@@ -477,7 +672,7 @@ impl Unit {
         }
         let source = open_camera(opts.source.take(), &profile)?;
         let (line_io, fake_board) = crate::pins::open(&profile.pins)?;
-        let wiring = Wiring::new(&profile, &model, manager);
+        let wiring = Wiring::new(&profile, &model, manager, &journal);
         let shared = wiring.shared.clone();
         let links = Links::open(&profile, &key, &journal, &shared)?;
         let (tcp_addr, serial_path) = (links.tcp_addr, links.serial_path.clone());
@@ -654,7 +849,12 @@ struct Wiring {
 
 impl Wiring {
     /// Build the shared state for `model` and show the model state (ready lamp, or the no-model fault).
-    fn new(profile: &BoardProfile, model: &LoadedModel, models: models::ModelManager) -> Wiring {
+    fn new(
+        profile: &BoardProfile,
+        model: &LoadedModel,
+        models: models::ModelManager,
+        journal: &Arc<Mutex<Journal>>,
+    ) -> Wiring {
         let inspector = model.inspector.as_ref();
         let threshold = inspector.map(|i| i.threshold()).unwrap_or(f32::NAN);
         let (out_tx, _) = tokio::sync::broadcast::channel(link::OUTBOX_LEN);
@@ -670,6 +870,11 @@ impl Wiring {
             models,
             faults: Mutex::new(HashSet::new()),
             outgoing: out_tx,
+            journal: journal.clone(),
+            pending: Mutex::new(HashSet::new()),
+            next_part: AtomicU64::new(0),
+            reject_late: profile.inspection.on_late == OnLate::Reject,
+            on_time_streak: AtomicU32::new(0),
             io_tx: Mutex::new(io_tx),
             trigger_tx: Mutex::new(Some(trig_tx)),
             stopping: AtomicBool::new(false),
@@ -821,10 +1026,17 @@ fn spawn_lines(
         Duration::from_millis(profile.inspection.reject_delay_ms.into()),
         Duration::from_millis(profile.inspection.reject_pulse_ms.into()),
     );
+    let delay = profile.inspection.reject_delay_ms;
+    let deadlines = lines::Deadlines {
+        after: Duration::from_millis(
+            (delay - profile.inspection.deadline_margin_ms.min(delay)).into(),
+        ),
+        reject_late: profile.inspection.on_late == OnLate::Reject,
+    };
     let ev = shared.clone();
     std::thread::Builder::new()
         .name("kestrel-lines".into())
-        .spawn(move || lines::run(line_io, io_rx, sched, trigger, &ev))
+        .spawn(move || lines::run(line_io, io_rx, sched, trigger, deadlines, &ev))
         .map_err(|source| EdgeError::Os {
             what: "line I/O thread",
             source,
@@ -934,6 +1146,7 @@ fn capture_loop(
                 };
                 let at = frame.captured_at();
                 let part = Part {
+                    id: None,
                     frame,
                     at,
                     wall_us: unix_us(at),
@@ -952,7 +1165,10 @@ fn capture_loop(
                     shared.part_lost(req.at, "no frame from the camera for a triggered part");
                     continue;
                 };
+                // Triggered parts are watched from capture on, so a part stuck behind slow inference still gets
+                // its `on_late` decision in time for its pulse.
                 let part = Part {
+                    id: Some(shared.register(req.at)),
                     frame,
                     at: req.at,
                     wall_us: unix_us(req.at),
@@ -966,7 +1182,13 @@ fn capture_loop(
                             queue.depth()
                         ),
                     ),
-                    PartAdmission::Refused(p) => shared.part_lost(p.at, "inspection queue at its hard limit"),
+                    PartAdmission::Refused(p) => {
+                        shared.uninspected(&p, "inspection queue at its hard limit");
+                        shared.raise(
+                            FaultCode::TriggerOverflow,
+                            "inspection queue at its hard limit; parts are rejected uninspected".into(),
+                        );
+                    }
                 }
             }
         }
@@ -976,12 +1198,13 @@ fn capture_loop(
         match source.next_frame() {
             Ok(frame) => {
                 let part = Part {
+                    id: Some(shared.register(req.at)),
                     frame,
                     at: req.at,
                     wall_us: unix_us(req.at),
                 };
                 if let PartAdmission::Refused(p) = queue.push_part(part) {
-                    shared.part_lost(p.at, "inspection queue at its hard limit");
+                    shared.uninspected(&p, "inspection queue at its hard limit");
                 }
             }
             Err(_) => shared.part_lost(req.at, "no frame from the camera for a triggered part"),
@@ -1008,108 +1231,75 @@ fn inference_loop(
         while let Ok(swap) = swaps.try_recv() {
             apply_swap(swap, &mut inspector, &mut trial, shared);
         }
-        let parts = match queue.pop_batch(MAX_BATCH, Duration::from_millis(50)) {
+        let max = match shared.mode {
+            // Free-run: the newest frame wins. Older queued frames are stale by the time they would be scored, so
+            // they are dropped (and counted) and the verdict latency stays near one inference time.
+            Mode::FreeRun => usize::MAX,
+            Mode::Triggered => MAX_BATCH,
+        };
+        let mut parts = match queue.pop_batch(max, Duration::from_millis(50)) {
             Pop::Closed => break,
             Pop::Timeout => {
-                if let Err(e) = lock().sync_if_due() {
-                    shared.raise(FaultCode::Storage, crate::error_text(&e));
-                }
+                let synced = lock().sync_if_due();
+                shared.journal_result(synced.map(|_| ()));
                 continue;
             }
             Pop::Items(p) => p,
         };
+        if shared.mode == Mode::FreeRun {
+            let newest = parts.pop().expect("pop_batch returns at least one item");
+            shared.stats.record_dropped(parts.len() as u64);
+            parts = vec![newest];
+        }
         let Some(insp) = inspector.as_mut() else {
-            // No model: frames keep the camera exercised but produce nothing.
+            // No model: triggered parts fail closed (rejected, journaled as uninspected); free-run frames keep the
+            // camera exercised but produce nothing.
+            if shared.mode == Mode::Triggered {
+                for p in &parts {
+                    shared.uninspected(p, "no model is active");
+                }
+            }
             continue;
         };
+        if shared.mode == Mode::FreeRun {
+            // The unit commits to judging this frame now; its deadline counts from its capture.
+            for p in &mut parts {
+                p.id = Some(shared.register(p.at));
+            }
+        }
         let frames: Vec<Frame> = parts.iter().map(|p| p.frame.clone()).collect();
-        let results = match insp.inspect(&frames) {
-            Ok(r) if r.len() == parts.len() => r,
-            Ok(r) => {
-                let e = format!(
-                    "inspector returned {} results for {} frames",
-                    r.len(),
-                    parts.len()
-                );
-                fail_parts(shared, &parts, &e, &mut failing);
-                if trial.take().is_some() {
-                    if let Some(swap) = shared.auto_rollback(&e) {
-                        apply_swap(swap, &mut inspector, &mut trial, shared);
+        let failure = match insp.inspect(&frames) {
+            Ok(r) if r.len() == parts.len() => {
+                if failing {
+                    failing = false;
+                    shared.clear(FaultCode::InferenceFailed);
+                }
+                for (part, r) in parts.iter().zip(r) {
+                    shared.judged(part, r);
+                }
+                if let Some(left) = trial {
+                    let left = left.saturating_sub(parts.len() as u32);
+                    trial = (left > 0).then_some(left);
+                    if trial.is_none() {
+                        shared.confirm_model();
                     }
                 }
-                continue;
-            }
-            Err(e) => {
-                let e = crate::error_text(&e);
-                fail_parts(shared, &parts, &e, &mut failing);
-                if trial.take().is_some() {
-                    if let Some(swap) = shared.auto_rollback(&e) {
-                        apply_swap(swap, &mut inspector, &mut trial, shared);
-                    }
-                }
-                continue;
-            }
-        };
-        if let Some(left) = trial {
-            let left = left.saturating_sub(parts.len() as u32);
-            trial = (left > 0).then_some(left);
-            if trial.is_none() {
-                shared.confirm_model();
-            }
-        }
-        if failing {
-            failing = false;
-            shared.clear(FaultCode::InferenceFailed);
-        }
-        let want_masks = shared.outgoing.receiver_count() > 0;
-        for (part, r) in parts.iter().zip(results) {
-            let threshold = shared.threshold();
-            let pass = inference::passes(r.score, threshold);
-            let latency = part.at.elapsed();
-            let mask = if want_masks {
-                match inference::mask_from_map(&r.map, threshold) {
-                    Ok(m) => Some(m),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no mask for this verdict");
-                        None
-                    }
-                }
-            } else {
                 None
-            };
-            let mut v = Verdict {
-                seq: 0,
-                frame_id: part.frame.id,
-                t_capture_us: part.wall_us,
-                latency_us: u32::try_from(latency.as_micros()).unwrap_or(u32::MAX),
-                score: r.score,
-                pass,
-                mask,
-            };
-            if !pass {
-                shared.io(IoCmd::Reject(part.at));
             }
-            let appended = lock().append(&v);
-            match appended {
-                Ok(seq) => {
-                    v.seq = seq;
-                    shared.clear(FaultCode::Storage);
-                }
-                Err(e) => {
-                    v.seq = lock().next_seq();
-                    shared.raise(FaultCode::Storage, crate::error_text(&e));
+            Ok(r) => Some(format!(
+                "inspector returned {} results for {} frames",
+                r.len(),
+                parts.len()
+            )),
+            Err(e) => Some(crate::error_text(&e)),
+        };
+        if let Some(e) = failure {
+            fail_parts(shared, &parts, &e, &mut failing);
+            if trial.take().is_some() {
+                if let Some(swap) = shared.auto_rollback(&e) {
+                    apply_swap(swap, &mut inspector, &mut trial, shared);
                 }
             }
-            shared.stats.record_verdict(pass, latency);
-            tracing::debug!(
-                seq = v.seq,
-                frame = v.frame_id,
-                score = v.score,
-                pass,
-                latency_us = v.latency_us,
-                "verdict"
-            );
-            shared.publish(Outgoing::Verdict(v));
         }
         if shared.mode == Mode::Triggered && queue.is_empty() {
             shared.clear(FaultCode::TriggerOverflow);
@@ -1135,12 +1325,11 @@ fn apply_swap(
     }
 }
 
-/// Scoring failed for these parts: they are rejected uninspected (fail-safe) and counted as dropped.
+/// Scoring failed for these parts: they are rejected uninspected (fail-safe) and journaled so.
 fn fail_parts(shared: &Shared, parts: &[Part], error: &str, failing: &mut bool) {
     for p in parts {
-        shared.io(IoCmd::Reject(p.at));
+        shared.uninspected(p, error);
     }
-    shared.stats.record_dropped(parts.len() as u64);
     if !*failing {
         *failing = true;
         shared.raise(FaultCode::InferenceFailed, error.to_string());

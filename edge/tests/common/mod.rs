@@ -34,6 +34,8 @@ pub fn sim_profile(state: &Path, mode: Mode, queue_depth: usize, fps: f64) -> Bo
             reject_delay_ms: 20,
             reject_pulse_ms: 5,
             trigger_debounce_ms: 1,
+            on_late: kestrel_edge::board::OnLate::Reject,
+            deadline_margin_ms: 2,
         },
         tcp: Some(TcpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),

@@ -395,6 +395,7 @@ mod tests {
             score: 0.5,
             pass,
             mask,
+            outcome: kestrel_wire::Outcome::Inspected,
         }
     }
 

@@ -372,6 +372,21 @@ pub struct Verdict {
     pub pass: bool,
     /// Reduced-resolution anomaly map, when the subscription asks for one.
     pub mask: Option<Mask>,
+    /// How the verdict came about: judged in time, judged after the part's deadline, or not judged at all.
+    pub outcome: Outcome,
+}
+
+/// How a [`Verdict`] came about. Append only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Schema)]
+#[cfg_attr(feature = "testing", derive(proptest_derive::Arbitrary))]
+pub enum Outcome {
+    /// Scored before the part's deadline; `pass` is the model's verdict.
+    Inspected,
+    /// Scored after the deadline: the line already got the `on_late` decision (reject by default), which `pass`
+    /// records; `score` is what the model said afterwards.
+    Late,
+    /// Never scored (no model, camera failure, queue overflow, scoring error): rejected, `score` is NaN.
+    Uninspected,
 }
 
 /// Edge → host: counters since the unit started.
@@ -400,6 +415,10 @@ pub struct Stats {
     pub model: Option<ModelRef>,
     /// The model a rollback would return to, if any.
     pub previous_model: Option<ModelRef>,
+    /// Parts whose verdict was not ready by their deadline (they got the `on_late` decision).
+    pub late: u64,
+    /// Parts that were never scored (no model, camera failure, overflow, scoring error) and were rejected.
+    pub uninspected: u64,
 }
 
 /// Edge → host: something happened, stamped with the unit clock.
@@ -487,6 +506,10 @@ pub enum FaultCode {
     Gpio,
     /// Anything else; see the detail string.
     Internal,
+    /// Verdicts are arriving after their parts' deadlines (inspection slower than the conveyor).
+    VerdictLate,
+    /// The model's measured inference time exceeds the reject delay; it was refused.
+    ModelTooSlow,
 }
 
 /// Edge → host: request with envelope `seq == re` succeeded.
@@ -557,6 +580,8 @@ pub enum NackCode {
     Downgrade,
     /// The bundle is for another firmware range or input size than this unit's.
     BundleIncompatible,
+    /// The model's inference p99 on this unit exceeds the reject delay: it would judge parts too late.
+    ModelTooSlow,
 }
 
 impl NackCode {
@@ -574,7 +599,8 @@ impl NackCode {
             | NackCode::BundleSignature
             | NackCode::BundleInvalid
             | NackCode::BundleIncompatible
-            | NackCode::SelfTestFailed => exit::BAD_MODEL,
+            | NackCode::SelfTestFailed
+            | NackCode::ModelTooSlow => exit::BAD_MODEL,
             _ => exit::REFUSED,
         }
     }

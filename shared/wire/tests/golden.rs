@@ -24,6 +24,7 @@ fn verdict() -> Verdict {
         score: 0.75,
         pass: false,
         mask: Some(Mask::rle(4, 2, &[0, 0, 0, 0, 9, 9, 9, 0]).unwrap()),
+        outcome: kestrel_wire::Outcome::Inspected,
     }
 }
 
@@ -125,7 +126,7 @@ fn samples() -> Vec<(Msg, &'static [u8])> {
             Msg::Verdict(verdict()),
             &[
                 7, 14, 192, 132, 61, 42, 128, 128, 129, 177, 132, 233, 145, 3, 185, 96, 0, 0, 64,
-                63, 0, 1, 4, 2, 1, 6, 4, 0, 3, 9, 1, 0, 0,
+                63, 0, 1, 4, 2, 1, 6, 4, 0, 3, 9, 1, 0, 0, 0,
             ],
         ),
         (
@@ -141,12 +142,14 @@ fn samples() -> Vec<(Msg, &'static [u8])> {
                 link_errors: 1,
                 model: Some(model()),
                 previous_model: None,
+                late: 4,
+                uninspected: 2,
             }),
             &[
                 7, 15, 160, 141, 6, 184, 133, 6, 222, 7, 10, 192, 62, 136, 164, 1, 128, 163, 5, 3,
                 1, 1, 10, 98, 111, 116, 116, 108, 101, 45, 114, 49, 56, 171, 171, 171, 171, 171,
                 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171,
-                171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 7, 0, 0,
+                171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 171, 7, 0, 4, 2, 0,
             ],
         ),
         (
@@ -189,7 +192,7 @@ fn samples() -> Vec<(Msg, &'static [u8])> {
             }),
             &[
                 7, 20, 192, 132, 61, 42, 128, 128, 129, 177, 132, 233, 145, 3, 185, 96, 0, 0, 64,
-                63, 0, 0, 0,
+                63, 0, 0, 0, 0,
             ],
         ),
         (
@@ -391,6 +394,7 @@ fn nested_enum_bytes() {
         NackCode::Internal,
         NackCode::Downgrade,
         NackCode::BundleIncompatible,
+        NackCode::ModelTooSlow,
     ];
     for (i, code) in nack_codes.iter().enumerate() {
         // Exhaustiveness guard: adding a code without listing it here fails to compile.
@@ -416,7 +420,8 @@ fn nested_enum_bytes() {
             | NackCode::ReplayUnavailable
             | NackCode::Internal
             | NackCode::Downgrade
-            | NackCode::BundleIncompatible => {}
+            | NackCode::BundleIncompatible
+            | NackCode::ModelTooSlow => {}
         }
         assert_eq!(
             postcard::to_stdvec(code).unwrap(),
@@ -434,6 +439,8 @@ fn nested_enum_bytes() {
         FaultCode::Storage,
         FaultCode::Gpio,
         FaultCode::Internal,
+        FaultCode::VerdictLate,
+        FaultCode::ModelTooSlow,
     ];
     for (i, code) in fault_codes.iter().enumerate() {
         match code {
@@ -445,7 +452,9 @@ fn nested_enum_bytes() {
             | FaultCode::SelfTestFailed
             | FaultCode::Storage
             | FaultCode::Gpio
-            | FaultCode::Internal => {}
+            | FaultCode::Internal
+            | FaultCode::VerdictLate
+            | FaultCode::ModelTooSlow => {}
         }
         assert_eq!(
             postcard::to_stdvec(code).unwrap(),
@@ -480,8 +489,8 @@ fn frame_bytes() {
             frame(&tagged),
             &[
                 18, 172, 2, 14, 192, 132, 61, 42, 128, 128, 129, 177, 132, 233, 145, 3, 185, 96, 1,
-                3, 64, 63, 7, 1, 4, 2, 1, 6, 4, 4, 3, 9, 1, 18, 1, 165, 165, 165, 165, 165, 165,
-                165, 165, 165, 165, 165, 165, 165, 165, 165, 165, 4, 118, 222, 113, 0,
+                3, 64, 63, 7, 1, 4, 2, 1, 6, 4, 4, 3, 9, 1, 1, 22, 1, 165, 165, 165, 165, 165, 165,
+                165, 165, 165, 165, 165, 165, 165, 165, 165, 165, 160, 14, 186, 124, 0,
             ],
         ),
     ];

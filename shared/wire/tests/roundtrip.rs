@@ -50,6 +50,7 @@ round_trips! {
     bundle_probe: BundleProbe,
     replay: Replay,
     verdict: Verdict,
+    outcome: Outcome,
     stats: Stats,
     event: Event,
     event_kind: EventKind,
