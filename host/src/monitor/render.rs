@@ -305,6 +305,11 @@ pub fn json_line(u: &Update, mask_png: Option<&Path>) -> serde_json::Value {
             "uptime_s": s.uptime_s,
             "missed_by_client": s.missed_by_client,
             "link_errors": s.link_errors,
+            "late": s.late,
+            "uninspected": s.uninspected,
+            "model": s.model.as_ref().map(|m| json!({
+                "name": m.name, "version": m.version, "sha256": hex::encode(m.sha256),
+            })),
         }),
         Update::Event(e) => json!({
             "type": "event",
