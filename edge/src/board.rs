@@ -342,6 +342,17 @@ pub struct ComputeConfig {
     pub input_size: Option<u32>,
 }
 
+impl CameraConfig {
+    /// The frame size the camera is configured for, when the profile says (a directory of files does not).
+    pub fn frame_size(&self) -> Option<(u32, u32)> {
+        match self {
+            CameraConfig::V4l2 { width, height, .. }
+            | CameraConfig::Synthetic { width, height, .. } => Some((*width, *height)),
+            CameraConfig::Directory { .. } => None,
+        }
+    }
+}
+
 impl ComputeConfig {
     /// The CUDA ordinal when the device is `cuda:N`.
     pub fn cuda_ordinal(&self) -> Option<usize> {

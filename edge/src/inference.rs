@@ -218,6 +218,13 @@ impl VisionInspector {
     }
 }
 
+impl VisionInspector {
+    /// Side of the model's square input.
+    pub fn input_size(&self) -> u32 {
+        self.model.spec().preprocess.output_size()
+    }
+}
+
 impl Inspector for VisionInspector {
     fn inspect(&mut self, frames: &[Frame]) -> Result<Vec<Inspection>, InferenceError> {
         let views: Vec<Rgb8<'_>> = frames

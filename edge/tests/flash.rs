@@ -435,3 +435,25 @@ async fn a_model_that_fails_its_first_frames_is_rolled_back_automatically() {
     drop(watcher);
     stop(unit).await;
 }
+
+#[tokio::test]
+async fn a_model_slower_than_the_conveyor_is_refused_and_the_unit_stays_fail_closed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let state = tmp.path().join("state");
+    let key = signing_key();
+    trust(&state, "factory", &key);
+    let model = tiny_model(tmp.path());
+    let v1 = bundle(&model, 1, any_firmware(), &key);
+    let mut profile = sim_profile(&state, Mode::Triggered, 4, 30.0);
+    // No time at all between camera and actuator: every model is too slow.
+    profile.inspection.reject_delay_ms = 0;
+    let unit = start(profile, None);
+    let e = flash::flash(&v1, &options(&unit), &mut |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused_code(&e), NackCode::ModelTooSlow, "{e}");
+    assert!(e.to_string().contains("reject_delay_ms"), "{e}");
+    assert!(unit.active_model().is_none());
+    assert!(unit.faults().contains(&FaultCode::ModelLoadFailed));
+    stop(unit).await;
+}

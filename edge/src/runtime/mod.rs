@@ -653,10 +653,18 @@ impl Unit {
                 (None, Some(crate::error_text(&e)))
             }
         };
+        let delay = profile.inspection.reject_delay_ms;
+        let budget = models::Budget {
+            per_frame: Duration::from_millis(
+                (delay - profile.inspection.deadline_margin_ms.min(delay)).into(),
+            ),
+            frame: profile.camera.frame_size(),
+        };
         let manager = models::ModelManager::new(
             &state,
             &profile.compute.device,
             profile.compute.input_size,
+            budget,
             store,
             swap_tx,
         );
@@ -789,7 +797,7 @@ fn load_model(
     if let Some(path) = model_path.filter(|p| p.is_file()) {
         match manager.load_file(path) {
             Ok(i) => loaded.inspector = Some(Box::new(i)),
-            Err(e) => {
+            Err((_, e)) => {
                 tracing::error!(error = %e, "bundle failed to load; running without verdicts");
                 loaded.problems.push(e);
             }
@@ -817,7 +825,19 @@ fn load_model(
         return loaded;
     };
     match VisionInspector::load(&dir, &profile.compute.device) {
-        Ok(i) => loaded.inspector = Some(Box::new(i)),
+        Ok(mut i) => {
+            let size = profile.camera.frame_size().unwrap_or_else(|| {
+                let s = i.input_size();
+                (s, s)
+            });
+            match models::check_speed(&mut i, size, manager.budget().per_frame) {
+                Ok(()) => loaded.inspector = Some(Box::new(i)),
+                Err((_, e)) => {
+                    tracing::error!(error = %e, "model refused; running without verdicts");
+                    loaded.problems.push(e);
+                }
+            }
+        }
         Err(e) => {
             tracing::error!(error = %crate::error_text(&e), "model failed to load; running without verdicts");
             loaded.problems.push(crate::error_text(&e));

@@ -51,11 +51,24 @@ pub(crate) struct Swap {
     pub event: Option<EventKind>,
 }
 
+/// Inference runs timed at load to estimate a model's p99 on this unit (after one warm-up run).
+pub const TIMING_RUNS: usize = 10;
+
+/// What a model must manage on this unit: its inference time against the conveyor.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// `reject_delay − deadline margin`: a model slower than this judges parts after their deadline.
+    pub per_frame: Duration,
+    /// Frame size to time with (the camera's, else the model's input size).
+    pub frame: Option<(u32, u32)>,
+}
+
 /// Model-store state shared by the links and the inference thread.
 pub(crate) struct ModelManager {
     state: PathBuf,
     device: String,
     input_size: Option<u32>,
+    budget: Budget,
     store: Mutex<Option<ModelStore>>,
     upload: Mutex<Option<(Upload, Instant)>>,
     /// One commit, activation or rollback at a time.
@@ -106,6 +119,7 @@ impl ModelManager {
         state: &Path,
         device: &str,
         input_size: Option<u32>,
+        budget: Budget,
         store: Option<ModelStore>,
         swap_tx: mpsc::Sender<Swap>,
     ) -> Self {
@@ -113,11 +127,17 @@ impl ModelManager {
             state: state.to_path_buf(),
             device: device.to_string(),
             input_size,
+            budget,
             store: Mutex::new(store),
             upload: Mutex::new(None),
             ops: Mutex::new(()),
             swap_tx: Mutex::new(swap_tx),
         }
+    }
+
+    /// The inference-time budget models are held to.
+    pub(crate) fn budget(&self) -> Budget {
+        self.budget
     }
 
     /// Firmware range and input size.
@@ -129,23 +149,40 @@ impl ModelManager {
         Ok(())
     }
 
-    /// Read, verify (hash, signature by a trusted key), check compatibility, load and self-test the bundle at
-    /// `path`. What every path to a running model goes through, boot included.
-    fn load(&self, path: &Path) -> Result<(VisionInspector, ModelRef), String> {
-        let keys = trusted_keys(&self.state)
-            .map_err(|e| format!("{}; {}", crate::error_text(&e), trusted_hint(&self.state)))?;
-        let bundle = VerifiedBundle::parse_file(path, MAX_BUNDLE_BYTES, &keys)
-            .map_err(|e| format!("{}: {}", path.display(), crate::error_text(&e)))?;
+    /// Read, verify (hash, signature by a trusted key), check compatibility, load, self-test and time the bundle
+    /// at `path`. What every path to a running model goes through, boot included.
+    fn load(&self, path: &Path) -> Result<(VisionInspector, ModelRef), Refusal> {
+        let keys = trusted_keys(&self.state).map_err(|e| {
+            (
+                NackCode::BundleSignature,
+                format!("{}; {}", crate::error_text(&e), trusted_hint(&self.state)),
+            )
+        })?;
+        let bundle = VerifiedBundle::parse_file(path, MAX_BUNDLE_BYTES, &keys).map_err(|e| {
+            let (code, text) = refusal(&e);
+            (code, format!("{}: {text}", path.display()))
+        })?;
         self.check_compat(&bundle.manifest().model)
-            .map_err(|e| crate::error_text(&e))?;
-        let inspector = VisionInspector::from_bundle(&bundle, &self.device)
-            .map_err(|e| crate::error_text(&e))?;
+            .map_err(|e| refusal(&e))?;
+        let mut inspector = VisionInspector::from_bundle(&bundle, &self.device).map_err(|e| {
+            let code = match e {
+                crate::inference::InferenceError::SelfTest { .. }
+                | crate::inference::InferenceError::NoSelfTest { .. } => NackCode::SelfTestFailed,
+                _ => NackCode::BundleInvalid,
+            };
+            (code, crate::error_text(&e))
+        })?;
+        let size = self.budget.frame.unwrap_or((
+            bundle.manifest().model.input_size,
+            bundle.manifest().model.input_size,
+        ));
+        check_speed(&mut inspector, size, self.budget.per_frame)?;
         let model = inspector.model_ref();
         Ok((inspector, model))
     }
 
     /// A bundle file given on the command line (`kestrel-edge run --model FILE.kbundle`), checked like a flashed one.
-    pub(crate) fn load_file(&self, path: &Path) -> Result<VisionInspector, String> {
+    pub(crate) fn load_file(&self, path: &Path) -> Result<VisionInspector, Refusal> {
         self.load(path).map(|(i, _)| i)
     }
 
@@ -233,7 +270,7 @@ impl ModelManager {
                         problems,
                     };
                 }
-                Err(e) => problems.push(format!("active model (slot {active:?}): {e}")),
+                Err((_, e)) => problems.push(format!("active model (slot {active:?}): {e}")),
             }
         }
         let fallback = store::other(active);
@@ -258,7 +295,7 @@ impl ModelManager {
                         problems,
                     };
                 }
-                Err(e) => problems.push(format!("previous model (slot {fallback:?}): {e}")),
+                Err((_, e)) => problems.push(format!("previous model (slot {fallback:?}): {e}")),
             }
         }
         problems.push("no stored model loads; flash one with `kestrel flash`".into());
@@ -459,14 +496,9 @@ impl Shared {
                 .map_err(|e| refusal(&e))?;
             self.check_version(&b.manifest().model)?;
         }
-        let (insp, model) = m.load(&path).map_err(|detail| {
-            let code = if detail.contains("self-test") {
-                NackCode::SelfTestFailed
-            } else {
-                NackCode::BundleInvalid
-            };
-            self.refused_bundle(a.sha256, (code, detail))
-        })?;
+        let (insp, model) = m
+            .load(&path)
+            .map_err(|r| self.refused_bundle(a.sha256, r))?;
         let previous = self.active_model_ref();
         if let Some(s) = lock(&m.store).as_mut() {
             s.activate(slot).map_err(|e| {
@@ -526,12 +558,9 @@ impl Shared {
                 }
             }
         };
-        let (insp, to) = m.load(&path).map_err(|detail| {
-            (
-                NackCode::SelfTestFailed,
-                format!("the previous model cannot run: {detail}"),
-            )
-        })?;
+        let (insp, to) = m
+            .load(&path)
+            .map_err(|(code, detail)| (code, format!("the previous model cannot run: {detail}")))?;
         if let Some(s) = lock(&m.store).as_mut() {
             s.activate_confirmed(target)
                 .map_err(|e| (NackCode::Internal, crate::error_text(&e)))?;
@@ -595,6 +624,55 @@ impl Shared {
             )
         })
     }
+}
+
+/// Time `TIMING_RUNS` inferences of a mid-grey frame of `size` (after one warm-up) and refuse a model whose slowest
+/// run, the p99 estimate of so few runs, exceeds `budget`: it would judge parts after their deadline.
+pub(crate) fn check_speed(
+    inspector: &mut VisionInspector,
+    (width, height): (u32, u32),
+    budget: Duration,
+) -> Result<(), Refusal> {
+    let frame = crate::camera::Frame {
+        id: 0,
+        t_capture_us: 0,
+        width,
+        height,
+        rgb: vec![128; width as usize * height as usize * 3],
+    };
+    let mut runs = Vec::with_capacity(TIMING_RUNS);
+    for i in 0..=TIMING_RUNS {
+        let t = Instant::now();
+        inspector
+            .inspect(std::slice::from_ref(&frame))
+            .map_err(|e| (NackCode::BundleInvalid, crate::error_text(&e)))?;
+        if i > 0 {
+            runs.push(t.elapsed());
+        }
+    }
+    runs.sort();
+    let p50 = runs[runs.len() / 2];
+    let worst = *runs.last().expect("TIMING_RUNS > 0");
+    tracing::info!(
+        p50_ms = p50.as_secs_f64() * 1e3,
+        p99_ms = worst.as_secs_f64() * 1e3,
+        budget_ms = budget.as_secs_f64() * 1e3,
+        "model timed"
+    );
+    if worst > budget {
+        return Err((
+            NackCode::ModelTooSlow,
+            format!(
+                "the model takes up to {:.1} ms per {width}×{height} frame on this unit (p50 {:.1} ms, {TIMING_RUNS} runs), \
+                 more than the {:.1} ms the reject delay leaves; it would judge parts too late. Use a smaller model or \
+                 input size, or lengthen inspection.reject_delay_ms if the conveyor allows",
+                worst.as_secs_f64() * 1e3,
+                p50.as_secs_f64() * 1e3,
+                budget.as_secs_f64() * 1e3
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn busy() -> Refusal {

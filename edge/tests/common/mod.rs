@@ -31,7 +31,7 @@ pub fn sim_profile(state: &Path, mode: Mode, queue_depth: usize, fps: f64) -> Bo
         inspection: InspectionConfig {
             mode,
             queue_depth,
-            reject_delay_ms: 20,
+            reject_delay_ms: 200,
             reject_pulse_ms: 5,
             trigger_debounce_ms: 1,
             on_late: kestrel_edge::board::OnLate::Reject,
