@@ -20,7 +20,7 @@ struct Run {
     verdicts: Vec<kestrel_wire::Verdict>,
     /// Rising edges of the reject output minus (trigger instant + reject delay), one per part, in ms.
     pulse_offsets_ms: Vec<f64>,
-    /// From the first part's deadline to the host receiving the `VerdictLate` fault.
+    /// From the first part's deadline (as the test saw the trigger) to the host receiving the `VerdictLate` fault.
     fault_after: Option<Duration>,
     late: u64,
 }
@@ -113,7 +113,9 @@ async fn run(parts: usize, score_ms: u64, delay_ms: u32) -> Run {
         })
         .collect();
     let late = unit.stats().late;
-    let fault_after = fault_at.map(|f| f.saturating_duration_since(trigger_at[0] + delay));
+    // The first part's deadline: its trigger plus the delay less the 5 ms margin.
+    let first_deadline = trigger_at[0] + delay - Duration::from_millis(5);
+    let fault_after = fault_at.map(|f| f.saturating_duration_since(first_deadline));
     tokio::task::spawn_blocking(move || unit.shutdown())
         .await
         .unwrap()

@@ -259,6 +259,7 @@ fn flashed_bundle_scores_on_the_unit_exactly_as_predict_scores_on_the_host() {
     assert_eq!(out.status.code(), Some(8), "{out:?}");
     let wrong = tmp.path().join("wrong.key");
     std::fs::write(&wrong, format!("{}\n", "ab".repeat(32))).unwrap();
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = kestrel(&["flash", s(&bundle), "--unit", &url, "--key-file", s(&wrong)]);
     assert_eq!(out.status.code(), Some(7), "{out:?}");
     drop(unit);
@@ -269,6 +270,7 @@ fn flash_refuses_bad_arguments_as_usage_errors_and_an_absent_unit_as_unreachable
     let tmp = tempfile::tempdir().unwrap();
     let key = tmp.path().join("unit.key");
     std::fs::write(&key, format!("{}\n", "cd".repeat(32))).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let junk = tmp.path().join("junk.kbundle");
     std::fs::write(&junk, b"not a bundle").unwrap();
     // No bundle and no --rollback.

@@ -217,6 +217,7 @@ async fn serve(sock: tokio::net::TcpStream, st: Arc<FakeState>) -> std::io::Resu
 fn key_file(dir: &Path, key: &[u8; 32]) -> std::path::PathBuf {
     let p = dir.join("unit.key");
     std::fs::write(&p, key_text(&UnitKey::from_bytes(*key))).unwrap();
+    std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     p
 }
 

@@ -70,10 +70,7 @@ impl SerialLink {
 pub async fn serve_serial(mut link: SerialLink, ctx: LinkContext) {
     let mut shutdown = ctx.shutdown.clone();
     loop {
-        let opts = SessionOptions {
-            write_timeout: None,
-            transport: "serial",
-        };
+        let opts = SessionOptions::serial();
         let end = serve(&mut link.port, ctx.clone(), opts).await;
         tracing::info!(path = %link.path.display(), ?end, "serial session ended");
         match end {

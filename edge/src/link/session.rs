@@ -34,6 +34,12 @@ pub enum SessionEnd {
     Io(std::io::Error),
     /// Our side of the authentication failed (no OS randomness, sequence numbers exhausted).
     Auth(AuthError),
+    /// The peer did not authenticate within the handshake deadline.
+    HandshakeTimeout,
+    /// The authenticated peer sent nothing for the idle timeout.
+    Idle,
+    /// The peer authenticated but every client slot is taken.
+    Busy,
 }
 
 impl PartialEq for SessionEnd {
@@ -57,12 +63,36 @@ enum Phase {
 }
 
 /// Per-session settings that differ between transports.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct SessionOptions {
     /// Give up on a write after this long (TCP); `None` waits (serial).
     pub write_timeout: Option<Duration>,
     /// Transport name for logs.
     pub transport: &'static str,
+    /// End the session if the peer has not authenticated this long after it started (TCP: a socket that never
+    /// proves it holds the key must not hold resources); `None` = no limit (serial: a line has one peer).
+    pub handshake_deadline: Option<Duration>,
+    /// End an authenticated session that sent nothing for this long (hosts send `Status` every second or so).
+    pub idle_timeout: Option<Duration>,
+    /// Client slots: one is taken when the peer authenticates (not before, so idle or hostile sockets cannot lock
+    /// a monitor out), released when the session ends. `None` = unlimited (serial).
+    pub client_slots: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// Held until the peer authenticates (bounds how many sockets may sit in the handshake at once).
+    pub handshake_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl SessionOptions {
+    /// Options for a serial line: writes wait, no deadlines, one peer.
+    pub fn serial() -> Self {
+        SessionOptions {
+            write_timeout: None,
+            transport: "serial",
+            handshake_deadline: None,
+            idle_timeout: None,
+            client_slots: None,
+            handshake_permit: None,
+        }
+    }
 }
 
 struct Session<W> {
@@ -76,6 +106,9 @@ struct Session<W> {
     sub: Option<Subscribe>,
     sent_verdicts: u64,
     missed: u64,
+    started: tokio::time::Instant,
+    last_rx: tokio::time::Instant,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Run a blocking unit operation on tokio's blocking pool; a panic in it becomes an `Internal` refusal.
@@ -105,6 +138,9 @@ where
         sub: None,
         sent_verdicts: 0,
         missed: 0,
+        started: tokio::time::Instant::now(),
+        last_rx: tokio::time::Instant::now(),
+        permit: None,
     };
     if let Err(end) = s.send_hello().await {
         return end;
@@ -127,7 +163,24 @@ where
             }
             return SessionEnd::Shutdown;
         }
+        // The next instant a deadline ends the session: the handshake's until authenticated, then the idle one.
+        let deadline = if s.phase == Phase::Ready {
+            s.opts
+                .idle_timeout
+                .map(|t| (s.last_rx + t, SessionEnd::Idle))
+        } else {
+            s.opts
+                .handshake_deadline
+                .map(|t| (s.started + t, SessionEnd::HandshakeTimeout))
+        };
+        let far = tokio::time::Instant::now() + Duration::from_secs(3600);
+        let until = deadline.as_ref().map_or(far, |(t, _)| *t);
         tokio::select! {
+            _ = tokio::time::sleep_until(until), if deadline.is_some() => {
+                let (_, end) = deadline.expect("guarded");
+                tracing::info!(transport = s.opts.transport, ?end, "closing the session");
+                return end;
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() {
                     // The unit dropped its side without saying stop: it is gone all the same.
@@ -140,6 +193,7 @@ where
                     Ok(None) => return SessionEnd::PeerClosed,
                     Err(e) => return SessionEnd::Io(e),
                 };
+                s.last_rx = tokio::time::Instant::now();
                 if let Err(end) = s.handle(env).await {
                     return end;
                 }
@@ -207,6 +261,23 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         match (self.phase, env.msg) {
             (Phase::AwaitAuth, Msg::AuthResponse(resp)) => match self.auth.accept_response(&resp) {
                 Ok(confirm) => {
+                    if let Some(slots) = &self.opts.client_slots {
+                        match slots.clone().try_acquire_owned() {
+                            Ok(p) => self.permit = Some(p),
+                            Err(_) => {
+                                let detail = "every client slot of the unit is taken by authenticated hosts; close \
+                                              another monitor first"
+                                    .to_string();
+                                tracing::warn!(
+                                    transport = self.opts.transport,
+                                    "authenticated host refused: no client slot"
+                                );
+                                self.nack(re, NackCode::Busy, detail).await?;
+                                return Err(SessionEnd::Busy);
+                            }
+                        }
+                    }
+                    self.opts.handshake_permit = None;
                     self.write_env(&confirm).await?;
                     self.phase = Phase::Ready;
                     tracing::info!(transport = self.opts.transport, "host authenticated");
@@ -572,6 +643,10 @@ pub(crate) mod tests {
             SessionOptions {
                 write_timeout: Some(Duration::from_secs(5)),
                 transport: "test",
+                handshake_deadline: Some(Duration::from_secs(5)),
+                idle_timeout: None,
+                client_slots: None,
+                handshake_permit: None,
             },
         ));
         Rig {

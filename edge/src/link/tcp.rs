@@ -1,18 +1,38 @@
-//! TCP link: accept host clients (several at once, up to the profile's `max_clients`) and run a session for each.
+//! TCP link: accept host clients and run a session for each.
 //!
-//! A connection over the limit gets one untagged `Nack(Busy)` saying how many clients the unit serves, and is
-//! closed, so the host prints a reason instead of hanging.
+//! Resources go to hosts that prove they hold the unit key, not to whoever opens a socket:
+//! - a connection must authenticate within [`HANDSHAKE_DEADLINE`] or it is closed;
+//! - at most [`MAX_HANDSHAKES`] connections may be in the handshake at once (more are closed on accept);
+//! - the profile's `max_clients` slots are taken only at authentication, so idle or hostile sockets cannot lock a
+//!   monitor out; an authenticated host over the limit gets `Nack(Busy)` saying so;
+//! - an authenticated session silent for [`IDLE_TIMEOUT`] is closed, and TCP keepalive finds peers that vanished
+//!   without a FIN (a pulled cable) even when the unit has nothing to send.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use kestrel_link::FrameWriter;
-use kestrel_wire::{Envelope, Msg, Nack, NackCode};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use super::session::{serve, SessionOptions};
 use super::{LinkContext, LinkError, TCP_WRITE_TIMEOUT};
+
+/// A TCP peer must authenticate within this long.
+pub const HANDSHAKE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Connections allowed in the handshake at once.
+pub const MAX_HANDSHAKES: usize = 32;
+/// An authenticated host that sends nothing for this long is disconnected (monitors poll `Status` every second).
+pub const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Keepalive probes after 30 s of silence, every 10 s.
+fn keepalive(stream: &tokio::net::TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(std::time::Duration::from_secs(30))
+        .with_interval(std::time::Duration::from_secs(10));
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "TCP keepalive not set");
+    }
+}
 
 /// Bind `addr` (port 0 = any free port); returns the listener and the address actually bound.
 ///
@@ -30,6 +50,7 @@ pub fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), LinkError> {
 /// Accept clients until shutdown; each session runs in its own task.
 pub async fn serve_tcp(listener: TcpListener, max_clients: usize, ctx: LinkContext) {
     let slots = Arc::new(Semaphore::new(max_clients.max(1)));
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     let mut shutdown = ctx.shutdown.clone();
     let mut sessions = tokio::task::JoinSet::new();
     loop {
@@ -37,7 +58,7 @@ pub async fn serve_tcp(listener: TcpListener, max_clients: usize, ctx: LinkConte
             r = listener.accept() => r,
             _ = shutdown.wait_for(|s| *s) => break,
         };
-        let (mut stream, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 // Out of file descriptors and the like: log, back off briefly, keep serving the others.
@@ -47,33 +68,25 @@ pub async fn serve_tcp(listener: TcpListener, max_clients: usize, ctx: LinkConte
             }
         };
         let _ = stream.set_nodelay(true);
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max_clients, "refusing TCP client: unit is at its client limit");
-            let detail = format!(
-                "unit serves at most {max_clients} clients at once; close another monitor first"
-            );
-            let env = Envelope::new(
-                0,
-                Msg::Nack(Nack {
-                    re: 0,
-                    code: NackCode::Busy,
-                    detail,
-                }),
-            );
-            let mut refusal = FrameWriter::new();
-            let _ = tokio::time::timeout(TCP_WRITE_TIMEOUT, refusal.send(&mut stream, &env)).await;
+        keepalive(&stream);
+        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "refusing TCP client: {MAX_HANDSHAKES} connections are already in the handshake");
             continue;
         };
         tracing::info!(%peer, "TCP client connected");
         let ctx = ctx.clone();
+        let slots = slots.clone();
         sessions.spawn(async move {
             let opts = SessionOptions {
                 write_timeout: Some(TCP_WRITE_TIMEOUT),
                 transport: "tcp",
+                handshake_deadline: Some(HANDSHAKE_DEADLINE),
+                idle_timeout: Some(IDLE_TIMEOUT),
+                client_slots: Some(slots),
+                handshake_permit: Some(handshake),
             };
             let end = serve(stream, ctx, opts).await;
             tracing::info!(%peer, ?end, "TCP client session ended");
-            drop(permit);
         });
         // Reap finished sessions so the set does not grow with every connection ever made.
         while sessions.try_join_next().is_some() {}

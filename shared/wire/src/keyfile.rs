@@ -107,23 +107,51 @@ mod file {
             #[source]
             source: KeyTextError,
         },
+        /// Group or others may read the file: whoever can read a unit key can control that unit.
+        #[error("unit key file {} is readable by group or others (mode {mode:03o}); run `chmod 600 {}`", path.display(), path.display())]
+        Insecure {
+            /// The file.
+            path: PathBuf,
+            /// Its permission bits.
+            mode: u32,
+        },
     }
 
     impl KeyFileError {
         /// The key file the error is about.
         pub fn path(&self) -> &Path {
             match self {
-                KeyFileError::Read { path, .. } | KeyFileError::Format { path, .. } => path,
+                KeyFileError::Read { path, .. }
+                | KeyFileError::Format { path, .. }
+                | KeyFileError::Insecure { path, .. } => path,
             }
         }
     }
 
-    /// Read and parse a key file.
+    /// Read and parse a key file. On unix a file that grants group or others any permission is refused (the mode
+    /// is read from the opened file, not looked up by path again).
     pub fn read_key_file(path: &Path) -> Result<UnitKey, KeyFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+        use std::io::Read;
+        let read_err = |source| KeyFileError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let mut file = std::fs::File::open(path).map_err(read_err)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = file.metadata().map_err(read_err)?.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                return Err(KeyFileError::Insecure {
+                    path: path.to_path_buf(),
+                    mode,
+                });
+            }
+        }
+        let mut text = String::new();
+        file.take(4096)
+            .read_to_string(&mut text)
+            .map_err(read_err)?;
         parse_key_text(&text).map_err(|source| KeyFileError::Format {
             path: path.to_path_buf(),
             source,
@@ -183,6 +211,18 @@ mod tests {
         assert!(e.to_string().contains("unit.key"), "{e}");
         assert!(e.source().is_some());
         std::fs::write(&p, "12").unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let e = read_key_file(&p).unwrap_err();
+            assert!(
+                matches!(e, KeyFileError::Insecure { mode: 0o644, .. }),
+                "{e}"
+            );
+            assert!(e.to_string().contains("chmod 600"), "{e}");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let e = read_key_file(&p).unwrap_err();
         assert!(
             e.to_string().contains("unit.key") && e.to_string().contains("64 hex digits"),
