@@ -136,7 +136,7 @@ mod file {
             path: path.to_path_buf(),
             source,
         };
-        let mut file = std::fs::File::open(path).map_err(read_err)?;
+        let file = std::fs::File::open(path).map_err(read_err)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
