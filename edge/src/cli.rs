@@ -71,6 +71,7 @@ pub struct RunArgs {
 /// Everything `main` does after parsing: logging, start, wait for a signal, clean shutdown.
 pub fn run(cli: Cli) -> Result<(), EdgeError> {
     init_logging();
+    crate::supervise::exit_on_panic();
     match cli.command {
         Command::Run(args) => {
             let profile = BoardProfile::load(&args.board)?;

@@ -17,6 +17,7 @@
 //! * [`journal`]: crash-tolerant on-disk ring of verdicts; `Replay` is served from it.
 //! * [`link`]: kestrel-wire over TCP and serial (handshake, HMAC auth, subscriptions, per-client backpressure).
 //! * [`stats`]: counters and latency percentiles reported as wire `Stats`.
+//! * [`supervise`]: heartbeats, the systemd watchdog and exit-on-panic (a unit never looks alive while it is not).
 //! * [`store`]: the model store (signed bundles by content hash, A/B slots switched atomically); the decisions
 //!   about which model runs (flash, self-test, rollback, boot fallback) are `runtime::models`, see
 //!   `docs/flashing.md`.
@@ -35,6 +36,7 @@ pub mod pins;
 pub mod runtime;
 pub mod stats;
 pub mod store;
+pub mod supervise;
 
 pub use cli::run;
 pub use runtime::{EdgeError, Unit, UnitHandle, UnitOptions};

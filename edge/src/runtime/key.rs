@@ -73,6 +73,14 @@ mod tests {
             .to_string()
             .contains("cannot read"));
         std::fs::write(&missing, "abcd\n").unwrap();
+        // Group/others may read it (the default umask): refused with the fix.
+        let e = resolve(Some(&missing), tmp.path()).unwrap_err().to_string();
+        assert!(e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(
+            &missing,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let e = resolve(Some(&missing), tmp.path()).unwrap_err().to_string();
         assert!(e.contains("32 bytes") && e.contains("64 hex digits"), "{e}");
         std::fs::write(&missing, format!("  {}\n", "0f".repeat(32))).unwrap();

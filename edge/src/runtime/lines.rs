@@ -54,6 +54,8 @@ pub trait LineEvents: Send {
     fn claim(&self, part: u64) -> bool;
     /// `part` reached its deadline unclaimed; this thread applied `on_late` (`rejected` says which way).
     fn late(&self, part: u64, rejected: bool);
+    /// Called on every turn of the loop (the watchdog's heartbeat).
+    fn alive(&self) {}
 }
 
 /// When parts are due and what a late one gets.
@@ -92,6 +94,7 @@ pub fn run(
         }
     };
     loop {
+        events.alive();
         let now = Instant::now();
         if let (Some(det), Some(pin)) = (trigger.as_mut(), io.trigger.as_mut()) {
             match det.poll(pin) {

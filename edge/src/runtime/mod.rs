@@ -214,6 +214,8 @@ struct Shared {
     /// On-time verdicts since the last late one (the late fault clears after [`ON_TIME_TO_CLEAR`]).
     on_time_streak: AtomicU32,
     io_tx: Mutex<mpsc::Sender<IoCmd>>,
+    /// Per-thread liveness for the systemd watchdog ([`crate::supervise`]).
+    beats: Arc<crate::supervise::Heartbeats>,
     trigger_tx: Mutex<Option<mpsc::SyncSender<TriggerReq>>>,
     stopping: AtomicBool,
 }
@@ -573,6 +575,10 @@ impl lines::LineEvents for Arc<Shared> {
         Shared::claim(self, part)
     }
 
+    fn alive(&self) {
+        self.beats.beat(crate::supervise::thread::LINES);
+    }
+
     fn late(&self, part: u64, rejected: bool) {
         self.stats.record_late();
         self.on_time_streak.store(0, Ordering::Relaxed);
@@ -617,6 +623,7 @@ pub struct UnitHandle {
     links: Option<JoinHandle<()>>,
     links_stop: tokio::sync::watch::Sender<bool>,
     signal_rx: Option<mpsc::Receiver<&'static str>>,
+    watchdog: crate::supervise::Watchdog,
     stopped: bool,
 }
 
@@ -678,6 +685,8 @@ impl Unit {
         if let Some(e) = store_error {
             model.problems.push(e);
         }
+        // A camera the unit opened itself can be reopened after failures; one given by a test cannot.
+        let reopen = opts.source.is_none().then(|| profile.camera.clone());
         let source = open_camera(opts.source.take(), &profile)?;
         let (line_io, fake_board) = crate::pins::open(&profile.pins)?;
         let wiring = Wiring::new(&profile, &model, manager, &journal);
@@ -685,10 +694,11 @@ impl Unit {
         let links = Links::open(&profile, &key, &journal, &shared)?;
         let (tcp_addr, serial_path) = (links.tcp_addr, links.serial_path.clone());
         let links_stop = links.stop.clone();
-        let (links, signal_rx) = links.spawn(opts.handle_signals)?;
+        let (links, signal_rx) = links.spawn(opts.handle_signals, shared.beats.clone())?;
         let lines = spawn_lines(&profile, line_io, wiring.io_rx, &shared)?;
         let pipeline = spawn_pipeline(
             source,
+            reopen,
             wiring.trig_rx,
             Scorer {
                 inspector: model.inspector,
@@ -700,6 +710,8 @@ impl Unit {
             &journal,
         )?;
 
+        // Last: READY=1 goes out only when every thread runs.
+        let watchdog = crate::supervise::Watchdog::start(shared.beats.clone());
         Ok(UnitHandle {
             tcp_addr,
             serial_is_pty: profile.serial.as_ref().is_some_and(|s| s.is_pty()),
@@ -717,6 +729,7 @@ impl Unit {
             links: Some(links),
             links_stop,
             signal_rx: opts.handle_signals.then_some(signal_rx),
+            watchdog,
             stopped: false,
         })
     }
@@ -896,6 +909,7 @@ impl Wiring {
             reject_late: profile.inspection.on_late == OnLate::Reject,
             on_time_streak: AtomicU32::new(0),
             io_tx: Mutex::new(io_tx),
+            beats: Arc::new(crate::supervise::Heartbeats::new()),
             trigger_tx: Mutex::new(Some(trig_tx)),
             stopping: AtomicBool::new(false),
         });
@@ -994,6 +1008,7 @@ impl Links {
     fn spawn(
         self,
         handle_signals: bool,
+        beats: Arc<crate::supervise::Heartbeats>,
     ) -> Result<(JoinHandle<()>, mpsc::Receiver<&'static str>), EdgeError> {
         let (sig_tx, signal_rx) = mpsc::channel();
         let Links {
@@ -1017,6 +1032,17 @@ impl Links {
                     if handle_signals {
                         tasks.spawn(wait_for_signal(sig_tx, ctx.shutdown.clone()));
                     }
+                    // The link runtime's heartbeat: a stuck runtime (every worker blocked) stops it.
+                    let mut stop = ctx.shutdown.clone();
+                    tasks.spawn(async move {
+                        let mut tick = tokio::time::interval(Duration::from_millis(200));
+                        loop {
+                            tokio::select! {
+                                _ = tick.tick() => beats.beat(crate::supervise::thread::LINKS),
+                                _ = stop.wait_for(|s| *s) => return,
+                            }
+                        }
+                    });
                     while tasks.join_next().await.is_some() {}
                 });
                 // Tasks still blocked (a serial write nobody reads) are abandoned here rather than hanging shutdown.
@@ -1080,6 +1106,7 @@ struct Scorer {
 
 fn spawn_pipeline(
     source: Box<dyn FrameSource>,
+    reopen: Option<crate::board::CameraConfig>,
     triggers: mpsc::Receiver<TriggerReq>,
     scorer: Scorer,
     depth: usize,
@@ -1090,7 +1117,7 @@ fn spawn_pipeline(
     let (q, sh) = (queue.clone(), shared.clone());
     let capture = std::thread::Builder::new()
         .name("kestrel-capture".into())
-        .spawn(move || capture_loop(source, triggers, &q, &sh))
+        .spawn(move || capture_loop(source, reopen, triggers, &q, &sh))
         .map_err(|source| EdgeError::Os {
             what: "capture thread",
             source,
@@ -1130,25 +1157,41 @@ async fn wait_for_signal(
     let _ = tx.send(name);
 }
 
+/// Consecutive capture failures after which the camera is opened again (a USB camera re-plugged, a driver reset).
+const REOPEN_AFTER: u32 = 5;
+
 fn capture_loop(
     mut source: Box<dyn FrameSource>,
+    reopen: Option<crate::board::CameraConfig>,
     triggers: mpsc::Receiver<TriggerReq>,
     queue: &FrameQueue<Part>,
     shared: &Shared,
 ) {
-    let mut camera_failed = false;
+    let mut failures = 0u32;
     let mut grab = |source: &mut Box<dyn FrameSource>| match source.next_frame() {
         Ok(f) => {
-            if camera_failed {
-                camera_failed = false;
+            if failures > 0 {
+                failures = 0;
                 shared.clear(FaultCode::CameraLost);
             }
             Some(f)
         }
         Err(e) => {
-            if !camera_failed {
-                camera_failed = true;
+            if failures == 0 {
                 shared.raise(FaultCode::CameraLost, crate::error_text(&e));
+            }
+            failures += 1;
+            // A camera that keeps failing is opened again, without manual action.
+            if let Some(cfg) = reopen.as_ref().filter(|_| failures >= REOPEN_AFTER) {
+                match crate::camera::open(cfg) {
+                    Ok(fresh) => {
+                        tracing::warn!(camera = %fresh.describe(), "camera reopened");
+                        *source = fresh;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %crate::error_text(&e), "camera still unavailable")
+                    }
+                }
             }
             // Do not spin on a dead camera.
             std::thread::sleep(Duration::from_millis(200));
@@ -1156,6 +1199,7 @@ fn capture_loop(
         }
     };
     loop {
+        shared.beats.beat(crate::supervise::thread::CAPTURE);
         if shared.stopping.load(Ordering::Relaxed) {
             break;
         }
@@ -1247,6 +1291,7 @@ fn inference_loop(
     } = scorer;
     let mut failing = false;
     loop {
+        shared.beats.beat(crate::supervise::thread::INFERENCE);
         // A new model (activation or rollback) takes over between two batches, threshold and identity with it.
         while let Ok(swap) = swaps.try_recv() {
             apply_swap(swap, &mut inspector, &mut trial, shared);
@@ -1437,6 +1482,7 @@ impl UnitHandle {
         }
         self.stopped = true;
         tracing::info!("shutting down: stopping capture");
+        self.watchdog.stop();
         self.shared.stopping.store(true, Ordering::Relaxed);
         // No new triggers; the capture thread drains the ones already accepted, then closes the queue.
         self.shared
