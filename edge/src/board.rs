@@ -282,6 +282,9 @@ pub struct InspectionConfig {
     /// The deadline is `reference instant + reject_delay − deadline_margin`: time the I/O thread needs to wake and
     /// drive the output (default 5 ms).
     pub deadline_margin_ms: u32,
+    /// Triggered mode: only a frame captured at least this long after the trigger edge is judged for the part (the
+    /// part must be in view and still; default 0). Older frames (buffered by the driver) are discarded.
+    pub exposure_offset_ms: u32,
 }
 
 /// What a late part gets. TOML: `"reject"` (default) or `"pass"`.
@@ -467,6 +470,8 @@ struct RawInspection {
     on_late: OnLate,
     #[serde(default = "default_deadline_margin")]
     deadline_margin_ms: u32,
+    #[serde(default)]
+    exposure_offset_ms: u32,
 }
 
 fn default_deadline_margin() -> u32 {
@@ -835,6 +840,12 @@ impl Validator<'_> {
             " ms",
         )?;
         self.check_range(
+            "inspection.exposure_offset_ms",
+            raw.exposure_offset_ms,
+            0..=MAX_REJECT_DELAY_MS,
+            " ms",
+        )?;
+        self.check_range(
             "inspection.deadline_margin_ms",
             raw.deadline_margin_ms,
             0..=1000,
@@ -848,6 +859,7 @@ impl Validator<'_> {
             trigger_debounce_ms: raw.trigger_debounce_ms,
             on_late: raw.on_late,
             deadline_margin_ms: raw.deadline_margin_ms,
+            exposure_offset_ms: raw.exposure_offset_ms,
         })
     }
 

@@ -216,6 +216,10 @@ struct Shared {
     io_tx: Mutex<mpsc::Sender<IoCmd>>,
     /// Per-thread liveness for the systemd watchdog ([`crate::supervise`]).
     beats: Arc<crate::supervise::Heartbeats>,
+    /// Triggered mode: a part's frame must be captured at least this long after its trigger.
+    exposure_offset: Duration,
+    /// Triggered mode: how long capture waits for a fresh frame (until the part's deadline).
+    fresh_wait: Duration,
     trigger_tx: Mutex<Option<mpsc::SyncSender<TriggerReq>>>,
     stopping: AtomicBool,
 }
@@ -910,6 +914,15 @@ impl Wiring {
             on_time_streak: AtomicU32::new(0),
             io_tx: Mutex::new(io_tx),
             beats: Arc::new(crate::supervise::Heartbeats::new()),
+            exposure_offset: Duration::from_millis(profile.inspection.exposure_offset_ms.into()),
+            fresh_wait: {
+                let delay = profile.inspection.reject_delay_ms;
+                Duration::from_millis(
+                    (delay - profile.inspection.deadline_margin_ms.min(delay))
+                        .max(profile.inspection.exposure_offset_ms + 100)
+                        .into(),
+                )
+            },
             trigger_tx: Mutex::new(Some(trig_tx)),
             stopping: AtomicBool::new(false),
         });
@@ -1225,14 +1238,44 @@ fn capture_loop(
                     Err(mpsc::RecvTimeoutError::Timeout) => continue,
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 };
-                let Some(frame) = grab(&mut source) else {
-                    shared.part_lost(req.at, "no frame from the camera for a triggered part");
+                // Triggered parts are watched from the trigger on, so a part waiting for its frame or stuck behind
+                // slow inference still gets its `on_late` decision in time for its pulse.
+                let id = shared.register(req.at);
+                // Only a frame captured after the trigger (plus the exposure offset) shows this part: frames the
+                // driver buffered earlier show the previous part or an empty belt, and are discarded.
+                let fresh_after = req.at + shared.exposure_offset;
+                let give_up = req.at + shared.fresh_wait;
+                let mut stale = 0u64;
+                let frame = loop {
+                    let Some(f) = grab(&mut source) else {
+                        break None;
+                    };
+                    if f.captured_at() >= fresh_after {
+                        break Some(f);
+                    }
+                    stale += 1;
+                    if Instant::now() >= give_up {
+                        break None;
+                    }
+                };
+                shared.stats.record_dropped(stale);
+                let Some(frame) = frame else {
+                    shared.lost(
+                        Some(id),
+                        NO_FRAME,
+                        req.at,
+                        unix_us(req.at),
+                        "no frame captured after the trigger (camera failed or too slow)",
+                    );
+                    shared.raise(
+                        FaultCode::CameraTimeout,
+                        "no fresh frame for a triggered part before its deadline".into(),
+                    );
                     continue;
                 };
-                // Triggered parts are watched from capture on, so a part stuck behind slow inference still gets
-                // its `on_late` decision in time for its pulse.
+                shared.clear(FaultCode::CameraTimeout);
                 let part = Part {
-                    id: Some(shared.register(req.at)),
+                    id: Some(id),
                     frame,
                     at: req.at,
                     wall_us: unix_us(req.at),

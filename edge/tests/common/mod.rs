@@ -36,6 +36,7 @@ pub fn sim_profile(state: &Path, mode: Mode, queue_depth: usize, fps: f64) -> Bo
             trigger_debounce_ms: 1,
             on_late: kestrel_edge::board::OnLate::Reject,
             deadline_margin_ms: 2,
+            exposure_offset_ms: 0,
         },
         tcp: Some(TcpConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
