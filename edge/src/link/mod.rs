@@ -60,8 +60,8 @@ pub enum Outgoing {
 pub trait UnitControl: Send + Sync {
     /// Capture and inspect one part now (triggered mode only).
     fn soft_trigger(&self) -> Result<(), (NackCode, String)>;
-    /// Replace the decision threshold (already checked to be finite).
-    fn set_threshold(&self, threshold: f32) -> Result<(), (NackCode, String)>;
+    /// Replace the decision threshold; returns the one it replaced.
+    fn set_threshold(&self, threshold: f32) -> Result<f32, (NackCode, String)>;
     /// The model in use; `None` = the unit has no model and sends no verdicts.
     fn active_model(&self) -> Option<ModelRef>;
     /// Unit counters with this client's own two fields filled in.
@@ -94,6 +94,10 @@ pub trait UnitControl: Send + Sync {
     fn rollback(&self) -> Result<(), (NackCode, String)> {
         Err(unsupported("rollback"))
     }
+    /// Record a control action that was carried out (the session knows who asked, the unit what changed).
+    fn audit(&self, entry: crate::runtime::control::AuditEntry) {
+        let _ = entry;
+    }
 }
 
 fn unsupported(what: &str) -> (NackCode, String) {
@@ -110,8 +114,10 @@ pub struct LinkContext {
     pub unit_id: String,
     /// Board profile name (Hello).
     pub board: String,
-    /// Pre-shared unit key.
+    /// Pre-shared unit key (may control).
     pub key: UnitKey,
+    /// Optional second key that may only watch (`<state>/monitor.key`).
+    pub read_only_key: Option<UnitKey>,
     /// Verdict journal for replays.
     pub journal: Arc<Mutex<Journal>>,
     /// Live verdicts and events.

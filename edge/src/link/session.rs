@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kestrel_link::{FrameReader, FrameWriter};
 use kestrel_wire::{
-    Ack, AuthError, EdgeAuthenticator, Envelope, Hello, Msg, Nack, NackCode, ReplayBegin,
+    Ack, AuthError, EdgeAuthenticator, Envelope, Hello, KeyRole, Msg, Nack, NackCode, ReplayBegin,
     ReplayEnd, Role, Subscribe, UploadStatus, Verdict, PROTO_VERSION, SCHEMA_HASH,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -111,6 +111,14 @@ struct Session<W> {
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
+/// A model for the audit log: name, version and hash, or `none`.
+fn model_text(m: Option<kestrel_wire::ModelRef>) -> String {
+    m.map_or_else(
+        || "none".into(),
+        |m| format!("{} v{} {}", m.name, m.version, hex::encode(m.sha256)),
+    )
+}
+
 /// Run a blocking unit operation on tokio's blocking pool; a panic in it becomes an `Internal` refusal.
 async fn blocking(
     f: impl FnOnce() -> Result<(), (NackCode, String)> + Send + 'static,
@@ -128,7 +136,8 @@ where
     let (mut reader, writer) = tokio::io::split(io);
     let mut rx = ctx.outgoing.subscribe();
     let mut s = Session {
-        auth: EdgeAuthenticator::new(ctx.key.clone(), ctx.unit_id.clone()),
+        auth: EdgeAuthenticator::new(ctx.key.clone(), ctx.unit_id.clone())
+            .with_read_only_key(ctx.read_only_key.clone()),
         ctx,
         opts,
         writer,
@@ -326,7 +335,8 @@ impl<W: AsyncWrite + Unpin> Session<W> {
         }
         if self.phase != Phase::AwaitHello {
             // A new host on a line that had a session (serial): start over with fresh sequence numbers.
-            self.auth = EdgeAuthenticator::new(self.ctx.key.clone(), self.ctx.unit_id.clone());
+            self.auth = EdgeAuthenticator::new(self.ctx.key.clone(), self.ctx.unit_id.clone())
+                .with_read_only_key(self.ctx.read_only_key.clone());
             self.sub = None;
             self.sent_verdicts = 0;
             self.send_hello().await?;
@@ -338,6 +348,24 @@ impl<W: AsyncWrite + Unpin> Session<W> {
     }
 
     async fn request(&mut self, re: u32, msg: Msg) -> Result<(), SessionEnd> {
+        let changes_unit = matches!(
+            msg,
+            Msg::SetThreshold(_)
+                | Msg::SoftTrigger
+                | Msg::BundleBegin(_)
+                | Msg::BundleChunk(_)
+                | Msg::BundleCommit
+                | Msg::BundleProbe(_)
+                | Msg::Activate(_)
+                | Msg::Rollback
+        );
+        if changes_unit && self.auth.role() != Some(KeyRole::Control) {
+            let detail = format!(
+                "{} needs the unit's control key; this host authenticated with the read-only monitor key",
+                msg.name()
+            );
+            return self.nack(re, NackCode::Unauthenticated, detail).await;
+        }
         match msg {
             Msg::Subscribe(mut s) => {
                 if s.min_score.is_nan() {
@@ -364,7 +392,10 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 self.nack(re, NackCode::InvalidThreshold, detail).await
             }
             Msg::SetThreshold(t) => match self.ctx.control.set_threshold(t.threshold) {
-                Ok(()) => self.send(Msg::Ack(Ack { re })).await,
+                Ok(old) => {
+                    self.audit("SetThreshold", old.to_string(), t.threshold.to_string());
+                    self.send(Msg::Ack(Ack { re })).await
+                }
                 Err((code, detail)) => self.nack(re, code, detail).await,
             },
             Msg::BundleBegin(b) => match self.ctx.control.upload_begin(&b) {
@@ -386,16 +417,35 @@ impl<W: AsyncWrite + Unpin> Session<W> {
             Msg::BundleCommit => {
                 let ctl = self.ctx.control.clone();
                 let r = blocking(move || ctl.upload_commit()).await;
+                if r.is_ok() {
+                    self.audit("BundleStored", String::new(), "inactive slot".into());
+                }
                 self.answer(re, r).await
             }
             Msg::Activate(a) => {
                 let ctl = self.ctx.control.clone();
+                let before = model_text(self.ctx.control.active_model());
                 let r = blocking(move || ctl.activate(&a)).await;
+                if r.is_ok() {
+                    self.audit(
+                        "Activate",
+                        before,
+                        model_text(self.ctx.control.active_model()),
+                    );
+                }
                 self.answer(re, r).await
             }
             Msg::Rollback => {
                 let ctl = self.ctx.control.clone();
+                let before = model_text(self.ctx.control.active_model());
                 let r = blocking(move || ctl.rollback()).await;
+                if r.is_ok() {
+                    self.audit(
+                        "Rollback",
+                        before,
+                        model_text(self.ctx.control.active_model()),
+                    );
+                }
                 self.answer(re, r).await
             }
             other => {
@@ -403,6 +453,22 @@ impl<W: AsyncWrite + Unpin> Session<W> {
                 self.nack(re, NackCode::Unexpected, detail).await
             }
         }
+    }
+
+    fn audit(&self, action: &'static str, old: String, new: String) {
+        self.ctx.control.audit(crate::runtime::control::AuditEntry {
+            t_us: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64),
+            action,
+            old,
+            new,
+            key: match self.auth.role() {
+                Some(KeyRole::Control) => "control",
+                _ => "read-only",
+            },
+            link: self.opts.transport,
+        });
     }
 
     async fn answer(
@@ -526,9 +592,10 @@ pub(crate) mod tests {
         fn soft_trigger(&self) -> Result<(), (NackCode, String)> {
             Err((NackCode::TriggerUnavailable, "free-run".into()))
         }
-        fn set_threshold(&self, t: f32) -> Result<(), (NackCode, String)> {
-            self.threshold_bits.store(t.to_bits(), Ordering::Relaxed);
-            Ok(())
+        fn set_threshold(&self, t: f32) -> Result<f32, (NackCode, String)> {
+            Ok(f32::from_bits(
+                self.threshold_bits.swap(t.to_bits(), Ordering::Relaxed),
+            ))
         }
         fn active_model(&self) -> Option<kestrel_wire::ModelRef> {
             None
@@ -553,6 +620,7 @@ pub(crate) mod tests {
     }
 
     const KEY: [u8; 32] = [7; 32];
+    const READ_ONLY_KEY: [u8; 32] = [8; 32];
 
     /// A host that can also break the protocol (raw, untagged or replayed frames), so not the real host client.
     struct Host {
@@ -630,6 +698,7 @@ pub(crate) mod tests {
             unit_id: "unit-1".into(),
             board: "sim".into(),
             key: UnitKey::from_bytes(KEY),
+            read_only_key: Some(UnitKey::from_bytes(READ_ONLY_KEY)),
             journal: journal.clone(),
             outgoing: tx.clone(),
             control: Arc::new(FakeUnit {

@@ -52,6 +52,7 @@ use crate::link::{self, LinkContext, LinkError, Outgoing, UnitControl};
 use crate::pins::{FakeBoard, PinError, RejectScheduler, TriggerDetector};
 use crate::stats::UnitStats;
 
+pub mod control;
 pub mod key;
 pub mod lines;
 pub mod models;
@@ -197,6 +198,12 @@ struct Shared {
     mode: Mode,
     stats: UnitStats,
     threshold_bits: AtomicU32,
+    /// The active model's own (fitted) threshold: what `SetThreshold` is bounded against.
+    fitted_bits: AtomicU32,
+    /// State directory (persisted threshold).
+    state: PathBuf,
+    /// Every control action, appended and fsynced.
+    audit: control::AuditLog,
     /// The model the inference thread scores with (it updates this when it swaps models).
     model: Mutex<Option<ModelRef>>,
     /// The model a rollback would return to.
@@ -242,8 +249,12 @@ impl Shared {
 
     /// Called by the inference thread when it starts scoring with a new model.
     fn model_swapped(&self, model: ModelRef, previous: Option<ModelRef>, threshold: f32) {
-        self.threshold_bits
+        // A threshold an operator set for this very model earlier still applies to it.
+        let applied = control::persisted_threshold(&self.state, &model.sha256).unwrap_or(threshold);
+        self.fitted_bits
             .store(threshold.to_bits(), Ordering::Relaxed);
+        self.threshold_bits
+            .store(applied.to_bits(), Ordering::Relaxed);
         *self.model.lock().unwrap_or_else(|p| p.into_inner()) = Some(model);
         *self
             .previous_model
@@ -510,18 +521,42 @@ impl UnitControl for Shared {
         self.trigger(Instant::now())
     }
 
-    fn set_threshold(&self, threshold: f32) -> Result<(), (NackCode, String)> {
-        if !self.has_model() {
+    fn set_threshold(&self, threshold: f32) -> Result<f32, (NackCode, String)> {
+        let Some(model) = self.active_model_ref() else {
             return Err((
                 NackCode::Unexpected,
                 "no model installed: there is no threshold to set".into(),
             ));
+        };
+        let fitted = f32::from_bits(self.fitted_bits.load(Ordering::Relaxed));
+        if let Some(problem) = control::threshold_problem(threshold, fitted) {
+            return Err((NackCode::InvalidThreshold, problem));
         }
-        self.threshold_bits
-            .store(threshold.to_bits(), Ordering::Relaxed);
-        tracing::info!(threshold, "threshold changed by a host");
+        // Persisted first: a threshold that would not survive a restart is not applied.
+        control::persist_threshold(&self.state, &model.sha256, threshold).map_err(|e| {
+            let detail = format!(
+                "cannot persist the threshold in {}: {e}",
+                self.state.display()
+            );
+            self.raise(FaultCode::Storage, detail.clone());
+            (NackCode::Internal, detail)
+        })?;
+        let old = f32::from_bits(
+            self.threshold_bits
+                .swap(threshold.to_bits(), Ordering::Relaxed),
+        );
+        tracing::info!(old, threshold, "threshold changed by a host");
         self.event(EventKind::ThresholdChanged { threshold });
-        Ok(())
+        Ok(old)
+    }
+
+    fn audit(&self, entry: control::AuditEntry) {
+        if let Err(e) = self.audit.append(&entry) {
+            self.raise(
+                FaultCode::Storage,
+                format!("cannot append to the audit log: {e}"),
+            );
+        }
     }
 
     fn active_model(&self) -> Option<ModelRef> {
@@ -695,7 +730,14 @@ impl Unit {
         let (line_io, fake_board) = crate::pins::open(&profile.pins)?;
         let wiring = Wiring::new(&profile, &model, manager, &journal);
         let shared = wiring.shared.clone();
-        let links = Links::open(&profile, &key, &journal, &shared)?;
+        // An optional second key for monitors that may watch but not control (`<state>/monitor.key`, mode 0600).
+        let read_only_key = {
+            let p = state.join("monitor.key");
+            p.exists()
+                .then(|| kestrel_wire::read_key_file(&p))
+                .transpose()?
+        };
+        let links = Links::open(&profile, &key, read_only_key, &journal, &shared)?;
         let (tcp_addr, serial_path) = (links.tcp_addr, links.serial_path.clone());
         let links_stop = links.stop.clone();
         let (links, signal_rx) = links.spawn(opts.handle_signals, shared.beats.clone())?;
@@ -892,8 +934,12 @@ impl Wiring {
         models: models::ModelManager,
         journal: &Arc<Mutex<Journal>>,
     ) -> Wiring {
+        let profile_state = models.state().to_path_buf();
         let inspector = model.inspector.as_ref();
-        let threshold = inspector.map(|i| i.threshold()).unwrap_or(f32::NAN);
+        let fitted = inspector.map(|i| i.threshold()).unwrap_or(f32::NAN);
+        let threshold = inspector
+            .and_then(|i| control::persisted_threshold(&profile_state, &i.model_ref().sha256))
+            .unwrap_or(fitted);
         let (out_tx, _) = tokio::sync::broadcast::channel(link::OUTBOX_LEN);
         let (io_tx, io_rx) = mpsc::channel();
         let depth = profile.inspection.queue_depth.max(1);
@@ -902,6 +948,9 @@ impl Wiring {
             mode: profile.inspection.mode,
             stats: UnitStats::new(),
             threshold_bits: AtomicU32::new(threshold.to_bits()),
+            fitted_bits: AtomicU32::new(fitted.to_bits()),
+            audit: control::AuditLog::new(&profile_state),
+            state: profile_state.clone(),
             model: Mutex::new(inspector.map(|i| i.model_ref())),
             previous_model: Mutex::new(model.previous.clone()),
             models,
@@ -961,6 +1010,7 @@ impl Links {
     fn open(
         profile: &BoardProfile,
         key: &UnitKey,
+        read_only_key: Option<UnitKey>,
         journal: &Arc<Mutex<Journal>>,
         shared: &Arc<Shared>,
     ) -> Result<Links, EdgeError> {
@@ -978,6 +1028,7 @@ impl Links {
             unit_id: profile.unit.id.clone(),
             board: profile.name.clone(),
             key: key.clone(),
+            read_only_key,
             journal: journal.clone(),
             outgoing: shared.outgoing.clone(),
             control: shared.clone(),
@@ -1483,6 +1534,11 @@ impl UnitHandle {
     /// The model in use.
     pub fn active_model(&self) -> Option<ModelRef> {
         self.shared.active_model_ref()
+    }
+
+    /// The decision threshold in force.
+    pub fn threshold(&self) -> f32 {
+        self.shared.threshold()
     }
 
     /// Current counters.

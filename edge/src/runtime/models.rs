@@ -135,6 +135,11 @@ impl ModelManager {
         }
     }
 
+    /// The unit's state directory.
+    pub(crate) fn state(&self) -> &Path {
+        &self.state
+    }
+
     /// The inference-time budget models are held to.
     pub(crate) fn budget(&self) -> Budget {
         self.budget

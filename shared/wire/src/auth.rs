@@ -352,9 +352,22 @@ enum EdgeStep {
 #[derive(Clone)]
 pub struct EdgeAuthenticator {
     key: UnitKey,
+    /// A second key that may only watch (see [`KeyRole`]).
+    read_only: Option<UnitKey>,
+    /// Which key the established session was proven with.
+    role: Option<KeyRole>,
     unit_id: String,
     step: EdgeStep,
     chan: Channel,
+}
+
+/// Which of a unit's keys a host proved it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// The unit key: may watch and control (threshold, triggers, flashing).
+    Control,
+    /// The read-only monitor key: may subscribe, read stats and replay, nothing else.
+    ReadOnly,
 }
 
 impl core::fmt::Debug for EdgeAuthenticator {
@@ -371,10 +384,23 @@ impl EdgeAuthenticator {
     pub fn new(key: UnitKey, unit_id: impl Into<String>) -> Self {
         EdgeAuthenticator {
             key,
+            read_only: None,
+            role: None,
             unit_id: unit_id.into(),
             step: EdgeStep::Idle,
             chan: Channel::new(Role::Edge),
         }
+    }
+
+    /// Also accept hosts holding `key`, as read-only monitors ([`KeyRole::ReadOnly`]).
+    pub fn with_read_only_key(mut self, key: Option<UnitKey>) -> Self {
+        self.read_only = key;
+        self
+    }
+
+    /// The role of the established session's key; `None` before authentication.
+    pub fn role(&self) -> Option<KeyRole> {
+        self.role.filter(|_| self.is_established())
     }
 
     /// Start (or restart) authentication with a fresh nonce; any previous session ends. Returns the sealed
@@ -403,21 +429,27 @@ impl EdgeAuthenticator {
         };
         self.step = EdgeStep::Idle;
         let nh = Nonce(resp.nonce);
-        transcript(&self.key, PURPOSE_HOST_PROOF, &ne, &nh, &self.unit_id)
-            .verify_slice(&resp.proof)
-            .map_err(|_| AuthError::BadProof)?;
+        let verifies = |key: &UnitKey| {
+            transcript(key, PURPOSE_HOST_PROOF, &ne, &nh, &self.unit_id)
+                .verify_slice(&resp.proof)
+                .is_ok()
+        };
+        let (key, role) = if verifies(&self.key) {
+            (self.key.clone(), KeyRole::Control)
+        } else {
+            match &self.read_only {
+                Some(k) if verifies(k) => (k.clone(), KeyRole::ReadOnly),
+                _ => return Err(AuthError::BadProof),
+            }
+        };
         let confirm = AuthConfirm {
-            proof: proof(&self.key, PURPOSE_EDGE_PROOF, &ne, &nh, &self.unit_id),
+            proof: proof(&key, PURPOSE_EDGE_PROOF, &ne, &nh, &self.unit_id),
         };
         let env = self.chan.seal(Msg::AuthConfirm(confirm))?;
-        self.chan.establish(proof(
-            &self.key,
-            PURPOSE_SESSION_KEY,
-            &ne,
-            &nh,
-            &self.unit_id,
-        ));
+        self.chan
+            .establish(proof(&key, PURPOSE_SESSION_KEY, &ne, &nh, &self.unit_id));
         self.step = EdgeStep::Established;
+        self.role = Some(role);
         Ok(env)
     }
 

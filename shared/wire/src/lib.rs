@@ -43,7 +43,7 @@ pub mod mask;
 pub mod protocol;
 pub mod upload;
 
-pub use auth::{AuthError, EdgeAuthenticator, HostAuthenticator, Nonce, UnitKey};
+pub use auth::{AuthError, EdgeAuthenticator, HostAuthenticator, KeyRole, Nonce, UnitKey};
 pub use frame::{
     crc32, encode_frame, EncodeError, FrameCounts, FrameDecoder, FrameError, MAX_FRAME_LEN,
 };

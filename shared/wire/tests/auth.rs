@@ -308,3 +308,43 @@ proptest! {
         prop_assert!(edge.open(&env).is_ok());
     }
 }
+
+#[test]
+fn a_read_only_key_authenticates_with_its_own_role_and_session_key() {
+    let monitor = UnitKey::from_bytes([9; 32]);
+    for (host_key, want) in [
+        (key(), Some(KeyRole::Control)),
+        (monitor.clone(), Some(KeyRole::ReadOnly)),
+        (UnitKey::from_bytes([1; 32]), None),
+    ] {
+        let mut edge =
+            EdgeAuthenticator::new(key(), UNIT).with_read_only_key(Some(monitor.clone()));
+        let mut host = HostAuthenticator::new(host_key, UNIT);
+        let ch = wire(edge.challenge(Nonce([4; 32])).unwrap());
+        let Msg::AuthChallenge(c) = &ch.msg else {
+            panic!()
+        };
+        let resp = wire(host.respond(c, Nonce([5; 32])).unwrap());
+        let Msg::AuthResponse(r) = &resp.msg else {
+            panic!()
+        };
+        match edge.accept_response(r) {
+            Ok(confirm) => {
+                let Msg::AuthConfirm(c) = &confirm.msg else {
+                    panic!()
+                };
+                // The host can check the edge's proof: both sides agree on the key used.
+                host.accept_confirm(c).unwrap();
+                assert_eq!(edge.role(), want);
+                // And tagged frames verify both ways under the derived session key.
+                let env = wire(host.seal(threshold(1.0)).unwrap());
+                edge.open(&env).unwrap();
+            }
+            Err(e) => {
+                assert_eq!(want, None);
+                assert_eq!(e, AuthError::BadProof);
+                assert_eq!(edge.role(), None);
+            }
+        }
+    }
+}
