@@ -20,9 +20,13 @@
 //! sequence number ends that segment: the file is truncated there (and the event logged), never a panic. Only the
 //! tail of the newest segment can be torn by a power cut; damage elsewhere (bit rot) loses the rest of that segment
 //! only. After a clean close (marker file `CLEAN` holding the next number) numbering continues exactly. After a
-//! crash, records that were appended but not yet synced may be gone although hosts already saw their numbers, so
+//! crash of the *machine* (power cut, kernel panic: the kernel's boot id in `BOOT` changed, or a torn record was
+//! found), records that were appended but not yet synced may be gone although hosts already saw their numbers, so
 //! numbering skips ahead by [`FsyncPolicy::every_records`] (the most that can be unsynced) in a fresh segment: a
-//! sequence number is never given to two different verdicts, at the price of a visible gap.
+//! sequence number is never given to two different verdicts, at the price of a visible gap. After a crash of the
+//! *process* only (SIGKILL, panic, OOM kill) in the same boot with no torn record, every completed `write` is in the
+//! page cache and reaches the file, and a verdict is published only after its append returned, so numbering
+//! continues exactly: no gap, and no number a host could count as lost without a verdict behind it.
 //!
 //! # fsync policy (what a power cut can lose)
 //!
@@ -50,6 +54,16 @@ pub const MAX_RECORD_LEN: u32 = 64 * 1024;
 const SEGMENT_EXT: &str = "kjs";
 /// File written at a clean close holding the next sequence number (see the module docs on crash numbering).
 const CLEAN_MARKER: &str = "CLEAN";
+/// File holding the kernel boot id of the run that last opened the journal.
+const BOOT_MARKER: &str = "BOOT";
+
+/// The kernel's boot id (changes at every boot), when the platform has one.
+fn boot_id() -> Option<String> {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
 
 /// When the journal forces data to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +252,30 @@ impl Journal {
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
             == Some(next_seq);
-        let unclean_skip = !clean && !segments.is_empty();
+        let boot_path = dir.join(BOOT_MARKER);
+        let now_boot = boot_id();
+        let same_boot = now_boot.is_some()
+            && fs::read_to_string(&boot_path)
+                .ok()
+                .map(|s| s.trim().to_string())
+                == now_boot;
+        // Only a machine crash (or a torn record, which a process crash does not leave) can have lost records whose
+        // numbers hosts saw.
+        let unclean_skip =
+            !clean && !segments.is_empty() && (!same_boot || recovery.truncated_segments > 0);
+        if !clean && !segments.is_empty() && !unclean_skip {
+            tracing::warn!(
+                next_seq,
+                "journal was not closed cleanly but the machine kept running: every record written is on disk, \
+                 numbering continues"
+            );
+        }
+        if let Some(b) = &now_boot {
+            let mut f = File::create(&boot_path).map_err(io_err("write", &boot_path))?;
+            f.write_all(b.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(io_err("write", &boot_path))?;
+        }
         if unclean_skip {
             tracing::warn!(
                 skipped = cfg.fsync.every_records,
@@ -665,6 +702,34 @@ mod tests {
         assert!(j.next_seq() >= 7);
     }
 
+    #[test]
+    fn a_process_crash_in_the_same_boot_continues_numbering_without_a_gap() {
+        let tmp = tempfile::tempdir().unwrap();
+        {
+            let mut j = Journal::open(tmp.path(), cfg(100, 4)).unwrap();
+            for i in 0..5 {
+                j.append(&verdict(i)).unwrap();
+            }
+            // Killed: no clean close, nothing torn.
+            std::mem::forget(j);
+        }
+        let j = Journal::open(tmp.path(), cfg(100, 4)).unwrap();
+        if boot_id().is_some() {
+            assert_eq!(j.recovery().skipped_seqs, 0);
+            assert_eq!(j.next_seq(), 5);
+        }
+        drop(j);
+        // After a reboot (another boot id) the same state skips ahead: unsynced records may be gone.
+        fs::write(tmp.path().join(BOOT_MARKER), "another-boot").unwrap();
+        let mut j = Journal::open(tmp.path(), cfg(100, 4)).unwrap();
+        drop(j.append(&verdict(9)));
+        std::mem::forget(j);
+        fs::write(tmp.path().join(BOOT_MARKER), "another-boot").unwrap();
+        let j = Journal::open(tmp.path(), cfg(100, 4)).unwrap();
+        let skip = u64::from(FsyncPolicy::default().every_records);
+        assert_eq!(j.recovery().skipped_seqs, skip);
+    }
+
     fn libc_enospc() -> io::Error {
         io::Error::from_raw_os_error(28)
     }
@@ -714,7 +779,10 @@ mod tests {
         let b = j.read_from(0, 100).unwrap();
         assert_eq!(b.first_available, 6);
         assert_eq!(seqs(&b), vec![6, 7, 8, 9]);
-        let files = fs::read_dir(tmp.path()).unwrap().count();
+        let files = fs::read_dir(tmp.path())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name() != BOOT_MARKER)
+            .count();
         assert_eq!(files, 2, "two segments, no marker while open");
         drop(j);
         let j = Journal::open(tmp.path(), cfg(3, 2)).unwrap();
