@@ -47,7 +47,7 @@ kind = "fake"
 [inspection]
 mode = "free-run"
 queue_depth = 2
-reject_delay_ms = 100
+reject_delay_ms = 500
 reject_pulse_ms = 10
 trigger_debounce_ms = 2
 [tcp]

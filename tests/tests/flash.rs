@@ -58,7 +58,12 @@ fn options(target: &Target, addr: kestrel_hil::UnitAddr) -> FlashOptions {
 
 #[tokio::test]
 async fn a_link_cut_mid_upload_resumes_where_the_unit_stands() {
-    let target = Target::acquire(SimOptions::default()).unwrap();
+    // A conveyor long enough that the tiny model passes the unit's speed check on a loaded CI machine.
+    let target = Target::acquire(SimOptions {
+        reject_delay_ms: 500,
+        ..SimOptions::default()
+    })
+    .unwrap();
     let Some(bundle) = bundle_for(&target, 1) else {
         eprintln!("skipped: set KESTREL_BUNDLE to flash a real unit");
         return;
@@ -99,6 +104,7 @@ async fn a_link_cut_mid_upload_resumes_where_the_unit_stands() {
 async fn a_whole_flash_over_the_serial_link() {
     let target = Target::acquire(SimOptions {
         serial: true,
+        reject_delay_ms: 500,
         ..SimOptions::default()
     })
     .unwrap();
