@@ -230,6 +230,8 @@ pub enum PinsConfig {
         ready: LineRef,
         /// Fault lamp output.
         fault: LineRef,
+        /// Optional "alive" heartbeat output to the PLC (toggles while the unit runs).
+        alive: Option<LineRef>,
     },
 }
 
@@ -445,6 +447,8 @@ enum RawPins {
         reject: RawLine,
         ready: RawLine,
         fault: RawLine,
+        #[serde(default)]
+        alive: Option<Box<RawLine>>,
     },
 }
 
@@ -768,6 +772,7 @@ impl Validator<'_> {
                 reject,
                 ready,
                 fault,
+                alive,
             } => {
                 if chip.as_os_str().is_empty() {
                     return Err(self.invalid(
@@ -785,12 +790,14 @@ impl Validator<'_> {
                 let reject = self.line("pins.reject", reject)?;
                 let ready = self.line("pins.ready", ready)?;
                 let fault = self.line("pins.fault", fault)?;
+                let alive = alive.map(|a| self.line("pins.alive", *a)).transpose()?;
                 let mut seen: Vec<(&str, &LineId)> = Vec::new();
                 for (key, l) in [
                     ("pins.trigger", trigger.as_ref()),
                     ("pins.reject", Some(&reject)),
                     ("pins.ready", Some(&ready)),
                     ("pins.fault", Some(&fault)),
+                    ("pins.alive", alive.as_ref()),
                 ] {
                     let Some(l) = l else { continue };
                     if let Some((other, _)) = seen.iter().find(|(_, id)| **id == l.id) {
@@ -809,6 +816,7 @@ impl Validator<'_> {
                     reject,
                     ready,
                     fault,
+                    alive,
                 })
             }
         }

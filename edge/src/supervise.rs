@@ -19,6 +19,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// A thread that has not beaten for this long counts as hung (for the "alive" output; the systemd watchdog uses
+/// half its own period).
+pub const STALE_AFTER: Duration = Duration::from_secs(5);
+
 /// The threads that beat.
 pub const THREADS: [&str; 4] = ["capture", "inference", "lines", "links"];
 

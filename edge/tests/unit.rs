@@ -400,3 +400,16 @@ async fn the_pty_serial_link_speaks_the_same_protocol() {
     assert!(got.is_some(), "verdicts over the pty");
     stop(unit).await;
 }
+
+#[tokio::test]
+async fn the_alive_output_toggles_while_the_unit_runs_and_is_released_at_shutdown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = sim_profile(tmp.path(), Mode::FreeRun, 4, 30.0);
+    let unit = start_scripted(profile, 0, 5);
+    let board = unit.fake_board().unwrap().clone();
+    assert!(board.wait_for(Signal::Alive, true, Duration::from_secs(2)));
+    assert!(board.wait_for(Signal::Alive, false, Duration::from_secs(2)));
+    assert!(board.wait_for(Signal::Alive, true, Duration::from_secs(2)));
+    stop(unit).await;
+    assert!(!board.level(Signal::Alive), "released at shutdown");
+}

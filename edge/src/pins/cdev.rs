@@ -200,6 +200,7 @@ pub(super) fn open(
     reject: &LineRef,
     ready: &LineRef,
     fault: &LineRef,
+    alive: Option<&LineRef>,
 ) -> Result<LineIo, PinError> {
     let chip = resolve_chip(chip)?;
     Ok(LineIo {
@@ -209,6 +210,7 @@ pub(super) fn open(
         reject: output(&chip, reject, Signal::Reject)?,
         ready: output(&chip, ready, Signal::Ready)?,
         fault: output(&chip, fault, Signal::Fault)?,
+        alive: alive.map(|a| output(&chip, a, Signal::Alive)).transpose()?,
     })
 }
 

@@ -23,14 +23,17 @@ pub enum Signal {
     Ready,
     /// Fault lamp output.
     Fault,
+    /// "Alive" heartbeat output to the PLC.
+    Alive,
 }
 
 impl Signal {
-    const ALL: [Signal; 4] = [
+    const ALL: [Signal; 5] = [
         Signal::Trigger,
         Signal::Reject,
         Signal::Ready,
         Signal::Fault,
+        Signal::Alive,
     ];
 
     fn index(self) -> usize {
@@ -45,6 +48,7 @@ impl fmt::Display for Signal {
             Signal::Reject => "reject",
             Signal::Ready => "ready",
             Signal::Fault => "fault",
+            Signal::Alive => "alive",
         })
     }
 }
@@ -62,8 +66,8 @@ pub struct Transition {
 
 #[derive(Debug, Default)]
 struct State {
-    levels: [bool; 4],
-    failing: [bool; 4],
+    levels: [bool; 5],
+    failing: [bool; 5],
     log: Vec<Transition>,
 }
 
@@ -327,6 +331,9 @@ mod tests {
         assert!(board.wait_for(Signal::Fault, true, Duration::from_secs(5)));
         t.join().unwrap();
         assert!(!board.wait_for(Signal::Ready, true, Duration::from_millis(1)));
-        assert_eq!(board.summary(), "trigger=0 reject=0 ready=0 fault=1");
+        assert_eq!(
+            board.summary(),
+            "trigger=0 reject=0 ready=0 fault=1 alive=0"
+        );
     }
 }

@@ -107,6 +107,9 @@ pub struct LineIo {
     pub ready: DynOutput,
     /// Fault lamp.
     pub fault: DynOutput,
+    /// "Alive" output to the PLC: toggles every [`crate::runtime::lines::ALIVE_PERIOD`] while every thread of the
+    /// unit runs, and stops toggling when one hangs or the process dies (the PLC watches for edges).
+    pub alive: Option<DynOutput>,
 }
 
 impl std::fmt::Debug for LineIo {
@@ -128,6 +131,7 @@ pub fn open(cfg: &PinsConfig) -> Result<(LineIo, Option<FakeBoard>), PinError> {
                 reject: Box::new(board.output(Signal::Reject)),
                 ready: Box::new(board.output(Signal::Ready)),
                 fault: Box::new(board.output(Signal::Fault)),
+                alive: Some(Box::new(board.output(Signal::Alive))),
             };
             Ok((io, Some(board)))
         }
@@ -138,8 +142,9 @@ pub fn open(cfg: &PinsConfig) -> Result<(LineIo, Option<FakeBoard>), PinError> {
             reject,
             ready,
             fault,
+            alive,
         } => Ok((
-            cdev::open(chip, trigger.as_ref(), reject, ready, fault)?,
+            cdev::open(chip, trigger.as_ref(), reject, ready, fault, alive.as_ref())?,
             None,
         )),
         #[cfg(not(feature = "gpio-cdev"))]
@@ -178,6 +183,7 @@ mod tests {
             reject: line(1),
             ready: line(2),
             fault: line(3),
+            alive: None,
         };
         let err = open(&cfg).unwrap_err();
         assert_eq!(

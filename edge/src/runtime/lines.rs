@@ -18,6 +18,8 @@ use crate::pins::{LineIo, PinError, RejectScheduler, TriggerDetector};
 
 /// Trigger input sampling period in triggered mode.
 pub const TRIGGER_POLL: Duration = Duration::from_millis(1);
+/// Half period of the "alive" output: it toggles this often while every thread of the unit beats.
+pub const ALIVE_PERIOD: Duration = Duration::from_millis(250);
 /// Longest wait for pending reject pulses at shutdown (parts already inspected are still on the conveyor).
 pub const SHUTDOWN_PULSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -56,6 +58,10 @@ pub trait LineEvents: Send {
     fn late(&self, part: u64, rejected: bool);
     /// Called on every turn of the loop (the watchdog's heartbeat).
     fn alive(&self) {}
+    /// Whether every thread of the unit is beating (the "alive" output toggles only then).
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// When parts are due and what a late one gets.
@@ -76,6 +82,8 @@ pub fn run(
     deadlines: Deadlines,
     events: &dyn LineEvents,
 ) {
+    let mut alive_level = false;
+    let mut alive_next = Instant::now();
     // (deadline, part, reference instant), earliest first.
     let mut due: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64, Instant)>> =
         std::collections::BinaryHeap::new();
@@ -117,6 +125,16 @@ pub fn run(
         }
         let r = sched.poll(now, &mut io.reject);
         report(r, "driving the reject output");
+        if let Some(pin) = io.alive.as_mut() {
+            if now >= alive_next {
+                alive_next = now + ALIVE_PERIOD;
+                if events.healthy() {
+                    alive_level = !alive_level;
+                    let r = pin.set_state(alive_level.into());
+                    report(r, "toggling the alive output");
+                }
+            }
+        }
         let mut wait = if trigger.is_some() {
             TRIGGER_POLL
         } else {
@@ -159,4 +177,8 @@ pub fn run(
     report(r, "switching the ready lamp off");
     let r = io.fault.set_low();
     report(r, "switching the fault lamp off");
+    if let Some(pin) = io.alive.as_mut() {
+        let r = pin.set_low();
+        report(r, "releasing the alive output");
+    }
 }

@@ -618,6 +618,10 @@ impl lines::LineEvents for Arc<Shared> {
         self.beats.beat(crate::supervise::thread::LINES);
     }
 
+    fn healthy(&self) -> bool {
+        self.beats.stale(crate::supervise::STALE_AFTER).is_empty()
+    }
+
     fn late(&self, part: u64, rejected: bool) {
         self.stats.record_late();
         self.on_time_streak.store(0, Ordering::Relaxed);
