@@ -1,6 +1,8 @@
 //! Frame sources through the public `camera::open` entry point: synthetic and directory sources as the runtime
 //! uses them (issue 5, item 3).
 
+mod common;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -137,4 +139,57 @@ fn directory_errors_name_the_file_and_reason() {
         text.contains("short.4x4.yuyv") && text.contains("needs 32"),
         "{text}"
     );
+}
+
+/// A camera that stops delivering is opened again without manual action: a directory source that is not looped
+/// ends after its files (an error like a vanished device); the unit's capture thread reopens it and frames resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_camera_that_stops_is_reopened_and_the_ready_lamp_follows() {
+    use kestrel_edge::board::Mode;
+    use kestrel_edge::pins::Signal;
+    let tmp = tempfile::tempdir().unwrap();
+    let frames = tmp.path().join("frames");
+    std::fs::create_dir_all(&frames).unwrap();
+    for i in 0..2 {
+        image::RgbImage::from_pixel(16, 16, image::Rgb([i * 50, 80, 120]))
+            .save(frames.join(format!("{i}.png")))
+            .unwrap();
+    }
+    let mut profile = common::sim_profile(&tmp.path().join("state"), Mode::FreeRun, 2, 30.0);
+    profile.camera = CameraConfig::Directory {
+        path: frames,
+        fps: 20.0,
+        looped: false,
+    };
+    let unit = kestrel_edge::Unit::start(
+        profile,
+        kestrel_edge::UnitOptions {
+            inspector: Some(Box::new(common::ScriptedInspector {
+                reject_every: 0,
+                delay: std::time::Duration::from_millis(1),
+            })),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let board = unit.fake_board().unwrap().clone();
+    let secs = std::time::Duration::from_secs;
+    // Two frames, then the "camera" is gone: fault lamp on, ready off.
+    assert!(board.wait_for(Signal::Fault, true, secs(5)));
+    assert!(board.wait_for(Signal::Ready, false, secs(5)));
+    let before = unit.stats().frames;
+    // Reopened after five failures (about a second): frames flow again and the lamps recover.
+    assert!(board.wait_for(Signal::Ready, true, secs(10)), "reopened");
+    let deadline = std::time::Instant::now() + secs(10);
+    while unit.stats().frames <= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(
+        unit.stats().frames > before,
+        "frames resumed after the reopen"
+    );
+    tokio::task::spawn_blocking(move || unit.shutdown())
+        .await
+        .unwrap()
+        .unwrap();
 }

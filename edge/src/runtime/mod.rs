@@ -285,7 +285,11 @@ impl Shared {
     }
 
     fn update_lamps(&self, faults: &HashSet<FaultCode>) {
-        let ready = self.has_model() && !self.stopping.load(Ordering::Relaxed);
+        // Ready means "inspecting": a model runs and the camera delivers. Faults that make the unit reject parts
+        // uninspected (fail closed) switch it off.
+        let blind =
+            faults.contains(&FaultCode::CameraLost) || faults.contains(&FaultCode::CameraTimeout);
+        let ready = self.has_model() && !blind && !self.stopping.load(Ordering::Relaxed);
         self.io(IoCmd::Lamps {
             ready,
             fault: !faults.is_empty(),
