@@ -1,11 +1,9 @@
 //! Link hygiene on TCP: sockets that never authenticate are closed at the handshake deadline and never take a
 //! client slot, so idle or hostile connections cannot lock a monitor out.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::{sim_profile, ScriptedInspector};
+use crate::common::{sim_profile, ScriptedInspector};
 use kestrel_edge::board::Mode;
 use kestrel_edge::{Unit, UnitOptions};
 use kestrel_host::monitor::UnitAddr;
@@ -37,7 +35,7 @@ async fn idle_sockets_neither_lock_a_monitor_out_nor_stay_open() {
         host: a.ip().to_string(),
         port: a.port(),
     };
-    let s = common::connect(addr, unit.key(), unit.unit_id()).await;
+    let s = crate::common::connect(addr, unit.key(), unit.unit_id()).await;
     let connected_in = t.elapsed();
     assert!(
         connected_in < Duration::from_secs(6),

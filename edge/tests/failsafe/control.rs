@@ -1,11 +1,9 @@
 //! Control that lasts and is audited: `SetThreshold` is bounded by the fitted threshold, persisted for the active
 //! model across restarts and written to `<state>/audit.log`; a read-only monitor key may watch but not control.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{sim_profile, ScriptedInspector};
+use crate::common::{sim_profile, ScriptedInspector};
 use kestrel_edge::board::{BoardProfile, Mode};
 use kestrel_edge::{Unit, UnitHandle, UnitOptions};
 use kestrel_host::monitor::{ConnectOptions, MonitorError, Session, UnitAddr};

@@ -5,16 +5,14 @@
 //! verdicts after the last one a host saw.
 //!
 //! CI runs [`a_few_kills_during_flashing_never_leave_a_broken_unit`] (4 kill points); the long run is
-//! `cargo test -p kestrel-edge --test crash_flash -- --ignored` (25 points, figures in the issue note).
-
-mod common;
+//! `cargo test -p kestrel-edge --test crash crash_flash -- --ignored` (25 points, figures in the issue note).
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fit_tiny_model;
+use crate::common::fit_tiny_model;
 use kestrel_bundle::{FirmwareRange, FirmwareVersion, SigningKey};
 use kestrel_host::monitor::flash::{self, FlashOptions, FlashProgress};
 use kestrel_host::monitor::{read_key_file, ConnectOptions, Session, UnitAddr};

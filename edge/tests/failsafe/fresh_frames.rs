@@ -1,11 +1,9 @@
 //! Triggered mode judges a part by a frame taken after its trigger: frames the camera (driver) buffered before the
 //! trigger show the previous part or an empty belt, and are discarded.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{recv_until, send, sim_profile, ScriptedInspector};
+use crate::common::{recv_until, send, sim_profile, ScriptedInspector};
 use kestrel_edge::board::Mode;
 use kestrel_edge::camera::{now_us, CameraError, Frame, FrameSource};
 use kestrel_edge::{Unit, UnitOptions};
@@ -64,7 +62,7 @@ async fn a_triggered_part_is_never_judged_by_a_frame_from_before_its_trigger() {
         host: a.ip().to_string(),
         port: a.port(),
     };
-    let mut c = common::connect(addr, unit.key(), unit.unit_id()).await;
+    let mut c = crate::common::connect(addr, unit.key(), unit.unit_id()).await;
     c.request(Msg::Subscribe(Subscribe {
         masks_every: 0,
         min_score: f32::NEG_INFINITY,

@@ -114,7 +114,12 @@ fn panicking_child() {
 #[test]
 fn a_panic_in_any_thread_ends_the_process_with_exit_code_1() {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "panicking_child", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "supervise::panicking_child",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("KESTREL_PANIC_CHILD", "1")
         .output()
         .unwrap();

@@ -3,13 +3,11 @@
 //! `VerdictLate` fault within a second, and the verdict is journaled as `Late` when it finally comes.
 //!
 //! CI runs 10 parts with a 300 ms scorer against a 200 ms conveyor; the figure (100 parts, 600 ms scorer,
-//! 400 ms conveyor) is the ignored test, `cargo test -p kestrel-edge --test deadlines -- --ignored --nocapture`.
-
-mod common;
+//! 400 ms conveyor) is the ignored test, `cargo test -p kestrel-edge --test failsafe deadlines -- --ignored --nocapture`.
 
 use std::time::{Duration, Instant};
 
-use common::{recv, sim_profile, ScriptedInspector};
+use crate::common::{recv, sim_profile, ScriptedInspector};
 use kestrel_edge::board::Mode;
 use kestrel_edge::pins::Signal;
 use kestrel_edge::{Unit, UnitOptions};
@@ -50,7 +48,7 @@ async fn run(parts: usize, score_ms: u64, delay_ms: u32) -> Run {
         host: a.ip().to_string(),
         port: a.port(),
     };
-    let mut c = common::connect(addr, unit.key(), unit.unit_id()).await;
+    let mut c = crate::common::connect(addr, unit.key(), unit.unit_id()).await;
     c.request(Msg::Subscribe(Subscribe {
         masks_every: 0,
         min_score: f32::NEG_INFINITY,

@@ -4,9 +4,7 @@
 //! --replay-from 0` does) must show every journaled verdict exactly once. The monitor's `lost` count is reported
 //! against what the journal really lacks (see the issue note: numbers skipped at crash recovery still count as lost).
 //!
-//! CI runs 5 kills; `cargo test -p kestrel-edge --test crash_journal -- --ignored --nocapture` runs 100.
-
-mod common;
+//! CI runs 5 kills; `cargo test -p kestrel-edge --test crash crash_journal -- --ignored --nocapture` runs 100.
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -14,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::fit_tiny_model;
+use crate::common::fit_tiny_model;
 use kestrel_edge::journal::{Journal, JournalConfig};
 use kestrel_host::monitor::{
     read_key_file, ConnectOptions, Monitor, MonitorOptions, UnitAddr, Update,
