@@ -23,9 +23,10 @@ struct Run {
     late: u64,
 }
 
-/// `parts` triggers 60 ms apart on the fake trigger input; a scripted scorer taking `score_ms` per frame that
+/// `parts` triggers 70 ms apart on the fake trigger input; a scripted scorer taking `score_ms` per frame that
 /// passes every part; reject delay `delay_ms`, 10 ms pulses, 5 ms deadline margin.
 async fn run(parts: usize, score_ms: u64, delay_ms: u32) -> Run {
+    let _timing = crate::TIMING.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let mut profile = sim_profile(tmp.path(), Mode::Triggered, parts.max(2), 500.0);
     profile.inspection.reject_delay_ms = delay_ms;
@@ -63,17 +64,18 @@ async fn run(parts: usize, score_ms: u64, delay_ms: u32) -> Run {
             let mut at = Vec::new();
             for _ in 0..parts {
                 at.push(Instant::now());
+                // 40 ms pulses: long enough for the 1 ms trigger poller even on a loaded machine.
                 board.set_trigger(true);
-                std::thread::sleep(Duration::from_millis(25));
+                std::thread::sleep(Duration::from_millis(40));
                 board.set_trigger(false);
-                std::thread::sleep(Duration::from_millis(35));
+                std::thread::sleep(Duration::from_millis(30));
             }
             at
         })
     };
     let mut verdicts = Vec::new();
     let mut fault_at = None;
-    let until = Instant::now() + Duration::from_millis(parts as u64 * (score_ms + 60) + 10_000);
+    let until = Instant::now() + Duration::from_millis(parts as u64 * (score_ms + 70) + 10_000);
     while verdicts.len() < parts && Instant::now() < until {
         match recv(&mut c).await {
             Msg::Verdict(v) => verdicts.push(v),

@@ -4,6 +4,11 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+/// Timing-sensitive tests (pulse windows measured against trigger instants) take this lock so they do not run
+/// alongside each other on a 2-core CI machine: the line thread polls the trigger input, and a starved poller misses
+/// a pulse, i.e. a part that never arrived.
+pub static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 mod control;
 mod deadlines;
 mod fresh_frames;
