@@ -26,7 +26,7 @@ struct Run {
 /// `parts` triggers 70 ms apart on the fake trigger input; a scripted scorer taking `score_ms` per frame that
 /// passes every part; reject delay `delay_ms`, 10 ms pulses, 5 ms deadline margin.
 async fn run(parts: usize, score_ms: u64, delay_ms: u32) -> Run {
-    let _timing = crate::TIMING.lock().unwrap_or_else(|p| p.into_inner());
+    let _timing = crate::TIMING.lock().await;
     let tmp = tempfile::tempdir().unwrap();
     let mut profile = sim_profile(tmp.path(), Mode::Triggered, parts.max(2), 500.0);
     profile.inspection.reject_delay_ms = delay_ms;

@@ -7,7 +7,7 @@ mod common;
 /// Timing-sensitive tests (pulse windows measured against trigger instants) take this lock so they do not run
 /// alongside each other on a 2-core CI machine: the line thread polls the trigger input, and a starved poller misses
 /// a pulse, i.e. a part that never arrived.
-pub static TIMING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+pub static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 mod control;
 mod deadlines;
