@@ -112,7 +112,8 @@ pub enum Command {
     /// Example: kestrel flash model.kbundle --unit tcp://10.0.0.7:7700 --key-file unit.key
     ///
     /// Exit codes: 0 flashed (or the dry run passed), 2 bad arguments or key file, 4 the unit refused the bundle
-    /// (signature, corrupt, other firmware or input size, self-test failed), 5 unit unreachable or the link was lost
+    /// (signature, corrupt, other firmware or input size, self-test failed, too slow for the unit's reject delay),
+    /// 5 unit unreachable or the link was lost
     /// for longer than `--reconnect-for`, 6 the unit speaks another protocol, 7 the unit refused the key, 8 refused
     /// otherwise (older model version without `--allow-downgrade`, no previous model to roll back to, busy).
     Flash(FlashArgs),
