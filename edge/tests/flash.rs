@@ -75,11 +75,7 @@ fn start(profile: BoardProfile, source: Option<Box<dyn FrameSource>>) -> UnitHan
 }
 
 fn addr(unit: &UnitHandle) -> UnitAddr {
-    let a = unit.tcp_addr().unwrap();
-    UnitAddr::Tcp {
-        host: a.ip().to_string(),
-        port: a.port(),
-    }
+    common::unit_addr(unit)
 }
 
 fn options(unit: &UnitHandle) -> FlashOptions {

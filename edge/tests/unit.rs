@@ -42,12 +42,7 @@ fn start_scripted(profile: BoardProfile, every: u64, ms: u64) -> UnitHandle {
 }
 
 async fn connect(unit: &UnitHandle) -> Session {
-    let a = unit.tcp_addr().unwrap();
-    let addr = UnitAddr::Tcp {
-        host: a.ip().to_string(),
-        port: a.port(),
-    };
-    common::connect(addr, unit.key(), unit.unit_id()).await
+    common::connect_unit(unit).await
 }
 
 async fn subscribe(c: &mut Session, sub: Subscribe) {

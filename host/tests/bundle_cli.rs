@@ -52,22 +52,7 @@ fn keygen_export_eval_predict_with_an_int8_bundle() {
     );
 
     let model = tmp.path().join("model");
-    ok(&kestrel(&[
-        "fit",
-        "--data",
-        s(&data),
-        "--category",
-        "widget",
-        "--arch",
-        "resnet18_narrow",
-        "--image-size",
-        "64",
-        "--detector",
-        "padim",
-        "-o",
-        s(&model),
-        "--json",
-    ]));
+    common::fit_widget(&data, &model, "padim");
     let bundle = tmp.path().join("widget.kbundle");
     let report = json(&ok(&kestrel(&[
         "export",
@@ -211,24 +196,7 @@ fn export_refuses_a_signing_key_others_can_read_and_a_bad_model_dir() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let model = tmp.path().join("model");
     let data = product(tmp.path());
-    ok(&kestrel(&[
-        "fit",
-        "--data",
-        s(&data),
-        "--category",
-        "widget",
-        "--arch",
-        "resnet18_narrow",
-        "--image-size",
-        "64",
-        "--detector",
-        "patchcore",
-        "--coreset-ratio",
-        "0.25",
-        "-o",
-        s(&model),
-        "--json",
-    ]));
+    common::fit_widget(&data, &model, "patchcore");
     let out = kestrel(&[
         "export",
         "--model",

@@ -18,27 +18,6 @@ fn product(dir: &Path) -> PathBuf {
     common::product(dir, 24, 8, 12, 5)
 }
 
-fn fit(data: &Path, model: &Path, detector: &str) {
-    ok(&kestrel(&[
-        "fit",
-        "--data",
-        data.to_str().unwrap(),
-        "--category",
-        "widget",
-        "--arch",
-        "resnet18_narrow",
-        "--image-size",
-        "64",
-        "--detector",
-        detector,
-        "--coreset-ratio",
-        "0.25",
-        "-o",
-        model.to_str().unwrap(),
-        "--json",
-    ]));
-}
-
 fn json_line(s: &str) -> serde_json::Value {
     serde_json::from_str(s.lines().next().expect("one line")).expect("valid JSON")
 }
@@ -49,7 +28,7 @@ fn fit_eval_metrics_round_trip_for_both_detectors() {
     let data = product(tmp.path());
     for detector in ["padim", "patchcore"] {
         let model = tmp.path().join(format!("model-{detector}"));
-        fit(&data, &model, detector);
+        common::fit_widget(&data, &model, detector);
         let toml = std::fs::read_to_string(model.join("model.toml")).unwrap();
         assert!(toml.contains(&format!("kind = \"{detector}\"")), "{toml}");
         assert!(
@@ -120,7 +99,7 @@ fn predict_writes_overlays_and_verdicts() {
     let tmp = tempfile::tempdir().unwrap();
     let data = product(tmp.path());
     let model = tmp.path().join("model");
-    fit(&data, &model, "padim");
+    common::fit_widget(&data, &model, "padim");
     let out_dir = tmp.path().join("pred");
     let good = data.join("widget/test/good");
     let out = ok(&kestrel(&[

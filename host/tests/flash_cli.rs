@@ -82,21 +82,7 @@ fn flashed_bundle_scores_on_the_unit_exactly_as_predict_scores_on_the_host() {
     let tmp = tempfile::tempdir().unwrap();
     let data = common::product(tmp.path(), 24, 4, 4, 5);
     let model = tmp.path().join("model");
-    ok(&kestrel(&[
-        "fit",
-        "--data",
-        s(&data),
-        "--category",
-        "widget",
-        "--arch",
-        "resnet18_narrow",
-        "--image-size",
-        "64",
-        "--detector",
-        "padim",
-        "-o",
-        s(&model),
-    ]));
+    common::fit_widget(&data, &model, "padim");
     let keys = tmp.path().join("keys");
     ok(&kestrel(&["keygen", "-o", s(&keys)]));
     let bundle = tmp.path().join("widget.kbundle");

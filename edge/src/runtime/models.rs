@@ -157,6 +157,16 @@ impl ModelManager {
     /// Read, verify (hash, signature by a trusted key), check compatibility, load, self-test and time the bundle
     /// at `path`. What every path to a running model goes through, boot included.
     fn load(&self, path: &Path) -> Result<(VisionInspector, ModelRef), Refusal> {
+        self.load_not_older(path, None)
+    }
+
+    /// [`Self::load`], refusing (right after the signature check, before the model is built) a model version below
+    /// `not_older_than` (anti-rollback).
+    fn load_not_older(
+        &self,
+        path: &Path,
+        not_older_than: Option<u64>,
+    ) -> Result<(VisionInspector, ModelRef), Refusal> {
         let keys = trusted_keys(&self.state).map_err(|e| {
             (
                 NackCode::BundleSignature,
@@ -169,6 +179,9 @@ impl ModelManager {
         })?;
         self.check_compat(&bundle.manifest().model)
             .map_err(|e| refusal(&e))?;
+        if let Some(active) = not_older_than {
+            check_not_older(&bundle.manifest().model, active)?;
+        }
         let mut inspector = VisionInspector::from_bundle(&bundle, &self.device).map_err(|e| {
             let code = match e {
                 crate::inference::InferenceError::SelfTest { .. }
@@ -462,16 +475,11 @@ impl Shared {
 
     /// Anti-rollback against the running model.
     fn check_version(&self, model: &ModelInfo) -> Result<(), Refusal> {
-        let active = self.active_model_ref().map_or(0, |m| m.version);
-        model.check_not_older(active).map_err(|e| {
-            (
-                NackCode::Downgrade,
-                format!(
-                    "{}; flash with --allow-downgrade to install it anyway",
-                    crate::error_text(&e)
-                ),
-            )
-        })
+        check_not_older(model, self.active_version())
+    }
+
+    fn active_version(&self) -> u64 {
+        self.active_model_ref().map_or(0, |m| m.version)
     }
 
     /// `Activate`: verify, load and self-test the stored bundle, persist the choice, and swap it in.
@@ -495,15 +503,12 @@ impl Shared {
             })?;
             (slot, store.bundle_path(&hex))
         };
-        if !a.allow_downgrade {
-            let keys = trusted_keys(&m.state).map_err(|e| refusal(&e))?;
-            let b = VerifiedBundle::parse_file(&path, MAX_BUNDLE_BYTES, &keys)
-                .map_err(|e| refusal(&e))?;
-            self.check_version(&b.manifest().model)?;
-        }
-        let (insp, model) = m
-            .load(&path)
-            .map_err(|r| self.refused_bundle(a.sha256, r))?;
+        let not_older = (!a.allow_downgrade).then(|| self.active_version());
+        let (insp, model) = m.load_not_older(&path, not_older).map_err(|r| match r.0 {
+            // A downgrade is a refusal of the request, not of the bundle: no `BundleRefused` event.
+            NackCode::Downgrade => r,
+            _ => self.refused_bundle(a.sha256, r),
+        })?;
         let previous = self.active_model_ref();
         if let Some(s) = lock(&m.store).as_mut() {
             s.activate(slot).map_err(|e| {
@@ -678,6 +683,19 @@ pub(crate) fn check_speed(
         ));
     }
     Ok(())
+}
+
+/// Anti-rollback: refuse a model version below `active` with the way to override it.
+fn check_not_older(model: &ModelInfo, active: u64) -> Result<(), Refusal> {
+    model.check_not_older(active).map_err(|e| {
+        (
+            NackCode::Downgrade,
+            format!(
+                "{}; flash with --allow-downgrade to install it anyway",
+                crate::error_text(&e)
+            ),
+        )
+    })
 }
 
 fn busy() -> Refusal {

@@ -112,6 +112,30 @@ pub fn fit_tiny_model(dir: &Path) -> PathBuf {
     out
 }
 
+/// A running unit's TCP address as the host client takes it.
+pub fn unit_addr(unit: &kestrel_edge::UnitHandle) -> UnitAddr {
+    let a = unit.tcp_addr().expect("the test profile has a TCP link");
+    UnitAddr::Tcp {
+        host: a.ip().to_string(),
+        port: a.port(),
+    }
+}
+
+/// [`connect`] to a running unit with its own key and id.
+pub async fn connect_unit(unit: &kestrel_edge::UnitHandle) -> Session {
+    connect(unit_addr(unit), unit.key(), unit.unit_id()).await
+}
+
+/// Subscribe to every verdict (no masks) and wait for the unit's `Ack`.
+pub async fn subscribe_all(s: &mut Session) {
+    s.request(Msg::Subscribe(kestrel_wire::Subscribe {
+        masks_every: 0,
+        min_score: f32::NEG_INFINITY,
+    }))
+    .await
+    .expect("Subscribe acknowledged");
+}
+
 /// The real host client (`kestrel monitor`'s [`Session`]) connected to `addr` and authenticated with the unit's key,
 /// refusing any unit but `unit_id`.
 pub async fn connect(addr: UnitAddr, key: &UnitKey, unit_id: &str) -> Session {

@@ -7,9 +7,8 @@
 //! CI runs [`a_few_kills_during_flashing_never_leave_a_broken_unit`] (4 kill points); the long run is
 //! `cargo test -p kestrel-edge --test crash crash_flash -- --ignored` (25 points, figures in the issue note).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::common::fit_tiny_model;
@@ -65,37 +64,8 @@ id = "crash-1"
 }
 
 fn spawn(board: &Path) -> EdgeProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel-edge"))
-        .args(["run", "--board"])
-        .arg(board)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kestrel-edge");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("kestrel-edge: TCP link listening on ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(a.trim().to_string());
-                }
-            }
-        }
-    });
-    let a = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("kestrel-edge listens within 60 s");
-    let (host, port) = a.rsplit_once(':').unwrap();
-    EdgeProcess {
-        child,
-        addr: UnitAddr::Tcp {
-            host: host.into(),
-            port: port.parse().unwrap(),
-        },
-    }
+    let (child, addr) = crate::spawn_edge(board, &[]);
+    EdgeProcess { child, addr }
 }
 
 fn tiny_bundle(model: &Model, version: u64, key: &SigningKey) -> Vec<u8> {
@@ -143,14 +113,6 @@ async fn check_inspecting(addr: &UnitAddr, key: &kestrel_wire::UnitKey) -> (Opti
         }
     };
     (model, seq)
-}
-
-/// xorshift64*: reproducible kill instants without a rand dependency.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
 fn run_kills(points: usize, seed: u64) {
@@ -209,7 +171,8 @@ fn run_kills(points: usize, seed: u64) {
         let target_index = 1 - running;
         let target = &bundles[target_index];
         let (lo, hi) = strata[k % strata.len()];
-        let kill_after = lo + (hi - lo).mul_f64((next(&mut rng) % 10_000) as f64 / 10_000.0);
+        let kill_after =
+            lo + (hi - lo).mul_f64((crate::next_random(&mut rng) % 10_000) as f64 / 10_000.0);
         let opts = options(&unit.addr);
         let phase = std::cell::RefCell::new(String::from("connecting"));
         let flashed = rt.block_on(async {

@@ -7,9 +7,8 @@
 //! CI runs 5 kills; `cargo test -p kestrel-edge --test crash crash_journal -- --ignored --nocapture` runs 100.
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use crate::common::fit_tiny_model;
@@ -56,44 +55,7 @@ id = "journal-crash-1"
 }
 
 fn spawn(board: &Path, model: &Path) -> (Child, UnitAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kestrel-edge"))
-        .args(["run", "--board"])
-        .arg(board)
-        .arg("--model")
-        .arg(model)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kestrel-edge");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tx = Some(tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("kestrel-edge: TCP link listening on ") {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(a.trim().to_string());
-                }
-            }
-        }
-    });
-    let a = rx.recv_timeout(Duration::from_secs(60)).expect("listening");
-    let (host, port) = a.rsplit_once(':').unwrap();
-    (
-        child,
-        UnitAddr::Tcp {
-            host: host.into(),
-            port: port.parse().unwrap(),
-        },
-    )
-}
-
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    crate::spawn_edge(board, &["--model".as_ref(), model.as_os_str()])
 }
 
 fn run_kills(kills: usize, seed: u64) {
@@ -105,7 +67,9 @@ fn run_kills(kills: usize, seed: u64) {
     for _ in 0..kills {
         let (mut child, _) = spawn(&board, &model);
         // Somewhere in the first half second of verdicts.
-        std::thread::sleep(Duration::from_millis(50 + next(&mut rng) % 450));
+        std::thread::sleep(Duration::from_millis(
+            50 + crate::next_random(&mut rng) % 450,
+        ));
         child.kill().unwrap();
         child.wait().unwrap();
     }

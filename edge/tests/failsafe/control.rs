@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::common::{sim_profile, ScriptedInspector};
 use kestrel_edge::board::{BoardProfile, Mode};
 use kestrel_edge::{Unit, UnitHandle, UnitOptions};
-use kestrel_host::monitor::{ConnectOptions, MonitorError, Session, UnitAddr};
+use kestrel_host::monitor::{ConnectOptions, MonitorError, Session};
 use kestrel_wire::{key_text, Msg, NackCode, SetThreshold, UnitKey};
 
 fn start(profile: BoardProfile) -> UnitHandle {
@@ -25,11 +25,7 @@ fn start(profile: BoardProfile) -> UnitHandle {
 }
 
 async fn session(unit: &UnitHandle, key: &UnitKey) -> Result<Session, MonitorError> {
-    let a = unit.tcp_addr().unwrap();
-    let addr = UnitAddr::Tcp {
-        host: a.ip().to_string(),
-        port: a.port(),
-    };
+    let addr = crate::common::unit_addr(unit);
     let mut o = ConnectOptions::new(key.clone());
     o.handshake_timeout = Duration::from_secs(20);
     Session::open(&addr, &o).await

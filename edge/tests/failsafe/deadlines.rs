@@ -11,8 +11,7 @@ use crate::common::{recv, sim_profile, ScriptedInspector};
 use kestrel_edge::board::Mode;
 use kestrel_edge::pins::Signal;
 use kestrel_edge::{Unit, UnitOptions};
-use kestrel_host::monitor::UnitAddr;
-use kestrel_wire::{EventKind, FaultCode, Msg, Outcome, Subscribe};
+use kestrel_wire::{EventKind, FaultCode, Msg, Outcome};
 
 struct Run {
     verdicts: Vec<kestrel_wire::Verdict>,
@@ -44,18 +43,8 @@ async fn run(parts: usize, score_ms: u64, delay_ms: u32) -> Run {
     )
     .unwrap();
     let board = unit.fake_board().unwrap().clone();
-    let a = unit.tcp_addr().unwrap();
-    let addr = UnitAddr::Tcp {
-        host: a.ip().to_string(),
-        port: a.port(),
-    };
-    let mut c = crate::common::connect(addr, unit.key(), unit.unit_id()).await;
-    c.request(Msg::Subscribe(Subscribe {
-        masks_every: 0,
-        min_score: f32::NEG_INFINITY,
-    }))
-    .await
-    .unwrap();
+    let mut c = crate::common::connect_unit(&unit).await;
+    crate::common::subscribe_all(&mut c).await;
     board.clear_log();
     let delay = Duration::from_millis(delay_ms.into());
     let triggers = {

@@ -7,8 +7,7 @@ use crate::common::{recv_until, send, sim_profile, ScriptedInspector};
 use kestrel_edge::board::Mode;
 use kestrel_edge::camera::{now_us, CameraError, Frame, FrameSource};
 use kestrel_edge::{Unit, UnitOptions};
-use kestrel_host::monitor::UnitAddr;
-use kestrel_wire::{Msg, Outcome, Subscribe};
+use kestrel_wire::{Msg, Outcome};
 
 /// The first `stale` frames were captured a second before they are delivered (a driver's buffered queue); later
 /// ones are captured at delivery, 20 ms apart.
@@ -57,18 +56,8 @@ async fn a_triggered_part_is_never_judged_by_a_frame_from_before_its_trigger() {
         },
     )
     .unwrap();
-    let a = unit.tcp_addr().unwrap();
-    let addr = UnitAddr::Tcp {
-        host: a.ip().to_string(),
-        port: a.port(),
-    };
-    let mut c = crate::common::connect(addr, unit.key(), unit.unit_id()).await;
-    c.request(Msg::Subscribe(Subscribe {
-        masks_every: 0,
-        min_score: f32::NEG_INFINITY,
-    }))
-    .await
-    .unwrap();
+    let mut c = crate::common::connect_unit(&unit).await;
+    crate::common::subscribe_all(&mut c).await;
     send(&mut c, Msg::SoftTrigger).await;
     let v = recv_until(&mut c, Duration::from_secs(10), |m| match m {
         Msg::Verdict(v) => Some(v),

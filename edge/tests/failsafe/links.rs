@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 use crate::common::{sim_profile, ScriptedInspector};
 use kestrel_edge::board::Mode;
 use kestrel_edge::{Unit, UnitOptions};
-use kestrel_host::monitor::UnitAddr;
 use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,11 +30,7 @@ async fn idle_sockets_neither_lock_a_monitor_out_nor_stay_open() {
         idle.push(tokio::net::TcpStream::connect(a).await.unwrap());
     }
     let t = Instant::now();
-    let addr = UnitAddr::Tcp {
-        host: a.ip().to_string(),
-        port: a.port(),
-    };
-    let s = crate::common::connect(addr, unit.key(), unit.unit_id()).await;
+    let s = crate::common::connect_unit(&unit).await;
     let connected_in = t.elapsed();
     assert!(
         connected_in < Duration::from_secs(6),

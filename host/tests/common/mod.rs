@@ -52,3 +52,27 @@ pub fn product(
     .expect("synthetic data");
     root
 }
+
+/// `kestrel fit` of the synthetic `widget` product under `data` into `model`: narrow ResNet-18 with random weights
+/// at 64×64, `detector` (PatchCore keeps a quarter of its patches), JSON output.
+#[allow(dead_code)] // not every test file fits a model
+pub fn fit_widget(data: &Path, model: &Path, detector: &str) {
+    assert_success(&kestrel(&[
+        "fit",
+        "--data",
+        data.to_str().unwrap(),
+        "--category",
+        "widget",
+        "--arch",
+        "resnet18_narrow",
+        "--image-size",
+        "64",
+        "--detector",
+        detector,
+        "--coreset-ratio",
+        "0.25",
+        "-o",
+        model.to_str().unwrap(),
+        "--json",
+    ]));
+}
