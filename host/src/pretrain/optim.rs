@@ -73,6 +73,296 @@ struct Param {
     v: Option<Tensor>,
 }
 
+impl Param {
+    /// The same update as the tensor-op path of [`Optimizer::backward_step`], in place on f32 CPU tensors: one pass
+    /// per state tensor instead of one per arithmetic op, and no allocation after the first step.
+    fn update_fused(
+        &mut self,
+        cfg: &OptimizerConfig,
+        g: &Tensor,
+        scale: f64,
+        wd: f64,
+        lr: f64,
+        t: i32,
+    ) -> Result<()> {
+        let w = self.var.as_tensor();
+        // A missing or restored (maybe non-contiguous, foreign) state tensor becomes a fresh contiguous buffer.
+        let state = |slot: &mut Option<Tensor>| -> Result<(Tensor, bool)> {
+            match slot.take() {
+                Some(s) if fused::applies(&[&s]) => Ok((s, false)),
+                Some(s) => Ok((s.to_dtype(DType::F32)?.contiguous()?.copy()?, false)),
+                None => Ok((w.zeros_like()?, true)),
+            }
+        };
+        match cfg.kind {
+            OptimizerKind::Sgd => {
+                let (buf, fresh) = state(&mut self.m)?;
+                // torch: buf = d on the first step, momentum·buf + d after (and without momentum, buf = d).
+                let momentum = if fresh || cfg.momentum <= 0.0 {
+                    0.0
+                } else {
+                    cfg.momentum
+                };
+                buf.inplace_op3(
+                    g,
+                    w,
+                    &fused::SgdBuffer {
+                        momentum,
+                        scale,
+                        wd,
+                    },
+                )?;
+                w.inplace_op2(&buf, &fused::Axpy { alpha: -lr })?;
+                self.m = Some(buf);
+            }
+            OptimizerKind::Adamw => {
+                let (m, _) = state(&mut self.m)?;
+                let (v, _) = state(&mut self.v)?;
+                m.inplace_op2(
+                    g,
+                    &fused::Moment {
+                        beta: cfg.beta1,
+                        scale,
+                        square: false,
+                    },
+                )?;
+                v.inplace_op2(
+                    g,
+                    &fused::Moment {
+                        beta: cfg.beta2,
+                        scale,
+                        square: true,
+                    },
+                )?;
+                w.inplace_op3(
+                    &m,
+                    &v,
+                    &fused::AdamWStep {
+                        lr,
+                        wd,
+                        bc1: 1.0 - cfg.beta1.powi(t),
+                        bc2: 1.0 - cfg.beta2.powi(t),
+                        eps: cfg.eps,
+                    },
+                )?;
+                self.m = Some(m);
+                self.v = Some(v);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// In-place optimiser kernels on contiguous f32 CPU tensors (candle `InplaceOp`s), and the gradient norm.
+mod fused {
+    use candle_core::{
+        CpuStorage, DType, Device, InplaceOp2, InplaceOp3, Layout, Result, Storage, Tensor,
+    };
+
+    /// Whether every tensor is a contiguous f32 CPU tensor (the kernels' precondition).
+    pub(super) fn applies(ts: &[&Tensor]) -> bool {
+        ts.iter().all(|t| {
+            matches!(t.device(), Device::Cpu) && t.dtype() == DType::F32 && t.is_contiguous()
+        })
+    }
+
+    /// Σ g², accumulated in f64 over f32 lanes.
+    pub(super) fn sum_sq(g: &Tensor) -> Result<f64> {
+        if !applies(&[g]) {
+            return g.sqr()?.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>();
+        }
+        let (storage, layout) = g.storage_and_layout();
+        let Storage::Cpu(cpu) = &*storage else {
+            candle_core::bail!("sum_sq: not a CPU tensor")
+        };
+        let xs = read(cpu, layout)?;
+        Ok(xs
+            .chunks(4096)
+            .map(|c| {
+                let mut acc = [0f32; 8];
+                for (i, v) in c.iter().enumerate() {
+                    acc[i & 7] += v * v;
+                }
+                acc.iter().map(|&a| a as f64).sum::<f64>()
+            })
+            .sum())
+    }
+
+    fn read<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("optimizer state must be contiguous".into()))?;
+        Ok(&s.as_slice::<f32>()?[a..b])
+    }
+
+    fn write<'a>(s: &'a mut CpuStorage, l: &Layout) -> Result<&'a mut [f32]> {
+        let (a, b) = l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("optimizer state must be contiguous".into()))?;
+        match s {
+            CpuStorage::F32(v) => Ok(&mut v[a..b]),
+            _ => candle_core::bail!("optimizer state must be f32"),
+        }
+    }
+
+    /// `f(dst[i], a[i])` for every element, after checking the lengths agree.
+    fn map2(
+        name: &str,
+        (s1, l1): (&mut CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        f: impl Fn(&mut f32, f32),
+    ) -> Result<()> {
+        let (dst, a) = (write(s1, l1)?, read(s2, l2)?);
+        if dst.len() != a.len() {
+            candle_core::bail!("{name}: {} elements updated from {}", dst.len(), a.len());
+        }
+        dst.iter_mut().zip(a).for_each(|(d, &a)| f(d, a));
+        Ok(())
+    }
+
+    /// `f(dst[i], a[i], b[i])` for every element, after checking the lengths agree.
+    fn map3(
+        name: &str,
+        (s1, l1): (&mut CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        (s3, l3): (&CpuStorage, &Layout),
+        f: impl Fn(&mut f32, f32, f32),
+    ) -> Result<()> {
+        let (dst, a, b) = (write(s1, l1)?, read(s2, l2)?, read(s3, l3)?);
+        if dst.len() != a.len() || dst.len() != b.len() {
+            candle_core::bail!(
+                "{name}: {} elements updated from {} and {}",
+                dst.len(),
+                a.len(),
+                b.len()
+            );
+        }
+        dst.iter_mut()
+            .zip(a)
+            .zip(b)
+            .for_each(|((d, &a), &b)| f(d, a, b));
+        Ok(())
+    }
+
+    /// `buf = momentum·buf + scale·g + wd·w` (SGD's momentum buffer with L2 decay folded into the gradient).
+    pub(super) struct SgdBuffer {
+        pub(super) momentum: f64,
+        pub(super) scale: f64,
+        pub(super) wd: f64,
+    }
+
+    impl InplaceOp3 for SgdBuffer {
+        fn name(&self) -> &'static str {
+            "kestrel-sgd-buffer"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<()> {
+            let (m, s, wd) = (self.momentum as f32, self.scale as f32, self.wd as f32);
+            map3(self.name(), (s1, l1), (s2, l2), (s3, l3), |b, g, w| {
+                *b = m * *b + s * g + wd * w
+            })
+        }
+    }
+
+    /// `w += alpha·x`.
+    pub(super) struct Axpy {
+        pub(super) alpha: f64,
+    }
+
+    impl InplaceOp2 for Axpy {
+        fn name(&self) -> &'static str {
+            "kestrel-axpy"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> Result<()> {
+            let a = self.alpha as f32;
+            map2(self.name(), (s1, l1), (s2, l2), |w, x| *w += a * x)
+        }
+    }
+
+    /// Adam's moment: `m = β·m + (1 − β)·(scale·g)` (or of `(scale·g)²`).
+    pub(super) struct Moment {
+        pub(super) beta: f64,
+        pub(super) scale: f64,
+        pub(super) square: bool,
+    }
+
+    impl InplaceOp2 for Moment {
+        fn name(&self) -> &'static str {
+            "kestrel-adam-moment"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+        ) -> Result<()> {
+            let (b, s) = (self.beta as f32, self.scale as f32);
+            if self.square {
+                map2(self.name(), (s1, l1), (s2, l2), |m, g| {
+                    *m = b * *m + (1.0 - b) * (s * g) * (s * g)
+                })
+            } else {
+                map2(self.name(), (s1, l1), (s2, l2), |m, g| {
+                    *m = b * *m + (1.0 - b) * (s * g)
+                })
+            }
+        }
+    }
+
+    /// AdamW's step: `w = w·(1 − lr·wd) − lr·(m / bc1) / (sqrt(v / bc2) + eps)`.
+    pub(super) struct AdamWStep {
+        pub(super) lr: f64,
+        pub(super) wd: f64,
+        pub(super) bc1: f64,
+        pub(super) bc2: f64,
+        pub(super) eps: f64,
+    }
+
+    impl InplaceOp3 for AdamWStep {
+        fn name(&self) -> &'static str {
+            "kestrel-adamw-step"
+        }
+
+        fn cpu_fwd(
+            &self,
+            s1: &mut CpuStorage,
+            l1: &Layout,
+            s2: &CpuStorage,
+            l2: &Layout,
+            s3: &CpuStorage,
+            l3: &Layout,
+        ) -> Result<()> {
+            let decay = (1.0 - self.lr * self.wd) as f32;
+            let (lr, bc1, bc2, eps) = (
+                self.lr as f32,
+                self.bc1 as f32,
+                self.bc2 as f32,
+                self.eps as f32,
+            );
+            map3(self.name(), (s1, l1), (s2, l2), (s3, l3), |w, m, v| {
+                *w = *w * decay - lr * (m / bc1) / ((v / bc2).sqrt() + eps)
+            })
+        }
+    }
+}
+
 /// An optimiser over the trainable variables of a [`VarMap`].
 pub struct Optimizer {
     cfg: OptimizerConfig,
@@ -126,11 +416,7 @@ impl Optimizer {
         for p in &self.params {
             let g = grads.get(p.var.as_tensor()).cloned();
             if let Some(g) = &g {
-                sq += g
-                    .sqr()?
-                    .sum_all()?
-                    .to_dtype(DType::F64)?
-                    .to_scalar::<f64>()?;
+                sq += fused::sum_sq(g)?;
             }
             gs.push(g);
         }
@@ -148,9 +434,13 @@ impl Optimizer {
             // graph, and a momentum buffer built from them would keep every step's graph alive through the
             // chain buf_t → buf_{t−1} → … (memory grows by the activations of each step until the OOM killer).
             let g = g.detach();
+            let wd = if p.decay { cfg.weight_decay } else { 0.0 };
+            if fused::applies(&[p.var.as_tensor(), &g]) {
+                p.update_fused(&cfg, &g, scale, wd, lr, t)?;
+                continue;
+            }
             let g = if scale != 1.0 { (g * scale)? } else { g };
             let w = &p.var.as_tensor().detach();
-            let wd = if p.decay { cfg.weight_decay } else { 0.0 };
             match cfg.kind {
                 OptimizerKind::Sgd => {
                     let d = if wd > 0.0 { (&g + (w * wd)?)? } else { g };
@@ -268,12 +558,16 @@ mod tests {
     use candle_core::Device;
     use candle_nn::{Init, VarBuilder};
 
-    /// Minimise ½‖w − target‖² and compare with PyTorch's update rule written out by hand.
-    fn one_param(kind: OptimizerKind, wd: f64) -> (Vec<f32>, Vec<f32>) {
+    /// Minimise ½‖w − target‖² and compare with PyTorch's update rule written out by hand. f32 takes the fused
+    /// in-place kernels, f64 the tensor-op path.
+    fn one_param(kind: OptimizerKind, wd: f64, dtype: DType) -> (Vec<f32>, Vec<f32>) {
         let vm = VarMap::new();
-        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_varmap(&vm, dtype, &Device::Cpu);
         let w = vb.get_with_hints((2, 2), "w", Init::Const(1.0)).unwrap();
-        let target = Tensor::new(&[[0.0f32, 2.0], [3.0, -1.0]], &Device::Cpu).unwrap();
+        let target = Tensor::new(&[[0.0f32, 2.0], [3.0, -1.0]], &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
         let mut cfg = if kind == OptimizerKind::Sgd {
             OptimizerConfig::sgd()
         } else {
@@ -308,6 +602,8 @@ mod tests {
         }
         let got = vm.data().lock().unwrap()["w"]
             .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
             .flatten_all()
             .unwrap()
             .to_vec1::<f32>()
@@ -318,12 +614,12 @@ mod tests {
     #[test]
     fn sgd_and_adamw_follow_pytorch_update_rules() {
         for kind in [OptimizerKind::Sgd, OptimizerKind::Adamw] {
-            for wd in [0.0, 0.05] {
-                let (got, want) = one_param(kind, wd);
+            for (wd, dtype) in [(0.0, DType::F32), (0.05, DType::F32), (0.05, DType::F64)] {
+                let (got, want) = one_param(kind, wd, dtype);
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
                         (g - w).abs() < 1e-5,
-                        "{kind:?} wd={wd}: {got:?} vs {want:?}"
+                        "{kind:?} wd={wd} {dtype:?}: {got:?} vs {want:?}"
                     );
                 }
             }

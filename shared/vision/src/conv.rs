@@ -263,22 +263,22 @@ pub fn max_pool2d(x: &Tensor, pool: PoolSpec) -> candle_core::Result<Tensor> {
 
 /// Sizes of one convolution, validated.
 #[derive(Debug, Clone, Copy)]
-struct Geom {
-    n: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    pad: usize,
-    ho: usize,
-    wo: usize,
+pub(crate) struct Geom {
+    pub(crate) n: usize,
+    pub(crate) cin: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) cout: usize,
+    pub(crate) kh: usize,
+    pub(crate) kw: usize,
+    pub(crate) stride: usize,
+    pub(crate) pad: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
 }
 
 impl Geom {
-    fn new(x: &[usize], w: &[usize], spec: ConvSpec) -> Result<Self, ConvError> {
+    pub(crate) fn new(x: &[usize], w: &[usize], spec: ConvSpec) -> Result<Self, ConvError> {
         let [n, cin, h, wd] = *x else {
             return Err(ConvError::Rank {
                 what: "input",
@@ -323,22 +323,22 @@ impl Geom {
     }
 
     /// Output pixels per image.
-    fn p(&self) -> usize {
+    pub(crate) fn p(&self) -> usize {
         self.ho * self.wo
     }
 
     /// GEMM depth: one row of the im2col matrix per (input channel, ky, kx).
-    fn k(&self) -> usize {
+    pub(crate) fn k(&self) -> usize {
         self.cin * self.kh * self.kw
     }
 
     /// An unpadded 1×1 convolution is a plain GEMM on the input (stride 1) or on its (0, 0) stride phase: no
     /// im2col.
-    fn pointwise(&self) -> bool {
+    pub(crate) fn pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.pad == 0
     }
 
-    fn out_dims(&self) -> [usize; 4] {
+    pub(crate) fn out_dims(&self) -> [usize; 4] {
         [self.n, self.cout, self.ho, self.wo]
     }
 }
@@ -359,7 +359,7 @@ struct FusedConv<'a> {
 ///
 /// The storage read lock is held only for `f`. Weights and biases are never written during inference, so taking
 /// it inside a custom op (whose own input lock is already held) cannot deadlock.
-fn with_cpu_f32<R>(
+pub(crate) fn with_cpu_f32<R>(
     t: &Tensor,
     f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
@@ -370,7 +370,7 @@ fn with_cpu_f32<R>(
     f(contiguous_f32(cpu, layout)?)
 }
 
-fn contiguous_f32<'s>(s: &'s CpuStorage, l: &Layout) -> candle_core::Result<&'s [f32]> {
+pub(crate) fn contiguous_f32<'s>(s: &'s CpuStorage, l: &Layout) -> candle_core::Result<&'s [f32]> {
     let data = s.as_slice::<f32>()?;
     let (a, b) = l
         .contiguous_offsets()
@@ -460,7 +460,7 @@ impl CustomOp2 for FusedConv<'_> {
 /// Bytes of one im2col tile (k rows × tile columns), or of the output tile for 1×1 convolutions: half of the
 /// 512 KiB L2, leaving room for the GEMM's packed panels. Not critical: budgets from 64 KiB to a whole image per tile
 /// changed ResNet-18's single-thread convolution time by under 5 %.
-const TILE_BYTES: usize = 256 * 1024;
+pub(crate) const TILE_BYTES: usize = 256 * 1024;
 
 /// Smallest tile: below this the GEMM's per-call packing of the weights dominates.
 const MIN_TILE: usize = 64;
@@ -480,20 +480,107 @@ fn tile_cols(g: &Geom, threads: usize) -> usize {
         let per_image = want.div_ceil(g.n.max(1));
         t = p.div_ceil(per_image);
     }
-    t = t.next_multiple_of(16);
-    t.min(p).max(1)
+    // Not capped at p: a tile wider than an image takes several images (see [`Tile`]).
+    t.next_multiple_of(16).max(1)
 }
 
 thread_local! {
     /// Per-thread im2col buffer, reused across calls so steady-state inference allocates none.
-    static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    pub(crate) static COL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// Per-thread band of convolution output awaiting the fused max pool.
     static BAND: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Per-thread GEMM output of a multi-image [`Tile`], before it is scattered into NCHW.
+    pub(crate) static TMP: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A block of GEMM columns: pixels `p0..p0 + tw` of images `b0..b0 + nb`.
+///
+/// Late ResNet stages have few pixels per image (4×4 and 2×2 at a 64×64 training size), and a GEMM only `p` columns
+/// wide runs its microkernel on one partial register block. So when an image has fewer than half a tile of pixels,
+/// one tile takes several whole images (`nb > 1`, `p0 = 0`, `tw = p`); otherwise a tile is part of one image.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tile {
+    pub(crate) b0: usize,
+    pub(crate) nb: usize,
+    pub(crate) p0: usize,
+    pub(crate) tw: usize,
+}
+
+impl Tile {
+    /// GEMM columns.
+    pub(crate) fn cols(&self) -> usize {
+        self.nb * self.tw
+    }
+
+    /// Split the `n · p` output columns of a convolution into tiles of about `tile` columns, at least `threads`
+    /// of them where the batch allows.
+    pub(crate) fn plan(g: &Geom, tile: usize, threads: usize) -> Vec<Tile> {
+        let p = g.p();
+        if p == 0 || g.n == 0 {
+            return Vec::new();
+        }
+        if 2 * p <= tile {
+            let per = (tile / p).min(g.n.div_ceil(threads.max(1))).max(1);
+            return (0..g.n.div_ceil(per))
+                .map(|t| Tile {
+                    b0: t * per,
+                    nb: per.min(g.n - t * per),
+                    p0: 0,
+                    tw: p,
+                })
+                .collect();
+        }
+        let per_img = p.div_ceil(tile);
+        (0..g.n * per_img)
+            .map(|t| {
+                let p0 = (t % per_img) * tile;
+                Tile {
+                    b0: t / per_img,
+                    nb: 1,
+                    p0,
+                    tw: tile.min(p - p0),
+                }
+            })
+            .collect()
+    }
+
+    /// Fill `col` (k rows × [`Tile::cols`]) with the tile's im2col columns, image after image. For a 1×1
+    /// convolution the rows are the source planes themselves.
+    pub(crate) fn fill_cols(&self, src: &Src<'_>, g: &Geom, col: &mut [f32]) {
+        let ld = self.cols();
+        for i in 0..self.nb {
+            let b = self.b0 + i;
+            if g.pointwise() {
+                let (image, cs) = (src.image(b), src.channel_stride());
+                for ci in 0..g.cin {
+                    col[ci * ld + i * self.tw..][..self.tw]
+                        .copy_from_slice(&image[ci * cs + self.p0..][..self.tw]);
+                }
+            } else {
+                im2col(src, b, g, (self.p0, self.tw), col, (ld, i * self.tw));
+            }
+        }
+    }
+}
+
+/// Run `f` on this thread's buffer `key`, grown to at least `len` elements and cut to `len`.
+pub(crate) fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<RefCell<Vec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() < len {
+            c.resize(len, 0.0);
+        }
+        f(&mut c[..len])
+    })
 }
 
 /// Output base pointer shared by the tile tasks.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
+pub(crate) struct OutPtr(pub(crate) *mut f32);
 // SAFETY: the tasks write disjoint (row, column-range) segments of the output; see `conv_f32`.
 unsafe impl Send for OutPtr {}
 // SAFETY: as above.
@@ -501,8 +588,69 @@ unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// A method (not field access) so closures capture the whole `Sync` wrapper, not the raw pointer.
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+/// A strided f32 matrix operand: element (i, j) at `ptr + i·rs + j·cs`. Transposing one is swapping its strides.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MatRef {
+    pub(crate) ptr: *const f32,
+    pub(crate) rs: usize,
+    pub(crate) cs: usize,
+}
+
+impl MatRef {
+    /// The transposed view of the same elements.
+    pub(crate) fn t(self) -> Self {
+        Self {
+            ptr: self.ptr,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// `dst (m×n) (+)= lhs (m×k) · rhs (k×n)` on strided operands, single-threaded (callers parallelise outside):
+/// the convolution backward's GEMMs, whose operands are transposed views of activations and weights.
+///
+/// # Safety
+/// Every element the shapes and strides address must be valid (reads for `lhs`, `rhs`; reads and writes for
+/// `dst`), and no other thread may access the `dst` elements meanwhile. With `accumulate` false `dst` may be
+/// uninitialised.
+pub(crate) unsafe fn gemm_strided(
+    (m, n, k): (usize, usize, usize),
+    dst: OutPtr,
+    (dst_rs, dst_cs): (usize, usize),
+    lhs: MatRef,
+    rhs: MatRef,
+    accumulate: bool,
+) {
+    // SAFETY: forwarded from the caller. gemm computes dst := alpha·dst + beta·lhs·rhs and reads dst only when
+    // read_dst is true.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.get(),
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.ptr,
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.ptr,
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
     }
 }
 
@@ -620,7 +768,7 @@ impl<'a> ConvArgs<'a> {
                     c.resize(k * tw, 0.0);
                 }
                 let col = &mut c[..k * tw];
-                im2col(&self.src, b, g, p0, tw, col);
+                im2col(&self.src, b, g, (p0, tw), col, (tw, 0));
                 // SAFETY: lhs = weight (cout×k), rhs = col (k×tw, contiguous), dst per the contract.
                 unsafe {
                     sgemm(
@@ -648,6 +796,52 @@ impl<'a> ConvArgs<'a> {
                 relu,
             );
         }
+    }
+}
+
+impl ConvArgs<'_> {
+    /// A [`Tile`] of whole images: one GEMM into a per-thread buffer, then each (image, channel) row is copied to
+    /// its place in the NCHW output with the epilogue applied.
+    ///
+    /// # Safety
+    /// `out` must be the convolution's output allocation (n·cout·p elements), and no other thread may access the
+    /// tile's images meanwhile.
+    unsafe fn multi_image_tile(&self, t: &Tile, residual: Option<&[f32]>, relu: bool, out: OutPtr) {
+        let g = &self.g;
+        let (p, k, cols) = (g.p(), g.k(), t.cols());
+        with_buffer(&COL, k * cols, |col| {
+            t.fill_cols(&self.src, g, col);
+            with_buffer(&TMP, g.cout * cols, |tmp| {
+                // SAFETY: lhs = weight (cout×k), rhs = col (k×cols, contiguous), dst = tmp (cout×cols), ours.
+                unsafe {
+                    sgemm(
+                        g.cout,
+                        cols,
+                        k,
+                        tmp.as_mut_ptr(),
+                        cols,
+                        self.w.as_ptr(),
+                        k,
+                        col.as_ptr(),
+                        cols,
+                    )
+                };
+                for i in 0..t.nb {
+                    for co in 0..g.cout {
+                        let off = ((t.b0 + i) * g.cout + co) * p;
+                        // SAFETY: row (image b0+i, channel co) lies inside `out` and belongs to this tile.
+                        let row = unsafe { std::slice::from_raw_parts_mut(out.get().add(off), p) };
+                        row.copy_from_slice(&tmp[co * cols + i * p..][..p]);
+                        epilogue(
+                            row,
+                            self.bias.map_or(0.0, |bias| bias[co]),
+                            residual.map(|r| &r[off..off + p]),
+                            relu,
+                        );
+                    }
+                }
+            })
+        })
     }
 }
 
@@ -679,7 +873,7 @@ fn epilogue(row: &mut [f32], bias: f32, residual: Option<&[f32]>, relu: bool) {
 
 /// The fused convolution on contiguous slices. `x`: N×Cin×H×W, `w`: Cout×Cin×kh×kw, `bias`: Cout, `residual`:
 /// the output's shape (it implies ReLU).
-fn conv_f32(
+pub(crate) fn conv_f32(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
@@ -690,18 +884,19 @@ fn conv_f32(
     let a = ConvArgs::new(x, w, bias, *g);
     let p = g.p();
     let out_len = g.n * g.cout * p;
-    let tiles_per_img = p.div_ceil(a.tile);
+    let tiles = Tile::plan(g, a.tile, rayon::current_num_threads());
     let mut y: Vec<f32> = Vec::with_capacity(out_len);
     let out = OutPtr(y.as_mut_ptr());
-    (0..g.n * tiles_per_img).into_par_iter().for_each(|t| {
-        let b = t / tiles_per_img;
-        let p0 = (t % tiles_per_img) * a.tile;
-        let tw = a.tile.min(p - p0);
-        // SAFETY: tile t owns columns p0..p0+tw of image b's cout output rows (row stride p); tiles are disjoint
+    tiles.par_iter().for_each(|t| {
+        // SAFETY: a tile owns columns p0..p0+tw of its images' cout output rows (row stride p); tiles are disjoint
         // and all lie inside the allocation of n·cout·p elements.
         unsafe {
-            let dst = OutPtr(out.get().add(b * g.cout * p + p0));
-            a.tile(b, p0, tw, residual, relu, dst, p);
+            if t.nb == 1 {
+                let dst = OutPtr(out.get().add(t.b0 * g.cout * p + t.p0));
+                a.tile(t.b0, t.p0, t.tw, residual, relu, dst, p);
+            } else {
+                a.multi_image_tile(t, residual, relu, out);
+            }
         }
     });
     // SAFETY: the tiles cover every (image, channel, pixel) exactly once and each was written.
@@ -779,8 +974,63 @@ fn conv_relu_pool_f32(a: &ConvArgs<'_>, pg: &PoolShape) -> Vec<f32> {
 ///
 /// Every kernel tap reads contiguous runs of one source plane (the input, or one of its stride phases), so the
 /// copies are plain `memcpy`s; the row segments of the tile are worked out once, not once per (channel, tap).
+/// Column `j` of the tile goes to `col[row·ld + off + j]` (`ld = tw`, `off = 0` for a tile of its own; wider when
+/// several images share one GEMM, see [`Tile`]).
 #[inline(never)]
-fn im2col(src: &Src<'_>, b: usize, g: &Geom, p0: usize, tw: usize, col: &mut [f32]) {
+pub(crate) fn im2col(
+    src: &Src<'_>,
+    b: usize,
+    g: &Geom,
+    (p0, tw): (usize, usize),
+    col: &mut [f32],
+    (ld, off): (usize, usize),
+) {
+    // The runs of one im2col row share their source plane: look it up once per row, not once per run.
+    let mut plane: (usize, &[f32]) = (usize::MAX, &[]);
+    for_each_run(g, src.wp, p0, tw, |r| {
+        let at = r.row * ld + off + r.at;
+        let seg = &mut col[at..at + r.len];
+        if plane.0 != r.row {
+            plane = (r.row, src.plane(b, r.ci, r.py, r.px));
+        }
+        // Late stages have runs of a few elements (a 2×2 image has 2-pixel rows): a loop beats memcpy calls.
+        if r.len <= 8 {
+            for (j, v) in seg.iter_mut().enumerate() {
+                *v = if j >= r.lo && j < r.hi {
+                    plane.1[r.start + j - r.lo]
+                } else {
+                    0.0
+                };
+            }
+            return;
+        }
+        seg[..r.lo].fill(0.0);
+        seg[r.hi..].fill(0.0);
+        if r.lo < r.hi {
+            seg[r.lo..r.hi].copy_from_slice(&plane.1[r.start..r.start + (r.hi - r.lo)]);
+        }
+    });
+}
+
+/// One contiguous run of an im2col tile: columns `at..at + len` of im2col row `row` (input channel `ci`, one
+/// kernel tap), all on one output row. Of those, `at + lo..at + hi` read phase plane (`py`, `px`) of channel `ci`
+/// from element `start` on; the rest fall on the zero padding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Run {
+    pub(crate) row: usize,
+    pub(crate) ci: usize,
+    pub(crate) py: usize,
+    pub(crate) px: usize,
+    pub(crate) at: usize,
+    pub(crate) len: usize,
+    pub(crate) lo: usize,
+    pub(crate) hi: usize,
+    pub(crate) start: usize,
+}
+
+/// Visit every [`Run`] of the im2col tile of output pixels `p0..p0+tw` (phase planes `wp` wide), im2col row by
+/// im2col row. im2col copies the runs; the convolution backward adds its column gradient back along the same runs.
+pub(crate) fn for_each_run(g: &Geom, wp: usize, p0: usize, tw: usize, mut f: impl FnMut(Run)) {
     let (h, w, s, wo) = (g.h as isize, g.w as isize, g.stride as isize, g.wo);
     let pad = g.pad as isize;
     // (output row, first output column, length, offset in the tile)
@@ -793,16 +1043,14 @@ fn im2col(src: &Src<'_>, b: usize, g: &Geom, p0: usize, tw: usize, col: &mut [f3
         at += len;
         p += len;
     }
-    let mut rows = col.chunks_exact_mut(tw);
+    let mut row = 0;
     for ci in 0..g.cin {
         for ky in 0..g.kh {
             let dy = ky as isize - pad;
             let (py, qy) = (dy.rem_euclid(s) as usize, dy.div_euclid(s));
             for kx in 0..g.kw {
-                let row = rows.next().expect("col has k rows");
                 let dx = kx as isize - pad;
                 let (px, qx) = (dx.rem_euclid(s) as usize, dx.div_euclid(s));
-                let plane = src.plane(b, ci, py, px);
                 // Output columns whose input column ox·s + dx lies inside [0, w).
                 let lo = if dx >= 0 { 0 } else { (-dx + s - 1) / s } as usize;
                 let hi = if w > dx {
@@ -811,23 +1059,29 @@ fn im2col(src: &Src<'_>, b: usize, g: &Geom, p0: usize, tw: usize, col: &mut [f3
                     0
                 };
                 for &(oy, ox0, len, at) in &segs {
-                    let seg = &mut row[at..at + len];
                     let iy = oy as isize * s + dy;
-                    if iy < 0 || iy >= h || lo >= hi {
-                        seg.fill(0.0);
-                        continue;
-                    }
-                    let a = lo.clamp(ox0, ox0 + len);
-                    let e = hi.clamp(ox0, ox0 + len);
-                    seg[..a - ox0].fill(0.0);
-                    seg[e - ox0..].fill(0.0);
-                    if a < e {
+                    let mut run = Run {
+                        row,
+                        ci,
+                        py,
+                        px,
+                        at,
+                        len,
+                        lo: 0,
+                        hi: 0,
+                        start: 0,
+                    };
+                    if iy >= 0 && iy < h && lo < hi {
+                        let a = lo.clamp(ox0, ox0 + len);
+                        let e = hi.clamp(ox0, ox0 + len);
                         // Phase-plane row oy + qy and column ox + qx hold input (iy, ox·s + dx).
-                        let start =
-                            (oy as isize + qy) as usize * src.wp + (a as isize + qx) as usize;
-                        seg[a - ox0..e - ox0].copy_from_slice(&plane[start..start + (e - a)]);
+                        run.lo = a - ox0;
+                        run.hi = e - ox0;
+                        run.start = (oy as isize + qy) as usize * wp + (a as isize + qx) as usize;
                     }
+                    f(run);
                 }
+                row += 1;
             }
         }
     }
@@ -840,17 +1094,17 @@ fn im2col(src: &Src<'_>, b: usize, g: &Geom, p0: usize, tw: usize, col: &mut [f3
 /// which every tap of every kernel row reads contiguous runs. Gathering per tap instead (what a direct strided
 /// im2col does) costs k² scalar gathers per input element and was ~10 % of ResNet-18's time. Only the phases the
 /// kernel touches are kept (a 1×1/s2 convolution needs just (0, 0), which then is its GEMM operand as is).
-struct Src<'a> {
+pub(crate) struct Src<'a> {
     data: std::borrow::Cow<'a, [f32]>,
     /// The (py, px) phases kept for each channel, in storage order.
-    phases: Vec<(usize, usize)>,
-    hp: usize,
-    wp: usize,
+    pub(crate) phases: Vec<(usize, usize)>,
+    pub(crate) hp: usize,
+    pub(crate) wp: usize,
     cin: usize,
 }
 
 impl<'a> Src<'a> {
-    fn new(x: &'a [f32], g: &Geom) -> Self {
+    pub(crate) fn new(x: &'a [f32], g: &Geom) -> Self {
         let s = g.stride;
         if s == 1 {
             return Self {
@@ -861,13 +1115,7 @@ impl<'a> Src<'a> {
                 cin: g.cin,
             };
         }
-        let phase = |k: usize| (k as isize - g.pad as isize).rem_euclid(s as isize) as usize;
-        let mut phases: Vec<(usize, usize)> = (0..g.kh)
-            .flat_map(|ky| (0..g.kw).map(move |kx| (phase(ky), phase(kx))))
-            .collect();
-        phases.sort_unstable();
-        phases.dedup();
-        let (hp, wp) = (g.h.div_ceil(s), g.w.div_ceil(s));
+        let (phases, hp, wp) = Self::phase_layout(g);
         let (h, w) = (g.h, g.w);
         let mut data = vec![0f32; g.n * g.cin * phases.len() * hp * wp];
         data.par_chunks_mut(phases.len() * hp * wp)
@@ -895,8 +1143,24 @@ impl<'a> Src<'a> {
         }
     }
 
+    /// The stride phases a convolution reads (in storage order) and the size of one phase plane. For stride 1 that
+    /// is the input plane itself; the convolution backward scatters its input gradient into the same layout.
+    pub(crate) fn phase_layout(g: &Geom) -> (Vec<(usize, usize)>, usize, usize) {
+        let s = g.stride;
+        if s == 1 {
+            return (vec![(0, 0)], g.h, g.w);
+        }
+        let phase = |k: usize| (k as isize - g.pad as isize).rem_euclid(s as isize) as usize;
+        let mut phases: Vec<(usize, usize)> = (0..g.kh)
+            .flat_map(|ky| (0..g.kw).map(move |kx| (phase(ky), phase(kx))))
+            .collect();
+        phases.sort_unstable();
+        phases.dedup();
+        (phases, g.h.div_ceil(s), g.w.div_ceil(s))
+    }
+
     /// Phase plane (py, px) of channel `ci` of image `b`: `hp × wp`, row-major.
-    fn plane(&self, b: usize, ci: usize, py: usize, px: usize) -> &[f32] {
+    pub(crate) fn plane(&self, b: usize, ci: usize, py: usize, px: usize) -> &[f32] {
         let idx = self
             .phases
             .iter()
@@ -908,13 +1172,13 @@ impl<'a> Src<'a> {
     }
 
     /// All source planes of image `b` (channel-major, phases within a channel).
-    fn image(&self, b: usize) -> &[f32] {
+    pub(crate) fn image(&self, b: usize) -> &[f32] {
         let len = self.cin * self.channel_stride();
         &self.data[b * len..(b + 1) * len]
     }
 
     /// Elements between consecutive channels of one image (all their phases).
-    fn channel_stride(&self) -> usize {
+    pub(crate) fn channel_stride(&self) -> usize {
         self.phases.len() * self.hp * self.wp
     }
 }
@@ -1024,6 +1288,54 @@ mod tests {
         let got = conv2d_fused(&x, &wt, Some(&b), spec, Epilogue::Relu).unwrap();
         let want = conv2d_candle(&x, &wt, Some(&b), spec, Epilogue::Relu).unwrap();
         assert!(rel_diff(&got, &want) <= 1e-4);
+    }
+
+    /// Late-stage shapes (a few pixels per image, a large batch): tiles take several whole images, and the
+    /// scatter back to NCHW applies bias, residual and ReLU per image.
+    #[test]
+    fn multi_image_tiles_match() {
+        let dev = Device::Cpu;
+        for (n, cin, hw, cout, k, stride) in [
+            (16, 24, 4, 20, 3, 1),
+            (13, 16, 2, 8, 3, 1),
+            (9, 12, 5, 10, 1, 2),
+            (8, 8, 3, 6, 1, 1),
+        ] {
+            let g = Geom::new(
+                &[n, cin, hw, hw],
+                &[cout, cin, k, k],
+                ConvSpec {
+                    stride,
+                    padding: k / 2,
+                },
+            )
+            .unwrap();
+            let tiles = Tile::plan(&g, tile_cols(&g, 2), 2);
+            assert!(
+                tiles.iter().any(|t| t.nb > 1),
+                "{:?}: expected multi-image tiles",
+                (n, hw)
+            );
+            assert_eq!(tiles.iter().map(|t| t.nb).sum::<usize>(), n);
+            let x = Tensor::randn(0f32, 1.0, (n, cin, hw, hw), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.2, (cout, cin, k, k), &dev).unwrap();
+            let b = Tensor::randn(0f32, 1.0, cout, &dev).unwrap();
+            let spec = ConvSpec {
+                stride,
+                padding: k / 2,
+            };
+            let lin = conv2d_candle(&x, &wt, Some(&b), spec, Epilogue::Linear).unwrap();
+            let r = lin.randn_like(0.0, 1.0).unwrap();
+            for ep in [Epilogue::Linear, Epilogue::Relu, Epilogue::AddRelu(&r)] {
+                let got = conv2d_fused(&x, &wt, Some(&b), spec, ep).unwrap();
+                let want = conv2d_candle(&x, &wt, Some(&b), spec, ep).unwrap();
+                assert!(
+                    rel_diff(&got, &want) <= 1e-4,
+                    "{:?} {ep:?}",
+                    (n, cin, hw, cout, k, stride)
+                );
+            }
+        }
     }
 
     #[test]

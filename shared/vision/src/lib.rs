@@ -11,6 +11,7 @@
 //! through [`scoring::score_files`]) and by the edge unit on camera frames, so both compute the same thing by
 //! construction. Every resize is in [`resample`]. Algorithm notes: the repository's `docs/`.
 
+pub mod autograd;
 pub mod backbone;
 pub mod bundle;
 pub mod conv;

@@ -3,10 +3,11 @@
 //! Parameter names follow torchvision (`conv1`, `bn1`, `layer2.0.downsample.0`, ...) so that checkpoints load
 //! unchanged through [`super::weights`].
 
-use candle_core::{Module, ModuleT, Tensor};
+use candle_core::{Module, ModuleT, Tensor, Var};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, VarBuilder};
 use serde::{Deserialize, Serialize};
 
+use crate::autograd::{self, BatchNormTrain};
 use crate::conv::{self, ConvSpec, Epilogue};
 use crate::ops;
 
@@ -54,6 +55,9 @@ impl ResNetConfig {
 struct ConvBn {
     conv: Conv2d,
     bn: Option<BatchNorm>,
+    /// The BatchNorm's running statistics as the `Var`s it updates (the same storage as `bn`'s, and a `VarMap`'s
+    /// when training), for the fused training kernels.
+    running: Option<(Var, Var)>,
 }
 
 const BN_EPS: f64 = 1e-5;
@@ -77,7 +81,11 @@ impl ConvBn {
         // No BatchNorm: the weights were folded already (a model bundle), so the conv carries its bias.
         let Some(bn_vb) = bn_vb else {
             let conv = candle_nn::conv2d(cin, cout, k, cfg, conv_vb)?;
-            return Ok(Self { conv, bn: None });
+            return Ok(Self {
+                conv,
+                bn: None,
+                running: None,
+            });
         };
         let conv = candle_nn::conv2d_no_bias(cin, cout, k, cfg, conv_vb)?;
         let bn = candle_nn::batch_norm(
@@ -89,7 +97,16 @@ impl ConvBn {
             },
             bn_vb,
         )?;
-        Ok(Self { conv, bn: Some(bn) })
+        // `Var::from_tensor` shares a variable's storage: updating these updates the BatchNorm's (and the VarMap's).
+        let running = Some((
+            Var::from_tensor(bn.running_mean())?,
+            Var::from_tensor(bn.running_var())?,
+        ));
+        Ok(Self {
+            conv,
+            bn: Some(bn),
+            running,
+        })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
@@ -127,12 +144,42 @@ impl ConvBn {
         if let Some(spec) = self.fused_spec(x, imp) {
             return conv::conv2d_fused(x, self.conv.weight(), self.conv.bias(), spec, epilogue);
         }
+        if let Some(layer) = self.train_kernels(train, imp) {
+            let cfg = self.conv.config();
+            let spec = ConvSpec {
+                stride: cfg.stride,
+                padding: cfg.padding,
+            };
+            let y = autograd::conv2d(x, self.conv.weight(), spec)?;
+            return layer.forward(&y, epilogue);
+        }
         let y = self.forward_t(x, train)?;
         match epilogue {
             Epilogue::Linear => Ok(y),
             Epilogue::Relu => y.relu(),
             Epilogue::AddRelu(r) => (y + r)?.relu(),
         }
+    }
+
+    /// The training kernels' BatchNorm when they apply: training with [`ConvImpl::Fused`], an affine BatchNorm
+    /// after a plain bias-free convolution. (They fall back to candle ops by themselves off the CPU.)
+    fn train_kernels(&self, train: bool, imp: ConvImpl) -> Option<BatchNormTrain<'_>> {
+        let cfg = self.conv.config();
+        let (bn, (rm, rv)) = (self.bn.as_ref()?, self.running.as_ref()?);
+        let (gamma, beta) = bn.weight_and_bias()?;
+        (train
+            && imp == ConvImpl::Fused
+            && cfg.groups == 1
+            && cfg.dilation == 1
+            && self.conv.bias().is_none())
+        .then_some(BatchNormTrain {
+            gamma,
+            beta,
+            running_mean: rm,
+            running_var: rv,
+            eps: bn.eps(),
+            momentum: bn.momentum(),
+        })
     }
 
     fn folded(&self) -> candle_core::Result<Self> {
@@ -147,7 +194,11 @@ impl ConvBn {
                     c.bias().map(|b| b.detach()),
                     *c.config(),
                 );
-                Ok(Self { conv, bn: None })
+                Ok(Self {
+                    conv,
+                    bn: None,
+                    running: None,
+                })
             }
             None => Ok(self.clone()),
         }
@@ -233,10 +284,12 @@ impl Block {
     }
 }
 
-/// Which convolution implementation a BatchNorm-folded network uses.
+/// Which convolution implementation a network uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ConvImpl {
-    /// [`crate::conv`]'s fused kernel wherever it applies (CPU, f32, no autograd), candle elsewhere. The default.
+    /// A folded network in inference: [`crate::conv`]'s fused kernel wherever it applies (CPU, f32, no autograd).
+    /// An unfolded one in training: [`crate::autograd`]'s convolution and BatchNorm kernels, forward and backward.
+    /// candle's ops elsewhere. The default.
     #[default]
     Fused,
     /// candle's `conv2d` and separate elementwise ops everywhere: the reference.
@@ -295,7 +348,7 @@ impl ResNet {
         })
     }
 
-    /// Choose the convolution implementation of the folded network (unfolded ones always use candle ops).
+    /// Choose the convolution implementation (an unfolded network in eval mode always uses candle ops).
     pub fn with_conv_impl(mut self, conv_impl: ConvImpl) -> Self {
         self.conv_impl = conv_impl;
         self
@@ -525,6 +578,76 @@ pub(crate) mod tests {
                     .to_scalar()
                     .unwrap();
                 assert!(d <= 1e-4 * m.max(1.0), "max diff {d} (scale {m})");
+            }
+        }
+    }
+
+    /// A training forward + backward through the fused training kernels gives candle's loss, every parameter
+    /// gradient and the same running statistics, for both block kinds.
+    #[test]
+    fn training_kernels_match_candle_ops() {
+        let dev = Device::Cpu;
+        let basic = ResNetConfig {
+            block: BlockKind::Basic,
+            layers: [2, 1, 1, 1],
+            stem_width: 8,
+            planes: [8, 12, 16, 8],
+            width_per_group: 64,
+        };
+        for cfg in [tiny(), basic] {
+            // Sizes that halve evenly: candle's own conv backward (the reference) fails on odd strided extents.
+            let x = Tensor::randn(0f32, 1.0, (3, 3, 64, 64), &dev).unwrap();
+            let mut results = Vec::new();
+            for imp in [ConvImpl::Fused, ConvImpl::Candle] {
+                // Same seed-free initial weights for both: copy from one VarMap into the other.
+                let vm = candle_nn::VarMap::new();
+                let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
+                let net = ResNet::new(&cfg, vb).unwrap().with_conv_impl(imp);
+                results.push((vm, net));
+            }
+            {
+                let (a, b) = (
+                    results[0].0.data().lock().unwrap(),
+                    results[1].0.data().lock().unwrap(),
+                );
+                for (name, v) in a.iter() {
+                    b[name].set(v.as_tensor()).unwrap();
+                }
+            }
+            let mut grads = Vec::new();
+            for (_, net) in &results {
+                let outs = net.stages(&x, 4, true).unwrap();
+                let loss = outs
+                    .iter()
+                    .map(|o| o.sqr().unwrap().mean_all().unwrap())
+                    .reduce(|a, b| (a + b).unwrap())
+                    .unwrap();
+                grads.push((loss.to_scalar::<f32>().unwrap(), loss.backward().unwrap()));
+            }
+            let rel = (grads[0].0 - grads[1].0).abs() / grads[1].0.abs();
+            assert!(rel < 1e-5, "loss {} vs {}", grads[0].0, grads[1].0);
+            let (a, b) = (
+                results[0].0.data().lock().unwrap(),
+                results[1].0.data().lock().unwrap(),
+            );
+            for (name, va) in a.iter() {
+                let vb = &b[name];
+                let pairs = if name.contains("running") {
+                    // Running statistics: updated in place by both forwards.
+                    vec![(va.as_tensor().clone(), vb.as_tensor().clone())]
+                } else {
+                    let ga = grads[0]
+                        .1
+                        .get(va.as_tensor())
+                        .unwrap_or_else(|| panic!("{name}: no gradient"));
+                    let gb = grads[1].1.get(vb.as_tensor()).unwrap();
+                    vec![(ga.clone(), gb.clone())]
+                };
+                for (ta, tb) in pairs {
+                    let d = crate::testing::max_abs_diff(&ta, &tb).unwrap();
+                    let m = crate::testing::max_abs_diff(&tb, &tb.zeros_like().unwrap()).unwrap();
+                    assert!(d <= 2e-4 * m.max(1e-3), "{name}: max diff {d} (scale {m})");
+                }
             }
         }
     }
