@@ -6,7 +6,7 @@ use anyhow::Context;
 use kestrel_vision::backbone::{self, Arch, WeightSource};
 use kestrel_vision::dataset::{self, ConversionCounts, Dataset, OpenOptions};
 use kestrel_vision::detector::padim::PadimConfig;
-use kestrel_vision::detector::patchcore::PatchCoreConfig;
+use kestrel_vision::detector::patchcore::{CoresetMethod, PatchCoreConfig};
 use kestrel_vision::detector::{DetectorConfig, DetectorKind};
 use kestrel_vision::device::parse_device;
 use kestrel_vision::model::{preprocess_batch, DataSpec, FitSettings, Fitter, Model, Rgb8};
@@ -243,6 +243,10 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
             num_neighbors: a.num_neighbors,
             seed: a.seed,
             ram_budget_bytes: (a.ram_budget_gib * (1u64 << 30) as f64) as u64,
+            coreset_method: match a.coreset_method {
+                crate::cli::CoresetArg::Batched => CoresetMethod::Batched,
+                crate::cli::CoresetArg::Greedy => CoresetMethod::Greedy,
+            },
             ..PatchCoreConfig::default()
         },
         validation_fraction: a.validation_fraction,

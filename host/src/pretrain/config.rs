@@ -22,6 +22,8 @@ pub use crate::synth::TaskKind;
 pub enum Preset {
     /// Narrow ResNet-18 at 64×64: minutes on a 2-core CPU (docs/pretraining.md, "Training").
     Tiny,
+    /// ResNet-18 at 128×128, 200 classes, 3000 steps: about an hour on a 2-core CPU.
+    Small,
     /// Wide-ResNet-50-2 at 256×256, 1000 classes: paper scale, for a GPU.
     Paper,
 }
@@ -121,7 +123,7 @@ impl PretrainConfig {
         // scaled 0.0125–0.025 (at 0.1 the loss stayed above chance for the first hundred steps). GMM: AdamW 1e-3.
         let (optimizer, lr) = match (task, preset) {
             (TaskKind::Gmm, _) => (OptimizerConfig::adamw(), 1e-3),
-            (_, Preset::Tiny) => (OptimizerConfig::sgd(), 0.025),
+            (_, Preset::Tiny | Preset::Small) => (OptimizerConfig::sgd(), 0.025),
             (_, Preset::Paper) => (OptimizerConfig::sgd(), 0.1),
         };
         let gmm = GmmTaskConfig {
@@ -158,6 +160,23 @@ impl PretrainConfig {
                     n_iter: 0,
                 },
                 gmm,
+            },
+            Preset::Small => Self {
+                preset,
+                arch: Arch::Resnet18,
+                image_size: 128,
+                steps: 3000,
+                warmup_steps: 150,
+                checkpoint_every: 250,
+                fractal: FractalTaskConfig {
+                    classes: 200,
+                    n_iter: 0,
+                },
+                gmm: GmmTaskConfig {
+                    render_size: 32,
+                    ..gmm
+                },
+                ..Self::preset(task, Preset::Tiny)
             },
             Preset::Paper => Self {
                 task,
@@ -329,7 +348,7 @@ mod tests {
     #[test]
     fn presets_validate_and_toml_overrides_a_subset() {
         for task in [TaskKind::Fractal, TaskKind::MultiFractal, TaskKind::Gmm] {
-            for preset in [Preset::Tiny, Preset::Paper] {
+            for preset in [Preset::Tiny, Preset::Small, Preset::Paper] {
                 PretrainConfig::preset(task, preset).validate().unwrap();
             }
         }

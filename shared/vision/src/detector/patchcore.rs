@@ -24,6 +24,7 @@ use std::sync::Arc;
 use super::{
     Detector, DetectorConfig, DetectorError, DetectorFit, DetectorKind, DetectorSpec, PatchScore,
 };
+use crate::conv::{gemm_strided, MatRef, OutPtr};
 use crate::map::ScoreMap;
 use crate::postprocess::Upsample;
 
@@ -41,11 +42,42 @@ pub struct PatchCoreConfig {
     /// RAM budget in bytes for full-dimensional training patches before spilling to a temporary file.
     #[serde(default = "default_ram_budget")]
     pub ram_budget_bytes: u64,
+    /// How the coreset is selected (models saved before this setting existed used [`CoresetMethod::Greedy`]).
+    #[serde(default = "CoresetMethod::legacy")]
+    pub coreset_method: CoresetMethod,
 }
 
 fn default_ram_budget() -> u64 {
     2 << 30
 }
+
+/// Coreset selection (docs/detectors.md, "Coreset selection").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CoresetMethod {
+    /// Greedy k-center in rounds: each round picks up to [`ROUND_PICKS`] centres among the current farthest
+    /// candidates while that provably matches one-at-a-time greedy, then updates every patch's distance to all of
+    /// them with one GEMM. Runs on a projection of at most [`BATCHED_DIM`] dimensions. The default.
+    #[default]
+    Batched,
+    /// anomalib's greedy k-center: one pass over all patches per centre, on the Johnson–Lindenstrauss projection.
+    Greedy,
+}
+
+impl CoresetMethod {
+    fn legacy() -> Self {
+        Self::Greedy
+    }
+}
+
+/// Projection dimension cap of [`CoresetMethod::Batched`]: the selection's cost is proportional to it.
+pub const BATCHED_DIM: usize = 128;
+
+/// Most centres one round of [`CoresetMethod::Batched`] adds before updating all distances.
+pub const ROUND_PICKS: usize = 256;
+
+/// Candidates (current farthest patches) one round of [`CoresetMethod::Batched`] chooses among.
+const ROUND_CANDIDATES: usize = 4096;
 
 impl Default for PatchCoreConfig {
     fn default() -> Self {
@@ -55,6 +87,7 @@ impl Default for PatchCoreConfig {
             projection_eps: 0.9,
             seed: 0,
             ram_budget_bytes: default_ram_budget(),
+            coreset_method: CoresetMethod::default(),
         }
     }
 }
@@ -149,7 +182,10 @@ impl PatchCoreFit {
             ));
         }
         let expected_patches = expected_images * grid.0 * grid.1;
-        let k = jl_min_dim(expected_patches, config.projection_eps);
+        let mut k = jl_min_dim(expected_patches, config.projection_eps);
+        if config.coreset_method == CoresetMethod::Batched {
+            k = k.min(BATCHED_DIM);
+        }
         // A projection only helps if it is smaller than the features themselves (sklearn refuses otherwise).
         let proj = (k < dim).then(|| (sparse_projection(dim, k, config.seed), k));
         let full_bytes = (expected_patches * dim * 4) as u64;
@@ -218,7 +254,12 @@ impl PatchCoreFit {
         let target = ((n as f64 * self.config.coreset_ratio) as usize).clamp(1, n);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(self.config.seed);
         let start = rng.gen_range(0..n);
-        let mut idx = greedy_k_center(&self.projected, k, start, target, progress);
+        let mut idx = match self.config.coreset_method {
+            CoresetMethod::Greedy => greedy_k_center(&self.projected, k, start, target, progress),
+            CoresetMethod::Batched => {
+                greedy_k_center_batched(&self.projected, k, start, target, progress)
+            }
+        };
         idx.sort_unstable();
         let d = self.dim;
         let mut bank = vec![0f32; idx.len() * d];
@@ -313,6 +354,159 @@ pub fn greedy_k_center(
     }
     progress(selected.len(), target);
     selected
+}
+
+/// [`greedy_k_center`]'s selection in rounds, with the distance updates as GEMMs (docs/detectors.md).
+///
+/// A round takes the [`ROUND_CANDIDATES`] patches farthest from the selected set and `threshold`, the largest
+/// distance among all the others. It then runs greedy on the candidates alone, updating only their distances,
+/// and stops after [`ROUND_PICKS`] picks or as soon as the best candidate is closer than `threshold`: until then
+/// the best candidate is also the farthest patch overall (distances only shrink), so the picks are exactly the
+/// one-at-a-time ones. Finally every patch's distance is updated against all of the round's centres at once,
+/// `‖x‖² + ‖c‖² − 2·x·c` with one GEMM per block of patches. Returns `target` distinct indices including `start`
+/// (fewer if the remaining patches duplicate centres), in selection order.
+pub fn greedy_k_center_batched(
+    x: &[f32],
+    k: usize,
+    start: usize,
+    target: usize,
+    progress: &dyn Fn(usize, usize),
+) -> Vec<usize> {
+    let n = x.len() / k.max(1);
+    let target = target.min(n);
+    if target == 0 {
+        return Vec::new();
+    }
+    let row = |i: usize| &x[i * k..(i + 1) * k];
+    let zero = vec![0f32; k];
+    let norms: Vec<f32> = x
+        .par_chunks(k)
+        .map(|r| squared_distance(r, &zero))
+        .collect();
+    let mut min_d = vec![f32::INFINITY; n];
+    let mut selected = vec![start];
+    let mut pending = vec![start];
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    loop {
+        update_min_distances(x, k, &norms, &pending, &mut min_d);
+        pending.clear();
+        progress(selected.len(), target);
+        if selected.len() >= target {
+            break;
+        }
+        let t = ROUND_CANDIDATES.min(n);
+        // Farthest first; ties to the lower index, as greedy_k_center.
+        let farther = |a: &u32, b: &u32| {
+            min_d[*b as usize]
+                .total_cmp(&min_d[*a as usize])
+                .then(a.cmp(b))
+        };
+        if t < n {
+            order.select_nth_unstable_by(t - 1, farther);
+        }
+        let cand = &order[..t];
+        let threshold = order[t..]
+            .iter()
+            .map(|&i| min_d[i as usize])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let mut val: Vec<f32> = cand.iter().map(|&i| min_d[i as usize]).collect();
+        let mut picks = 0;
+        while picks < ROUND_PICKS && selected.len() < target {
+            let (j, v) =
+                val.iter()
+                    .enumerate()
+                    .fold((usize::MAX, f32::NEG_INFINITY), |best, (j, &v)| {
+                        let better = v > best.1
+                            || (v == best.1 && best.0 != usize::MAX && cand[j] < cand[best.0]);
+                        if better {
+                            (j, v)
+                        } else {
+                            best
+                        }
+                    });
+            if j == usize::MAX || v <= 0.0 {
+                // Every remaining patch duplicates a centre: more centres add nothing.
+                return selected;
+            }
+            if v < threshold {
+                break;
+            }
+            let c = cand[j] as usize;
+            selected.push(c);
+            pending.push(c);
+            picks += 1;
+            let cr = row(c);
+            val.par_iter_mut()
+                .zip(cand.par_iter())
+                .with_min_len(256)
+                .for_each(|(v, &i)| {
+                    let d = squared_distance(row(i as usize), cr);
+                    if d < *v {
+                        *v = d;
+                    }
+                });
+        }
+    }
+    selected
+}
+
+/// `min_d[i] = min(min_d[i], min_c ‖x_i − x_c‖²)` over the centres `cs`, blocks of patches in parallel, each one GEMM
+/// `X_block · Cᵀ` with the norms folded in after.
+fn update_min_distances(x: &[f32], k: usize, norms: &[f32], cs: &[usize], min_d: &mut [f32]) {
+    const BLOCK: usize = 2048;
+    let p = cs.len();
+    if p == 0 {
+        return;
+    }
+    let mut c = Vec::with_capacity(p * k);
+    for &i in cs {
+        c.extend_from_slice(&x[i * k..(i + 1) * k]);
+    }
+    let cn: Vec<f32> = cs.iter().map(|&i| norms[i]).collect();
+    min_d
+        .par_chunks_mut(BLOCK)
+        .enumerate()
+        .for_each(|(bi, md)| {
+            let r0 = bi * BLOCK;
+            let rows = md.len();
+            let mut dots = vec![0f32; rows * p];
+            let lhs = MatRef {
+                ptr: x[r0 * k..].as_ptr(),
+                rs: k,
+                cs: 1,
+            };
+            let rhs = MatRef {
+                ptr: c.as_ptr(),
+                rs: 1,
+                cs: k,
+            };
+            // SAFETY: lhs = rows × k patches inside `x`; rhs = Cᵀ (k × p) inside `c`; dst = dots (rows × p), ours.
+            unsafe {
+                gemm_strided(
+                    (rows, p, k),
+                    OutPtr(dots.as_mut_ptr()),
+                    (p, 1),
+                    lhs,
+                    rhs,
+                    false,
+                )
+            };
+            for (j, m) in md.iter_mut().enumerate() {
+                let xn = norms[r0 + j];
+                let best = dots[j * p..(j + 1) * p]
+                    .iter()
+                    .zip(&cn)
+                    .map(|(&d, &c)| (xn + c - 2.0 * d).max(0.0))
+                    .fold(f32::INFINITY, f32::min);
+                if best < *m {
+                    *m = best;
+                }
+            }
+        });
+    // A centre is at distance 0 from itself (the GEMM form may leave rounding there).
+    for &i in cs {
+        min_d[i] = 0.0;
+    }
 }
 
 /// Squared L2 distance with eight independent accumulators: a single running sum is a dependency chain the compiler
@@ -566,6 +760,31 @@ mod tests {
                 "n={n}"
             );
         }
+    }
+
+    /// The batched selection makes the one-at-a-time picks: more patches than one round's candidates (so the
+    /// threshold stops rounds early) and several rounds of picks. The GEMM form of the distance rounds differently
+    /// from the direct one, so a near-tie may flip; random data has next to none.
+    #[test]
+    fn batched_selection_matches_greedy() {
+        let (n, k, target) = (ROUND_CANDIDATES + 1904, 12, 700);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+        let a = greedy_k_center(&x, k, 17, target, &|_, _| {});
+        let b = greedy_k_center_batched(&x, k, 17, target, &|_, _| {});
+        assert_eq!(b.len(), target);
+        let same = a.iter().zip(&b).take_while(|(p, q)| p == q).count();
+        assert!(
+            same >= target * 99 / 100,
+            "first {same} of {target} picks agree"
+        );
+        let mut sorted = b.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), target, "picks are distinct");
+        // Duplicates: stops like greedy does.
+        let x = vec![1.0f32, 1.0, 1.0, 1.0, 5.0, 5.0];
+        assert_eq!(greedy_k_center_batched(&x, 2, 0, 3, &|_, _| {}), vec![0, 2]);
     }
 
     #[test]
