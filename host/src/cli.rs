@@ -117,6 +117,71 @@ pub enum Command {
     /// for longer than `--reconnect-for`, 6 the unit speaks another protocol, 7 the unit refused the key, 8 refused
     /// otherwise (older model version without `--allow-downgrade`, no previous model to roll back to, busy).
     Flash(FlashArgs),
+    /// Measure what sizes hardware: backbone forward, detector scoring and end-to-end images/s of a model (or of a
+    /// random-weight backbone), optionally a training step and PatchCore's coreset selection.
+    ///
+    /// Timings are medians of `--repeat` runs after `--warmup` on this machine and `--device`; threads follow
+    /// `RAYON_NUM_THREADS`. Example: `kestrel bench --model part.kbundle --trusted-key signing.pub --frame
+    /// 1280x1024 --batch-size 1` gives the per-frame latency a unit will see with that camera. `--json` for scripts.
+    Bench(BenchArgs),
+}
+
+/// `kestrel bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A model directory or `.kbundle` to time end to end (preprocess, backbone, detector). Without it only a
+    /// random-weight `--arch` backbone is timed.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Bundle trust (for a `.kbundle` `--model`).
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Backbone for the model-less forward and for `--train`: resnet18, resnet18_narrow, resnet34, resnet50,
+    /// wide_resnet50_2.
+    #[arg(long, default_value = "resnet18")]
+    pub arch: String,
+    /// Input size of the model-less backbone forward.
+    #[arg(long, default_value_t = 256)]
+    pub image_size: u32,
+    /// Camera frame size the end-to-end row decodes from, WIDTHxHEIGHT (default: the model's input size).
+    #[arg(long, value_parser = crate::commands::bench::parse_frame)]
+    pub frame: Option<(u32, u32)>,
+    /// Images per forward pass (a unit scores frames one at a time: 1).
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Compute device: `cpu`, or `cuda:N` in builds with the `cuda` feature.
+    #[arg(long, default_value = "cpu", env = "KESTREL_DEVICE")]
+    pub device: String,
+    /// Timed runs per case (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    pub repeat: usize,
+    /// Untimed runs before timing.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Also time one training step of `--arch` (forward, cross-entropy, backward, SGD).
+    #[arg(long)]
+    pub train: bool,
+    /// Training step batch.
+    #[arg(long, default_value_t = 32)]
+    pub train_batch: usize,
+    /// Training step image size.
+    #[arg(long, default_value_t = 64)]
+    pub train_size: usize,
+    /// Also time PatchCore's coreset selection on N random patches (515 images at 256² give 527 360).
+    #[arg(long, value_name = "N")]
+    pub coreset: Option<usize>,
+    /// Patch dimension for `--coreset` (the batched selection projects to at most 128).
+    #[arg(long, default_value_t = 128)]
+    pub coreset_dim: usize,
+    /// Coreset fraction for `--coreset`.
+    #[arg(long, default_value_t = 0.1)]
+    pub coreset_ratio: f64,
+    /// With `--coreset`, also time the one-centre-per-pass greedy (slow: minutes at 500 k patches).
+    #[arg(long)]
+    pub coreset_greedy: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `kestrel flash`.

@@ -37,6 +37,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Keygen(a) => commands::keygen::run(&a),
         Command::Export(a) => commands::export::run(&a),
         Command::Flash(a) => commands::flash::run(&a),
+        Command::Bench(a) => commands::bench::run(&a),
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand. Each has a `run(&Args)` that validates, does the work and prints; the reusable parts
 //! (`fit::fit_category`, `eval::evaluate`) are used by `demo` too.
 
+pub mod bench;
 pub mod demo;
 pub mod eval;
 pub mod export;

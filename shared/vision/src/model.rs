@@ -361,16 +361,26 @@ impl Model {
     /// the detector's own upsampling, then the blur) → image score (the detector's own, else the heatmap's
     /// maximum; a NaN anywhere in the heatmap makes the score NaN, which every verdict rule treats as a reject).
     pub fn score_batch(&self, x: &Tensor) -> Result<Vec<Scored>, ModelError> {
+        let stages = self.features(x)?;
+        self.score_features(&stages)
+    }
+
+    /// The backbone half of [`Model::score_batch`]: the stage outputs the detector reads.
+    pub fn features(&self, x: &Tensor) -> Result<Vec<Tensor>, ModelError> {
         check_input(x, self.spec.preprocess.output_size())?;
         let x = x.to_device(&self.device)?;
-        let stages = self
+        Ok(self
             .net
-            .stages(&x, self.detector.kind().last_stage(), false)?;
+            .stages(&x, self.detector.kind().last_stage(), false)?)
+    }
+
+    /// The detector half of [`Model::score_batch`]: stage outputs from [`Model::features`] to scored heatmaps.
+    pub fn score_features(&self, stages: &[Tensor]) -> Result<Vec<Scored>, ModelError> {
         let size = self.spec.preprocess.output_size() as usize;
         let sigma = self.spec.postprocess.blur_sigma;
         let upsample = self.detector.upsample();
         self.detector
-            .score(&stages)?
+            .score(stages)?
             .into_par_iter()
             .map(|p| {
                 let map = postprocess::heatmap(&p.map, upsample, size, sigma)?;

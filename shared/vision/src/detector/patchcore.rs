@@ -77,7 +77,7 @@ pub const BATCHED_DIM: usize = 128;
 pub const ROUND_PICKS: usize = 256;
 
 /// Candidates (current farthest patches) one round of [`CoresetMethod::Batched`] chooses among.
-const ROUND_CANDIDATES: usize = 4096;
+const ROUND_CANDIDATES: usize = 2048;
 
 impl Default for PatchCoreConfig {
     fn default() -> Self {
@@ -410,6 +410,8 @@ pub fn greedy_k_center_batched(
             .map(|&i| min_d[i as usize])
             .fold(f32::NEG_INFINITY, f32::max);
         let mut val: Vec<f32> = cand.iter().map(|&i| min_d[i as usize]).collect();
+        // The candidates' rows side by side: every pick reads all of them, so keep them contiguous (cache-resident).
+        let cx: Vec<f32> = cand.iter().flat_map(|&i| row(i as usize).iter().copied()).collect();
         let mut picks = 0;
         while picks < ROUND_PICKS && selected.len() < target {
             let (j, v) =
@@ -437,10 +439,10 @@ pub fn greedy_k_center_batched(
             picks += 1;
             let cr = row(c);
             val.par_iter_mut()
-                .zip(cand.par_iter())
-                .with_min_len(256)
-                .for_each(|(v, &i)| {
-                    let d = squared_distance(row(i as usize), cr);
+                .zip(cx.par_chunks(k))
+                .with_min_len(512)
+                .for_each(|(v, r)| {
+                    let d = squared_distance(r, cr);
                     if d < *v {
                         *v = d;
                     }
