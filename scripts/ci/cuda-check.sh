@@ -20,9 +20,12 @@ eval "$(./scripts/ci/setup-cuda.sh)"
 
 phase "cargo build --features cuda: kestrel, kestrel-edge, example cuda_parity"
 # One invocation, so one feature resolution: built one after the other, the edge's extra dependencies change the
-# features of shared (build) dependencies, and candle's kernels would be compiled a second time.
+# features of shared dependencies, and much of the graph (candle included) is compiled a second time.
 cargo build --locked -p kestrel-host -p kestrel-edge -p kestrel-vision \
   --features kestrel-host/cuda,kestrel-edge/cuda,kestrel-vision/cuda --bins --example cuda_parity
+phase "clippy of the same (code behind feature = \"cuda\" is linted nowhere else)"
+cargo clippy --locked -p kestrel-host -p kestrel-edge -p kestrel-vision \
+  --features kestrel-host/cuda,kestrel-edge/cuda,kestrel-vision/cuda --bins --example cuda_parity -- -D warnings
 
 phase "the CUDA binaries start without a GPU"
 # The binaries need libcuda.so.1 to start at all; here that is the link stub, under the name the loader looks for,
