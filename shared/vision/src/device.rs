@@ -44,7 +44,7 @@ pub fn parse_device(spec: &str) -> Result<Device, DeviceError> {
     }
     Device::new_cuda(ordinal).map_err(|source| DeviceError::Open {
         spec: spec.to_string(),
-        source,
+        source: crate::backbone::without_backtrace(source),
     })
 }
 
