@@ -111,7 +111,11 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
                 height: fh,
             })
             .collect();
-        let what = format!("{} {}, batch {batch}", model.spec().backbone.arch.name(), size);
+        let what = format!(
+            "{} {}, batch {batch}",
+            model.spec().backbone.arch.name(),
+            size
+        );
         let x = model.batch_rgb8(&frames)?;
         let r = time(
             "preprocess",

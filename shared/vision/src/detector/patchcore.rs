@@ -411,7 +411,10 @@ pub fn greedy_k_center_batched(
             .fold(f32::NEG_INFINITY, f32::max);
         let mut val: Vec<f32> = cand.iter().map(|&i| min_d[i as usize]).collect();
         // The candidates' rows side by side: every pick reads all of them, so keep them contiguous (cache-resident).
-        let cx: Vec<f32> = cand.iter().flat_map(|&i| row(i as usize).iter().copied()).collect();
+        let cx: Vec<f32> = cand
+            .iter()
+            .flat_map(|&i| row(i as usize).iter().copied())
+            .collect();
         let mut picks = 0;
         while picks < ROUND_PICKS && selected.len() < target {
             let (j, v) =
