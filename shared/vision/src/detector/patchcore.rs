@@ -57,7 +57,7 @@ fn default_ram_budget() -> u64 {
 pub enum CoresetMethod {
     /// Greedy k-center in rounds: each round picks up to [`ROUND_PICKS`] centres among the current farthest
     /// candidates while that provably matches one-at-a-time greedy, then updates every patch's distance to all of
-    /// them with one GEMM. Runs on a projection of at most [`BATCHED_DIM`] dimensions. The default.
+    /// them with one GEMM. Same projection as [`CoresetMethod::Greedy`]. The default.
     #[default]
     Batched,
     /// anomalib's greedy k-center: one pass over all patches per centre, on the Johnson–Lindenstrauss projection.
@@ -69,9 +69,6 @@ impl CoresetMethod {
         Self::Greedy
     }
 }
-
-/// Projection dimension cap of [`CoresetMethod::Batched`]: the selection's cost is proportional to it.
-pub const BATCHED_DIM: usize = 128;
 
 /// Most centres one round of [`CoresetMethod::Batched`] adds before updating all distances.
 pub const ROUND_PICKS: usize = 256;
@@ -182,10 +179,7 @@ impl PatchCoreFit {
             ));
         }
         let expected_patches = expected_images * grid.0 * grid.1;
-        let mut k = jl_min_dim(expected_patches, config.projection_eps);
-        if config.coreset_method == CoresetMethod::Batched {
-            k = k.min(BATCHED_DIM);
-        }
+        let k = jl_min_dim(expected_patches, config.projection_eps);
         // A projection only helps if it is smaller than the features themselves (sklearn refuses otherwise).
         let proj = (k < dim).then(|| (sparse_projection(dim, k, config.seed), k));
         let full_bytes = (expected_patches * dim * 4) as u64;
@@ -384,11 +378,13 @@ pub fn greedy_k_center_batched(
         .map(|r| squared_distance(r, &zero))
         .collect();
     let mut min_d = vec![f32::INFINITY; n];
+    // The centre each patch is nearest to (as far as the GEMM form can tell).
+    let mut nearest = vec![start as u32; n];
     let mut selected = vec![start];
     let mut pending = vec![start];
     let mut order: Vec<u32> = (0..n as u32).collect();
     loop {
-        update_min_distances(x, k, &norms, &pending, &mut min_d);
+        update_min_distances(x, k, &norms, &pending, &mut min_d, &mut nearest);
         pending.clear();
         progress(selected.len(), target);
         if selected.len() >= target {
@@ -409,7 +405,13 @@ pub fn greedy_k_center_batched(
             .iter()
             .map(|&i| min_d[i as usize])
             .fold(f32::NEG_INFINITY, f32::max);
-        let mut val: Vec<f32> = cand.iter().map(|&i| min_d[i as usize]).collect();
+        // The candidates' distances again in the direct form greedy_k_center uses, to their nearest centre, so
+        // that they compare (and tie) exactly as greedy's do: the GEMM form rounds differently, and among 500 000
+        // patches near-ties are common enough to send the two selections different ways.
+        let mut val: Vec<f32> = cand
+            .iter()
+            .map(|&i| squared_distance(row(i as usize), row(nearest[i as usize] as usize)))
+            .collect();
         // The candidates' rows side by side: every pick reads all of them, so keep them contiguous (cache-resident).
         let cx: Vec<f32> = cand
             .iter()
@@ -457,7 +459,14 @@ pub fn greedy_k_center_batched(
 
 /// `min_d[i] = min(min_d[i], min_c ‖x_i − x_c‖²)` over the centres `cs`, blocks of patches in parallel, each one GEMM
 /// `X_block · Cᵀ` with the norms folded in after.
-fn update_min_distances(x: &[f32], k: usize, norms: &[f32], cs: &[usize], min_d: &mut [f32]) {
+fn update_min_distances(
+    x: &[f32],
+    k: usize,
+    norms: &[f32],
+    cs: &[usize],
+    min_d: &mut [f32],
+    nearest: &mut [u32],
+) {
     const BLOCK: usize = 2048;
     let p = cs.len();
     if p == 0 {
@@ -470,8 +479,9 @@ fn update_min_distances(x: &[f32], k: usize, norms: &[f32], cs: &[usize], min_d:
     let cn: Vec<f32> = cs.iter().map(|&i| norms[i]).collect();
     min_d
         .par_chunks_mut(BLOCK)
+        .zip(nearest.par_chunks_mut(BLOCK))
         .enumerate()
-        .for_each(|(bi, md)| {
+        .for_each(|(bi, (md, nn))| {
             let r0 = bi * BLOCK;
             let rows = md.len();
             let mut dots = vec![0f32; rows * p];
@@ -496,21 +506,27 @@ fn update_min_distances(x: &[f32], k: usize, norms: &[f32], cs: &[usize], min_d:
                     false,
                 )
             };
-            for (j, m) in md.iter_mut().enumerate() {
+            for (j, (m, near)) in md.iter_mut().zip(nn.iter_mut()).enumerate() {
                 let xn = norms[r0 + j];
-                let best = dots[j * p..(j + 1) * p]
+                let (at, best) = dots[j * p..(j + 1) * p]
                     .iter()
                     .zip(&cn)
-                    .map(|(&d, &c)| (xn + c - 2.0 * d).max(0.0))
-                    .fold(f32::INFINITY, f32::min);
+                    .enumerate()
+                    .map(|(q, (&d, &c))| (q, (xn + c - 2.0 * d).max(0.0)))
+                    .fold(
+                        (usize::MAX, f32::INFINITY),
+                        |a, b| if b.1 < a.1 { b } else { a },
+                    );
                 if best < *m {
                     *m = best;
+                    *near = cs[at] as u32;
                 }
             }
         });
     // A centre is at distance 0 from itself (the GEMM form may leave rounding there).
     for &i in cs {
         min_d[i] = 0.0;
+        nearest[i] = i as u32;
     }
 }
 
@@ -768,8 +784,7 @@ mod tests {
     }
 
     /// The batched selection makes the one-at-a-time picks: more patches than one round's candidates (so the
-    /// threshold stops rounds early) and several rounds of picks. The GEMM form of the distance rounds differently
-    /// from the direct one, so a near-tie may flip; random data has next to none.
+    /// threshold stops rounds early) and several rounds of picks.
     #[test]
     fn batched_selection_matches_greedy() {
         let (n, k, target) = (ROUND_CANDIDATES + 1904, 12, 700);
@@ -779,9 +794,9 @@ mod tests {
         let b = greedy_k_center_batched(&x, k, 17, target, &|_, _| {});
         assert_eq!(b.len(), target);
         let same = a.iter().zip(&b).take_while(|(p, q)| p == q).count();
-        assert!(
-            same >= target * 99 / 100,
-            "first {same} of {target} picks agree"
+        assert_eq!(
+            same, target,
+            "only the first {same} of {target} picks agree"
         );
         let mut sorted = b.clone();
         sorted.sort_unstable();
