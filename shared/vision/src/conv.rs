@@ -410,7 +410,9 @@ impl FusedConv<'_> {
             .transpose()?;
         let run = |w: &[f32], b: Option<&[f32]>| match &pool {
             Some(pg) => conv_relu_pool_f32(&ConvArgs::new(x, w, b, g), pg),
-            None => conv_f32(x, w, b, residual.map(|r| r.0), self.relu, &g),
+            // Inference: per-image tiles only, so a frame scores bit for bit the same alone (a unit) as in a batch
+            // (the host): a multi-image GEMM may sum in another order.
+            None => conv_f32(x, w, b, residual.map(|r| r.0), self.relu, &g, false),
         };
         let y = with_cpu_f32(self.weight, |w| match self.bias {
             Some(b) => with_cpu_f32(b, |b| Ok(run(w, Some(b)))),
@@ -514,12 +516,12 @@ impl Tile {
 
     /// Split the `n · p` output columns of a convolution into tiles of about `tile` columns, at least `threads`
     /// of them where the batch allows.
-    pub(crate) fn plan(g: &Geom, tile: usize, threads: usize) -> Vec<Tile> {
+    pub(crate) fn plan(g: &Geom, tile: usize, threads: usize, multi_image: bool) -> Vec<Tile> {
         let p = g.p();
         if p == 0 || g.n == 0 {
             return Vec::new();
         }
-        if 2 * p <= tile {
+        if multi_image && 2 * p <= tile {
             let per = (tile / p).min(g.n.div_ceil(threads.max(1))).max(1);
             return (0..g.n.div_ceil(per))
                 .map(|t| Tile {
@@ -872,7 +874,8 @@ fn epilogue(row: &mut [f32], bias: f32, residual: Option<&[f32]>, relu: bool) {
 }
 
 /// The fused convolution on contiguous slices. `x`: N×Cin×H×W, `w`: Cout×Cin×kh×kw, `bias`: Cout, `residual`:
-/// the output's shape (it implies ReLU).
+/// the output's shape (it implies ReLU). `multi_image` lets a tile span several small images ([`Tile`]): faster
+/// for training batches, but then an image's result depends (in the last bits) on its batch.
 pub(crate) fn conv_f32(
     x: &[f32],
     w: &[f32],
@@ -880,11 +883,12 @@ pub(crate) fn conv_f32(
     residual: Option<&[f32]>,
     relu: bool,
     g: &Geom,
+    multi_image: bool,
 ) -> Vec<f32> {
     let a = ConvArgs::new(x, w, bias, *g);
     let p = g.p();
     let out_len = g.n * g.cout * p;
-    let tiles = Tile::plan(g, a.tile, rayon::current_num_threads());
+    let tiles = Tile::plan(g, a.tile, rayon::current_num_threads(), multi_image);
     let mut y: Vec<f32> = Vec::with_capacity(out_len);
     let out = OutPtr(y.as_mut_ptr());
     tiles.par_iter().for_each(|t| {
@@ -1310,7 +1314,7 @@ mod tests {
                 },
             )
             .unwrap();
-            let tiles = Tile::plan(&g, tile_cols(&g, 2), 2);
+            let tiles = Tile::plan(&g, tile_cols(&g, 2), 2, true);
             assert!(
                 tiles.iter().any(|t| t.nb > 1),
                 "{:?}: expected multi-image tiles",
@@ -1326,13 +1330,54 @@ mod tests {
             };
             let lin = conv2d_candle(&x, &wt, Some(&b), spec, Epilogue::Linear).unwrap();
             let r = lin.randn_like(0.0, 1.0).unwrap();
+            let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let (xs, ws, bs, rs) = (v(&x), v(&wt), v(&b), v(&r));
             for ep in [Epilogue::Linear, Epilogue::Relu, Epilogue::AddRelu(&r)] {
-                let got = conv2d_fused(&x, &wt, Some(&b), spec, ep).unwrap();
+                let (relu, res) = match ep {
+                    Epilogue::Linear => (false, None),
+                    Epilogue::Relu => (true, None),
+                    Epilogue::AddRelu(_) => (true, Some(rs.as_slice())),
+                };
+                let got = conv_f32(&xs, &ws, Some(&bs), res, relu, &g, true);
+                let got = Tensor::from_vec(got, g.out_dims().to_vec(), &dev).unwrap();
                 let want = conv2d_candle(&x, &wt, Some(&b), spec, ep).unwrap();
                 assert!(
                     rel_diff(&got, &want) <= 1e-4,
                     "{:?} {ep:?}",
                     (n, cin, hw, cout, k, stride)
+                );
+            }
+        }
+    }
+
+    /// Inference scores a frame bit for bit the same alone (as a unit does) as inside a batch (as the host does):
+    /// tiles never span images there.
+    #[test]
+    fn inference_is_batch_invariant() {
+        let dev = Device::Cpu;
+        for (cin, hw, cout) in [(24, 4, 20), (16, 16, 32), (8, 33, 8)] {
+            let x = Tensor::randn(0f32, 1.0, (8, cin, hw, hw), &dev).unwrap();
+            let wt = Tensor::randn(0f32, 0.2, (cout, cin, 3, 3), &dev).unwrap();
+            let spec = ConvSpec {
+                stride: 1,
+                padding: 1,
+            };
+            let batch = conv2d_fused(&x, &wt, None, spec, Epilogue::Relu).unwrap();
+            for i in 0..8 {
+                let one =
+                    conv2d_fused(&x.narrow(0, i, 1).unwrap(), &wt, None, spec, Epilogue::Relu)
+                        .unwrap();
+                let a = batch
+                    .narrow(0, i, 1)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let b = one.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                assert!(
+                    a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "image {i} of {cin}×{hw}²"
                 );
             }
         }

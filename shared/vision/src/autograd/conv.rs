@@ -59,6 +59,7 @@ impl CustomOp2 for TrainConv {
             None,
             false,
             &g,
+            true,
         );
         Ok((CpuStorage::F32(y), Shape::from(g.out_dims().to_vec())))
     }
@@ -132,7 +133,7 @@ pub(crate) fn weight_grad(x: &[f32], dy: &[f32], g: &Geom) -> Vec<f32> {
     let src = Src::new(x, g);
     let (k, cout) = (g.k(), g.cout);
     let threads = rayon::current_num_threads();
-    let tiles = Tile::plan(g, backward_tile(g), threads);
+    let tiles = Tile::plan(g, backward_tile(g), threads, true);
     let parts = threads.min(tiles.len()).max(1);
     let partial = |part: usize| {
         let mut acc = vec![0f32; cout * k];
@@ -200,7 +201,7 @@ fn transposed_conv_s1(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
         ho: g.h,
         wo: g.w,
     };
-    conv_f32(dy, &wt, None, None, false, &gt)
+    conv_f32(dy, &wt, None, None, false, &gt, true)
 }
 
 /// Any stride: `dcol = Wᵀ · dY` one [`Tile`] at a time, added back along im2col's runs into the stride-phase planes
@@ -212,7 +213,7 @@ fn col2im_grad(dy: &[f32], w: &[f32], g: &Geom) -> Vec<f32> {
     let plane = hp * wp;
     let cs = phases.len() * plane;
     let (h, wd, s) = (g.h, g.w, g.stride);
-    let tiles = Tile::plan(g, backward_tile(g), rayon::current_num_threads());
+    let tiles = Tile::plan(g, backward_tile(g), rayon::current_num_threads(), true);
     // Tasks: runs of tiles that start at the same first image.
     let mut tasks: Vec<&[Tile]> = Vec::new();
     let mut rest = &tiles[..];
