@@ -259,8 +259,10 @@ mod tests {
 
     #[test]
     fn paced_source_keeps_its_rate() {
+        // 20 fps: the pacer re-anchors (drops a beat) when a frame is a whole period late, and on a loaded 2-core CI
+        // machine a 10 ms period was missed now and then; a 50 ms stall of the test thread is far rarer.
         let mut s = SyntheticSource::new(SyntheticParams {
-            fps: Some(100.0),
+            fps: Some(20.0),
             ..params()
         })
         .unwrap();
@@ -270,8 +272,8 @@ mod tests {
         for _ in 0..5 {
             last = s.next_frame().unwrap().t_capture_us;
         }
-        assert_eq!(last - first, 50_000, "5 periods of 10 ms");
-        assert!(start.elapsed() >= Duration::from_millis(45));
+        assert_eq!(last - first, 250_000, "5 periods of 50 ms");
+        assert!(start.elapsed() >= Duration::from_millis(225));
     }
 
     #[test]
