@@ -1075,9 +1075,9 @@ pub(crate) fn for_each_run(g: &Geom, wp: usize, p0: usize, tw: usize, mut f: imp
                         hi: 0,
                         start: 0,
                     };
-                    if iy >= 0 && iy < h && lo < hi {
-                        let a = lo.clamp(ox0, ox0 + len);
-                        let e = hi.clamp(ox0, ox0 + len);
+                    let (a, e) = (lo.clamp(ox0, ox0 + len), hi.clamp(ox0, ox0 + len));
+                    // An empty valid range (a == e) leaves the whole run on the padding; its start is never read.
+                    if iy >= 0 && iy < h && a < e {
                         // Phase-plane row oy + qy and column ox + qx hold input (iy, ox·s + dx).
                         run.lo = a - ox0;
                         run.hi = e - ox0;
