@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // Malloc and thread-pool settings for tensor work; first, while the process has one thread.
+    kestrel_vision::process::tune_at_start();
     let cli = kestrel_edge::cli::Cli::parse();
     match kestrel_edge::run(cli) {
         Ok(()) => ExitCode::from(kestrel_wire::exit::SUCCESS),

@@ -19,6 +19,10 @@ use kestrel_vision::backbone::Arch;
 use serde_json::json;
 
 fn main() {
+    // As `kestrel` does at start (kestrel_vision::process); KESTREL_UNTUNED=1 measures without it.
+    if std::env::var_os("KESTREL_UNTUNED").is_none() {
+        kestrel_vision::process::tune_at_start();
+    }
     let mut repeat = 5usize;
     let mut warmup = 2usize;
     let mut json_out: Option<String> = None;

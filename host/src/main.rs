@@ -1,6 +1,8 @@
 //! `kestrel` binary: parse, run, map errors to documented exit codes (see `kestrel --help`).
 
 fn main() -> std::process::ExitCode {
+    // Malloc and thread-pool settings for tensor work; first, while the process has one thread.
+    kestrel_vision::process::tune_at_start();
     let cli = match kestrel_host::cli::parse() {
         Ok(c) => c,
         Err(e) => {

@@ -26,6 +26,7 @@ pub mod ops;
 pub mod pool;
 pub mod postprocess;
 pub mod preprocess;
+pub mod process;
 pub mod resample;
 pub mod scoring;
 pub mod synthetic;
