@@ -20,9 +20,7 @@ use serde_json::json;
 
 fn main() {
     // As `kestrel` does at start (kestrel_vision::process); KESTREL_UNTUNED=1 measures without it.
-    if std::env::var_os("KESTREL_UNTUNED").is_none() {
-        kestrel_vision::process::tune_at_start();
-    }
+    kestrel_vision::process::tune_at_start();
     let mut repeat = 5usize;
     let mut warmup = 2usize;
     let mut json_out: Option<String> = None;

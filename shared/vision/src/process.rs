@@ -18,8 +18,12 @@
 /// The spin count `kestrel` sets for candle's pool (`CANDLE_BARRIER_POOL_SPIN_LIMIT`) unless the user set one.
 pub const CANDLE_SPIN_LIMIT: &str = "1000";
 
-/// Both settings. Call it first thing in `main`, before any thread is started: it may set an environment variable.
+/// Both settings, unless `KESTREL_UNTUNED` is set (to measure without them). Call it first thing in `main`, before
+/// any thread is started: it may set an environment variable.
 pub fn tune_at_start() {
+    if std::env::var_os("KESTREL_UNTUNED").is_some() {
+        return;
+    }
     limit_pool_spinning();
     keep_freed_buffers();
 }
