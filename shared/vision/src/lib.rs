@@ -29,6 +29,7 @@ pub mod preprocess;
 pub mod process;
 pub mod resample;
 pub mod scoring;
+pub mod stats;
 pub mod synthetic;
 #[doc(hidden)]
 pub mod testing;
