@@ -70,6 +70,15 @@ pub struct LedoitWolfFit {
     s2x: Vec<f64>,
 }
 
+impl LedoitWolf {
+    /// `L⁻¹` (row-major f32) with `Σ̂ = L Lᵀ`: `|L⁻¹(x − mean)|` is the Mahalanobis distance. `None` if `Σ̂` is not
+    /// positive definite, which shrinkage > 0 rules out unless every feature is constant.
+    pub fn whitening(&self) -> Option<Vec<f32>> {
+        let mut a = self.covariance.clone();
+        inverse_cholesky_factor(&mut a, self.dim)
+    }
+}
+
 impl LedoitWolfFit {
     /// An empty fit for rows of `dim` features.
     pub fn new(dim: usize) -> Result<Self, StatsError> {
@@ -225,6 +234,42 @@ impl LedoitWolfFit {
     }
 }
 
+/// Cholesky factorisation in place (lower triangle), then returns `L⁻¹` row-major as f32.
+/// `None` if the matrix is not positive definite. With `Σ = L Lᵀ`, `|L⁻¹(x − μ)|` is the Mahalanobis distance
+/// (PaDiM's per-position Gaussians, GDE's).
+pub(crate) fn inverse_cholesky_factor(a: &mut [f64], d: usize) -> Option<Vec<f32>> {
+    for j in 0..d {
+        let mut diag = a[j * d + j];
+        for k in 0..j {
+            diag -= a[j * d + k] * a[j * d + k];
+        }
+        if diag <= 0.0 || !diag.is_finite() {
+            return None;
+        }
+        let ljj = diag.sqrt();
+        a[j * d + j] = ljj;
+        for i in (j + 1)..d {
+            let mut v = a[i * d + j];
+            for k in 0..j {
+                v -= a[i * d + k] * a[j * d + k];
+            }
+            a[i * d + j] = v / ljj;
+        }
+    }
+    // Invert the lower-triangular L by forward substitution, column by column: L X = I.
+    let mut inv = vec![0f64; d * d];
+    for c in 0..d {
+        for i in c..d {
+            let mut v = if i == c { 1.0 } else { 0.0 };
+            for k in c..i {
+                v -= a[i * d + k] * inv[k * d + c];
+            }
+            inv[i * d + c] = v / a[i * d + i];
+        }
+    }
+    Some(inv.into_iter().map(|v| v as f32).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +278,27 @@ mod tests {
     fn rows(n: usize, p: usize, seed: u64) -> Vec<f32> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         (0..n * p).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+    }
+
+    #[test]
+    fn cholesky_inverse_whitens() {
+        // Σ = [[4, 2], [2, 3]]; W Σ Wᵀ must be I.
+        let mut a = vec![4.0, 2.0, 2.0, 3.0];
+        let w = inverse_cholesky_factor(&mut a, 2).unwrap();
+        let s = [4.0f32, 2.0, 2.0, 3.0];
+        for i in 0..2 {
+            for j in 0..2 {
+                let mut v = 0.0;
+                for k in 0..2 {
+                    for l in 0..2 {
+                        v += w[i * 2 + k] * s[k * 2 + l] * w[j * 2 + l];
+                    }
+                }
+                assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-5);
+            }
+        }
+        let mut bad = vec![1.0, 2.0, 2.0, 1.0];
+        assert!(inverse_cholesky_factor(&mut bad, 2).is_none());
     }
 
     #[test]
@@ -265,6 +331,31 @@ mod tests {
                 for j in 0..p {
                     assert_eq!(g.covariance[i * p + j], g.covariance[j * p + i]);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn whitening_turns_the_shrunk_covariance_into_the_identity() {
+        let p = 9;
+        let mut f = LedoitWolfFit::new(p).unwrap();
+        f.add(&rows(40, p, 3)).unwrap();
+        let g = f.finish().unwrap();
+        let w = g.whitening().unwrap();
+        for i in 0..p {
+            for j in 0..p {
+                let mut v = 0f64;
+                for k in 0..p {
+                    for l in 0..p {
+                        v += f64::from(w[i * p + k])
+                            * g.covariance[k * p + l]
+                            * f64::from(w[j * p + l]);
+                    }
+                }
+                assert!(
+                    (v - f64::from(u8::from(i == j))).abs() < 1e-4,
+                    "({i}, {j}): {v}"
+                );
             }
         }
     }

@@ -182,7 +182,7 @@ impl PadimFit {
                 let mean: Vec<f32> = (0..d)
                     .map(|i| (shift_v[pos * d + i] as f64 + s[i] as f64 / nf) as f32)
                     .collect();
-                let w = inverse_cholesky_factor(&mut cov, d).ok_or(pos)?;
+                let w = crate::stats::inverse_cholesky_factor(&mut cov, d).ok_or(pos)?;
                 Ok((mean, w))
             })
             .collect();
@@ -209,41 +209,6 @@ impl PadimFit {
 
 /// Per grid position: (mean, whitening matrix), or the position whose covariance is not positive definite.
 type PositionResult = Result<(Vec<f32>, Vec<f32>), usize>;
-
-/// Cholesky factorisation in place (lower triangle), then returns `L⁻¹` row-major as f32.
-/// `None` if the matrix is not positive definite.
-fn inverse_cholesky_factor(a: &mut [f64], d: usize) -> Option<Vec<f32>> {
-    for j in 0..d {
-        let mut diag = a[j * d + j];
-        for k in 0..j {
-            diag -= a[j * d + k] * a[j * d + k];
-        }
-        if diag <= 0.0 || !diag.is_finite() {
-            return None;
-        }
-        let ljj = diag.sqrt();
-        a[j * d + j] = ljj;
-        for i in (j + 1)..d {
-            let mut v = a[i * d + j];
-            for k in 0..j {
-                v -= a[i * d + k] * a[j * d + k];
-            }
-            a[i * d + j] = v / ljj;
-        }
-    }
-    // Invert the lower-triangular L by forward substitution, column by column: L X = I.
-    let mut inv = vec![0f64; d * d];
-    for c in 0..d {
-        for i in c..d {
-            let mut v = if i == c { 1.0 } else { 0.0 };
-            for k in c..i {
-                v -= a[i * d + k] * inv[k * d + c];
-            }
-            inv[i * d + c] = v / a[i * d + i];
-        }
-    }
-    Some(inv.into_iter().map(|v| v as f32).collect())
-}
 
 /// A fitted PaDiM model.
 #[derive(Debug, Clone)]
@@ -397,27 +362,6 @@ impl DetectorFit for PadimFit {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cholesky_inverse_whitens() {
-        // Σ = [[4, 2], [2, 3]]; W Σ Wᵀ must be I.
-        let mut a = vec![4.0, 2.0, 2.0, 3.0];
-        let w = inverse_cholesky_factor(&mut a, 2).unwrap();
-        let s = [4.0f32, 2.0, 2.0, 3.0];
-        for i in 0..2 {
-            for j in 0..2 {
-                let mut v = 0.0;
-                for k in 0..2 {
-                    for l in 0..2 {
-                        v += w[i * 2 + k] * s[k * 2 + l] * w[j * 2 + l];
-                    }
-                }
-                assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-5);
-            }
-        }
-        let mut bad = vec![1.0, 2.0, 2.0, 1.0];
-        assert!(inverse_cholesky_factor(&mut bad, 2).is_none());
-    }
 
     /// Mahalanobis distances against a direct computation on the same data.
     #[test]
