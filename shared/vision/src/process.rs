@@ -3,9 +3,10 @@
 //! **Memory.** candle allocates a fresh buffer for every op's output. With glibc's default malloc, a buffer above its mmap
 //! threshold (128 KiB, raised dynamically as large blocks are freed) is its own `mmap`: the kernel zeroes every page
 //! on first touch, and `munmap` shoots the pages out of every core's TLB. A training step allocates and frees
-//! hundreds of such buffers, so page faults and TLB shootdowns were a tenth of its time. [`keep_freed_buffers`] pins
-//! the threshold at glibc's maximum (32 MiB) and stops the heap from being trimmed, so freed buffers are reused from
-//! the heap (docs/training.md, "Memory"). Tensors above 32 MiB are still mapped one by one; they are few.
+//! hundreds of such buffers, so page faults and TLB shootdowns were a tenth of its time. [`keep_freed_buffers`]
+//! turns per-buffer mappings off (`M_MMAP_MAX = 0`, and the mmap threshold at its 32 MiB cap) and stops the heap
+//! from being trimmed, so freed buffers of every size are reused from the heap (docs/training.md, "Memory"). glibc
+//! still maps memory when the heap cannot grow.
 //!
 //! The cost is resident memory: the heap keeps its high-water mark. Both programs reach a steady state (a training
 //! step, a frame) that they then repeat, so the high-water mark is what they need anyway.
@@ -54,6 +55,7 @@ pub fn keep_freed_buffers() -> bool {
         // SAFETY: mallopt only changes malloc's parameters, under glibc's own locks.
         unsafe {
             libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
+                && libc::mallopt(libc::M_MMAP_MAX, 0) == 1
                 && libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) == 1
         }
         #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
