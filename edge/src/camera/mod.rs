@@ -252,6 +252,9 @@ impl Pacer {
         let period = fps
             .filter(|f| f.is_finite() && *f > 0.0)
             .map(|f| Duration::from_secs_f64(1.0 / f));
+        // Fix the frame clock's zero now: were it fixed by the first frame's timestamp, taken after that frame's due
+        // instant, the first frame would be stamped 0 (before the epoch) and the second a period minus the gap.
+        clock_epoch();
         Pacer { period, next: None }
     }
 

@@ -260,7 +260,9 @@ mod tests {
     #[test]
     fn paced_source_keeps_its_rate() {
         // 20 fps: the pacer re-anchors (drops a beat) when a frame is a whole period late, and on a loaded 2-core CI
-        // machine a 10 ms period was missed now and then; a 50 ms stall of the test thread is far rarer.
+        // machine a 10 ms period was missed now and then; a 50 ms stall of the test thread is far rarer. (This test
+        // also failed, 249 973 µs, when it was the first in its process to read the frame clock: the clock's zero
+        // was then fixed after the first frame's due instant; the pacer now fixes it when it is created.)
         let mut s = SyntheticSource::new(SyntheticParams {
             fps: Some(20.0),
             ..params()
