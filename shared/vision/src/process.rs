@@ -16,6 +16,8 @@
 //! between the two many times: a candle worker still spinning after its op took a core from the rayon worker that had
 //! the next op's work. [`limit_pool_spinning`] shortens the spin (docs/training.md, "Threads").
 
+use std::sync::OnceLock;
+
 /// The spin count `kestrel` sets for candle's pool (`CANDLE_BARRIER_POOL_SPIN_LIMIT`) unless the user set one.
 pub const CANDLE_SPIN_LIMIT: &str = "1000";
 
@@ -39,8 +41,6 @@ pub fn limit_pool_spinning() {
         std::env::set_var(VAR, CANDLE_SPIN_LIMIT);
     }
 }
-
-use std::sync::OnceLock;
 
 /// Largest mmap threshold glibc accepts on 64-bit targets (`DEFAULT_MMAP_THRESHOLD_MAX`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
