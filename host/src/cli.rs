@@ -26,7 +26,7 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Fit a detector (PaDiM or PatchCore) on the good training images of one product category.
+    /// Fit a detector (PaDiM, PatchCore or GDE) on the good training images of one product category.
     ///
     /// A tenth of the good training images (when there are at least 10) is held out to choose the reject threshold;
     /// the test split is never used for fitting or thresholds. Writes a model directory: model.toml (readable; edit
@@ -388,6 +388,21 @@ pub enum DetectorArg {
     Padim,
     /// PatchCore: a coreset memory bank of patch features; nearest-neighbour distance. Usually more accurate.
     Patchcore,
+    /// GDE: Gaussians (Ledoit–Wolf) on pooled embeddings of the image and of windows cut from it, each window
+    /// through the backbone on its own (CutPaste's and DS2's evaluation). Reads the last backbone stage, so it
+    /// suits backbones pretrained with `kestrel pretrain cutpaste` or `ds2`. Slower to score: one backbone pass
+    /// per window (225 at 256 px with the default windows).
+    Gde,
+}
+
+/// GDE's image score (docs/detectors.md, "GDE").
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GdeImageScoreArg {
+    /// Mahalanobis distance of the whole image's pooled embedding.
+    Embedding,
+    /// Maximum of the anomaly map.
+    MapMax,
 }
 
 /// PatchCore coreset selection (docs/detectors.md, "Coreset selection").
@@ -469,6 +484,25 @@ pub struct FitArgs {
     /// PaDiM: number of random embedding channels (default 100 for resnet18, 550 for wide_resnet50_2).
     #[arg(long, help_heading = "PaDiM")]
     pub n_features: Option<usize>,
+    /// GDE: side in pixels of the windows scored for the map (DS2: 32). With `--window-stride` it must tile the
+    /// image: (image_size − window) divisible by the stride.
+    #[arg(long, default_value_t = 32, help_heading = "GDE")]
+    pub window: usize,
+    /// GDE: stride of the windows in pixels (DS2's paper protocol: 4, i.e. 3249 backbone passes per 256 px image,
+    /// a GPU's job; 16 gives 225).
+    #[arg(long, default_value_t = 16, help_heading = "GDE")]
+    pub window_stride: usize,
+    /// GDE: one Gaussian per window position, for aligned objects (default: one for all positions, for textures
+    /// and products that move in the frame).
+    #[arg(long, help_heading = "GDE")]
+    pub per_position: bool,
+    /// GDE: the image score: `embedding` (the whole image's embedding, CutPaste's rule; sees global changes) or
+    /// `map-max` (the heatmap's maximum, like PaDiM; finds small defects the whole-image embedding dilutes).
+    #[arg(long, value_enum, default_value_t = GdeImageScoreArg::Embedding, help_heading = "GDE")]
+    pub gde_image_score: GdeImageScoreArg,
+    /// σ in pixels of the Gaussian blur applied to the upsampled anomaly map (anomalib: 4; 0 turns it off).
+    #[arg(long, default_value_t = kestrel_vision::postprocess::DEFAULT_SIGMA)]
+    pub blur_sigma: f32,
     /// Fraction of good training images held out to choose the threshold (used when at least 10 images).
     #[arg(long, default_value_t = 0.1)]
     pub validation_fraction: f64,

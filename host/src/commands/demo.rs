@@ -56,6 +56,8 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
                 seed: a.seed,
                 ..PatchCoreConfig::default()
             },
+            gde: Default::default(),
+            blur_sigma: kestrel_vision::postprocess::DEFAULT_SIGMA,
             validation_fraction: 0.1,
             batch_size: a.compute.batch_size,
             device: a.compute.device.clone(),

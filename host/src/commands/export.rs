@@ -60,12 +60,18 @@ fn quant(q: QuantArg) -> Quant {
     }
 }
 
-/// The seed `kestrel fit` used for its splits: the one the model records (random weights, else the detector's).
+/// The seed `kestrel fit` used for its splits: the one model.toml records (older models: the random-init seed, else
+/// the detector's).
 fn fit_seed(spec: &ModelSpec) -> u64 {
+    if let Some(seed) = spec.data.split_seed {
+        return seed;
+    }
     match (&spec.backbone.weights, &spec.detector.config) {
         (WeightSource::Random { seed }, _) => *seed,
         (_, DetectorConfig::Padim(c)) => c.seed,
         (_, DetectorConfig::Patchcore(c)) => c.seed,
+        // GDE models always record their split seed.
+        (_, DetectorConfig::Gde(_)) => 0,
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use kestrel_vision::backbone::{self, Arch, WeightSource};
 use kestrel_vision::dataset::{self, ConversionCounts, Dataset, OpenOptions};
+use kestrel_vision::detector::gde::{GdeConfig, GdeImageScore};
 use kestrel_vision::detector::padim::PadimConfig;
 use kestrel_vision::detector::patchcore::{CoresetMethod, PatchCoreConfig};
 use kestrel_vision::detector::{DetectorConfig, DetectorKind};
@@ -41,6 +42,10 @@ pub struct FitPlan {
     pub n_features: Option<usize>,
     /// PatchCore settings.
     pub patchcore: PatchCoreConfig,
+    /// GDE settings.
+    pub gde: GdeConfig,
+    /// Blur σ of the heatmap.
+    pub blur_sigma: f32,
     /// Validation hold-out fraction.
     pub validation_fraction: f64,
     /// Batch size.
@@ -121,11 +126,13 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
                 None => PadimConfig::for_backbone(cfg.stage_channels()),
             }),
             DetectorKind::Patchcore => DetectorConfig::Patchcore(plan.patchcore.clone()),
+            DetectorKind::Gde => DetectorConfig::Gde(plan.gde.clone()),
         },
-        blur_sigma: kestrel_vision::postprocess::DEFAULT_SIGMA,
+        blur_sigma: plan.blur_sigma,
         data: DataSpec {
             root: plan.data.clone(),
             category: ds.category.clone(),
+            split_seed: Some(plan.seed),
         },
     };
     let mut fitter = Fitter::new(settings, weights, ds.train.len(), &device)?;
@@ -219,6 +226,12 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
     if a.ram_budget_gib.is_nan() || a.ram_budget_gib <= 0.0 {
         anyhow::bail!("--ram-budget-gib must be positive");
     }
+    if !(a.blur_sigma.is_finite() && a.blur_sigma >= 0.0) {
+        anyhow::bail!(
+            "--blur-sigma must be 0 (no blur) or a positive number of pixels, got {}",
+            a.blur_sigma
+        );
+    }
     let base = FitPlan {
         data: a.data.clone(),
         open: OpenOptions {
@@ -236,6 +249,7 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
         kind: match a.detector {
             DetectorArg::Padim => DetectorKind::Padim,
             DetectorArg::Patchcore => DetectorKind::Patchcore,
+            DetectorArg::Gde => DetectorKind::Gde,
         },
         n_features: a.n_features,
         patchcore: PatchCoreConfig {
@@ -249,6 +263,16 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
             },
             ..PatchCoreConfig::default()
         },
+        gde: GdeConfig {
+            window: a.window,
+            stride: a.window_stride,
+            per_position: a.per_position,
+            image_score: match a.gde_image_score {
+                crate::cli::GdeImageScoreArg::Embedding => GdeImageScore::Embedding,
+                crate::cli::GdeImageScoreArg::MapMax => GdeImageScore::MapMax,
+            },
+        },
+        blur_sigma: a.blur_sigma,
         validation_fraction: a.validation_fraction,
         batch_size: a.compute.batch_size,
         device: a.compute.device.clone(),

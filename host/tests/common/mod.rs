@@ -57,7 +57,13 @@ pub fn product(
 /// at 64×64, `detector` (PatchCore keeps a quarter of its patches), JSON output.
 #[allow(dead_code)] // not every test file fits a model
 pub fn fit_widget(data: &Path, model: &Path, detector: &str) {
-    assert_success(&kestrel(&[
+    fit_widget_with(data, model, detector, &[]);
+}
+
+/// [`fit_widget`] with extra `kestrel fit` arguments.
+#[allow(dead_code)] // not every test file fits a model
+pub fn fit_widget_with(data: &Path, model: &Path, detector: &str, extra: &[&str]) {
+    let mut args = vec![
         "fit",
         "--data",
         data.to_str().unwrap(),
@@ -74,5 +80,7 @@ pub fn fit_widget(data: &Path, model: &Path, detector: &str) {
         "-o",
         model.to_str().unwrap(),
         "--json",
-    ]));
+    ];
+    args.extend_from_slice(extra);
+    assert_success(&kestrel(&args));
 }

@@ -22,7 +22,7 @@ use kestrel_bundle::{
 pub use kestrel_bundle::Quantisation as Quant;
 
 use crate::backbone::{self, BackboneError};
-use crate::detector::{DetectorError, DetectorKind};
+use crate::detector::DetectorError;
 use crate::model::{Model, ModelError, ModelSpec, Rgb8, MODEL_FORMAT};
 
 /// Prefix of the backbone's folded convolution tensors (`backbone.conv1.weight`, `backbone.layer1.0.conv1.bias`).
@@ -31,9 +31,10 @@ pub const BACKBONE_PREFIX: &str = "backbone.";
 pub const DETECTOR_PREFIX: &str = "detector.";
 /// The self-test image tensor (`U8`, `[size, size, 3]`).
 pub const SELF_TEST_IMAGE: &str = "self_test.image";
-/// PaDiM's whitening factor `L⁻¹` is lower triangular: bundles store only its lower triangle, row by row, under
-/// this name (shape `[P, d·(d+1)/2]`) instead of `whiten` (`[P, d, d]`), which halves the largest PaDiM tensor.
-const WHITEN_TRIL: &str = "whiten_tril";
+/// Suffix of a packed whitening factor: a detector state tensor named `…whiten` (PaDiM's `whiten`, GDE's
+/// `image_whiten` and `window_whiten`: lower-triangular `L⁻¹` stacks) travels as `…whiten_tril`, its lower triangles
+/// only, which halves its size.
+const TRIL_SUFFIX: &str = "_tril";
 
 /// What a bundle says about the model beyond what the model knows itself.
 #[derive(Debug, Clone)]
@@ -181,7 +182,6 @@ impl Model {
             Quant::F32 => Dtype::F32,
             Quant::F16 | Quant::Int8 => Dtype::F16,
         };
-        let padim = self.detector().kind() == DetectorKind::Padim;
         for (name, t) in self
             .detector()
             .state()
@@ -196,10 +196,10 @@ impl Model {
                     shape: shape_u64(&t),
                     bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
                 }
-            } else if padim && name == "whiten" {
+            } else if name.ends_with("whiten") {
                 let tril = pack_lower_triangle(&t)?;
                 Encoded::float(
-                    format!("{DETECTOR_PREFIX}{WHITEN_TRIL}"),
+                    format!("{DETECTOR_PREFIX}{name}{TRIL_SUFFIX}"),
                     &tril,
                     state_dtype,
                 )?
@@ -274,8 +274,15 @@ impl Model {
                 state.insert(name.to_owned(), decode(bundle, entry)?);
             }
         }
-        if let Some(tril) = state.remove(WHITEN_TRIL) {
-            state.insert("whiten".into(), unpack_lower_triangle(&tril)?);
+        let packed: Vec<String> = state
+            .keys()
+            .filter(|k| k.ends_with(&format!("whiten{TRIL_SUFFIX}")))
+            .cloned()
+            .collect();
+        for name in packed {
+            let tril = state.remove(&name).expect("key listed above");
+            let full = name.trim_end_matches(TRIL_SUFFIX).to_owned();
+            state.insert(full, unpack_lower_triangle(&tril, &name)?);
         }
         let origin = format!("<bundle {}>", bundle.sha256_hex());
         let net = backbone::resnet_from_folded_weights(
@@ -455,7 +462,7 @@ fn pack_lower_triangle(t: &Tensor) -> Result<Tensor, BundleModelError> {
     let (p, d, d2) = t.dims3()?;
     if d != d2 {
         return Err(BundleModelError::Inconsistent(format!(
-            "PaDiM whitening factor has shape {:?}, not (P, d, d)",
+            "whitening factor has shape {:?}, not (P, d, d)",
             t.dims()
         )));
     }
@@ -465,7 +472,7 @@ fn pack_lower_triangle(t: &Tensor) -> Result<Tensor, BundleModelError> {
         for i in 0..d {
             if m[i * d + i + 1..(i + 1) * d].iter().any(|&x| x != 0.0) {
                 return Err(BundleModelError::Inconsistent(
-                    "PaDiM whitening factor is not lower triangular".into(),
+                    "whitening factor is not lower triangular".into(),
                 ));
             }
             out.extend_from_slice(&m[i * d..i * d + i + 1]);
@@ -475,13 +482,13 @@ fn pack_lower_triangle(t: &Tensor) -> Result<Tensor, BundleModelError> {
 }
 
 /// Inverse of [`pack_lower_triangle`]: zeros above the diagonal.
-fn unpack_lower_triangle(t: &Tensor) -> Result<Tensor, BundleModelError> {
+fn unpack_lower_triangle(t: &Tensor, name: &str) -> Result<Tensor, BundleModelError> {
     let (p, len) = t.dims2()?;
     // len = d(d+1)/2  ⇒  d = (√(8·len + 1) − 1) / 2, checked exactly below.
     let d = ((((8 * len + 1) as f64).sqrt() - 1.0) / 2.0).round() as usize;
     if d * (d + 1) / 2 != len {
         return Err(BundleModelError::Inconsistent(format!(
-            "`{DETECTOR_PREFIX}{WHITEN_TRIL}` has {len} values per position, not a triangle d·(d+1)/2"
+            "`{DETECTOR_PREFIX}{name}` has {len} values per position, not a triangle d·(d+1)/2"
         )));
     }
     let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
@@ -499,6 +506,7 @@ fn unpack_lower_triangle(t: &Tensor) -> Result<Tensor, BundleModelError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::detector::DetectorKind;
     use kestrel_bundle::FirmwareVersion;
 
     fn key() -> SigningKey {
@@ -545,7 +553,11 @@ mod tests {
     #[test]
     fn f32_round_trip_is_bit_identical() {
         let images = [test_image(1), test_image(2)];
-        for kind in [DetectorKind::Padim, DetectorKind::Patchcore] {
+        for kind in [
+            DetectorKind::Padim,
+            DetectorKind::Patchcore,
+            DetectorKind::Gde,
+        ] {
             let m = tiny_model(kind);
             let bytes = m.to_bundle(Quant::F32, info(None), &key()).unwrap();
             let b = VerifiedBundle::parse(bytes, &trusted()).unwrap();
@@ -566,7 +578,11 @@ mod tests {
     #[test]
     fn quantised_bundles_stay_close() {
         let images = [test_image(3), test_image(4), test_image(5)];
-        for kind in [DetectorKind::Padim, DetectorKind::Patchcore] {
+        for kind in [
+            DetectorKind::Padim,
+            DetectorKind::Patchcore,
+            DetectorKind::Gde,
+        ] {
             let m = tiny_model(kind);
             let reference = scores(&m, &images);
             let f32_len = m.to_bundle(Quant::F32, info(None), &key()).unwrap().len();
@@ -667,7 +683,7 @@ mod tests {
             packed.to_vec2::<f32>().unwrap(),
             vec![vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]]
         );
-        let back = unpack_lower_triangle(&packed).unwrap();
+        let back = unpack_lower_triangle(&packed, "whiten_tril").unwrap();
         assert_eq!(
             back.to_vec3::<f32>().unwrap(),
             lower.to_vec3::<f32>().unwrap()

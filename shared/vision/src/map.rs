@@ -30,6 +30,26 @@ pub enum MapError {
         /// Values given.
         len: usize,
     },
+    /// A patch grid whose windows do not tile the target exactly.
+    #[error(
+        "a {grid_w}×{grid_h} grid of {kernel} px windows at stride {stride} covers {}×{} px, not the {width}×{height} asked for",
+        (grid_w - 1) * stride + kernel,
+        (grid_h - 1) * stride + kernel
+    )]
+    Tiling {
+        /// Grid width.
+        grid_w: usize,
+        /// Grid height.
+        grid_h: usize,
+        /// Window side.
+        kernel: usize,
+        /// Window stride.
+        stride: usize,
+        /// Target width.
+        width: usize,
+        /// Target height.
+        height: usize,
+    },
 }
 
 /// A `width × height` grid of scores, row-major (`data[y * width + x]`). Never empty.

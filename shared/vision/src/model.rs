@@ -147,6 +147,10 @@ pub struct DataSpec {
     pub root: PathBuf,
     /// Category (product).
     pub category: String,
+    /// Seed of the validation hold-out (so `kestrel export` can rebuild the split the threshold was chosen on).
+    /// Absent in models written before it was recorded; then the backbone's or detector's seed is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
 }
 
 /// The whole of model.toml.
@@ -284,9 +288,8 @@ impl Fitter {
     pub fn add_batch(&mut self, x: &Tensor) -> Result<(), ModelError> {
         check_input(x, self.settings.preprocess.output_size())?;
         let x = x.to_device(&self.device)?;
-        let last = self.settings.detector.kind().last_stage();
-        let stages = self.net.stages(&x, last, false)?;
-        Ok(self.fit.add(&stages)?)
+        let features = self.settings.detector.features().extract(&self.net, &x)?;
+        Ok(self.fit.add(&features)?)
     }
 
     /// Finish fitting; `progress(done, total)` reports coreset selection.
@@ -365,13 +368,11 @@ impl Model {
         self.score_features(&stages)
     }
 
-    /// The backbone half of [`Model::score_batch`]: the stage outputs the detector reads.
+    /// The backbone half of [`Model::score_batch`]: what the detector reads ([`crate::detector::Features`]).
     pub fn features(&self, x: &Tensor) -> Result<Vec<Tensor>, ModelError> {
         check_input(x, self.spec.preprocess.output_size())?;
         let x = x.to_device(&self.device)?;
-        Ok(self
-            .net
-            .stages(&x, self.detector.kind().last_stage(), false)?)
+        Ok(self.detector.features().extract(&self.net, &x)?)
     }
 
     /// The detector half of [`Model::score_batch`]: stage outputs from [`Model::features`] to scored heatmaps.
@@ -604,20 +605,28 @@ mod tests {
                     coreset_ratio: 0.2,
                     ..Default::default()
                 }),
+                DetectorKind::Gde => {
+                    DetectorConfig::Gde(crate::detector::gde::GdeConfig::default())
+                }
             },
             blur_sigma: 4.0,
             data: DataSpec {
                 root: "mem".into(),
                 category: "unit".into(),
+                split_seed: None,
             },
         }
     }
 
-    /// Save → load gives identical scores, for both detectors.
+    /// Save → load gives identical scores, for every detector.
     #[test]
     fn save_load_round_trip_is_exact() {
         let dev = Device::Cpu;
-        for kind in [DetectorKind::Padim, DetectorKind::Patchcore] {
+        for kind in [
+            DetectorKind::Padim,
+            DetectorKind::Patchcore,
+            DetectorKind::Gde,
+        ] {
             let w = backbone::random_weights(&Arch::Resnet18Narrow.config(), 1, &dev).unwrap();
             let mut f = Fitter::new(settings(kind), w, 6, &dev).unwrap();
             let x = Tensor::randn(0f32, 1.0, (6, 3, 64, 64), &dev).unwrap();

@@ -80,13 +80,21 @@ pub fn gaussian_blur(map: &ScoreMap, sigma: f32) -> ScoreMap {
 }
 
 /// How a detector's patch map is brought to the model's input size before the blur. anomalib uses bilinear for
-/// PaDiM and nearest (the `F.interpolate` default) for PatchCore; each [`crate::detector::Detector`] says which.
+/// PaDiM and nearest (the `F.interpolate` default) for PatchCore; GDE spreads its overlapping windows' scores with
+/// Gaussian weights. Each [`crate::detector::Detector`] says which.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upsample {
     /// [`resample::bilinear`].
     Bilinear,
     /// [`resample::nearest`].
     Nearest,
+    /// [`resample::gaussian_splat`]: a grid of overlapping `kernel` px windows at `stride` (GDE's patch scores).
+    GaussianSplat {
+        /// Window side, px.
+        kernel: usize,
+        /// Window stride, px.
+        stride: usize,
+    },
 }
 
 /// Patch map → full-resolution heatmap: upsample to `size × size`, then blur with `sigma` (anomalib's
@@ -100,6 +108,9 @@ pub fn heatmap(
     let up = match upsample {
         Upsample::Bilinear => resample::bilinear(patch, size, size)?,
         Upsample::Nearest => resample::nearest(patch, size, size)?,
+        Upsample::GaussianSplat { kernel, stride } => {
+            resample::gaussian_splat(patch, kernel, stride, size, size)?
+        }
     };
     Ok(gaussian_blur(&up, sigma))
 }

@@ -202,6 +202,104 @@ pub fn nearest(map: &ScoreMap, width: usize, height: usize) -> Result<ScoreMap, 
     ScoreMap::new(width, height, out)
 }
 
+/// The 1-D window of [`gaussian_splat`] for `kernel` px patches: a Gaussian with σ = 10 px for windows of 32 px
+/// and more, else `log10(0.45·k + 1) + 0.25` (the rule CutPaste and DS2 take from Rippel et al.). An even window
+/// is the odd window of `k − 1` samples with its centre sample doubled, as theirs is. Peak 1, not normalised:
+/// [`gaussian_splat`] divides by the summed weights itself.
+pub fn splat_window(kernel: usize) -> Vec<f32> {
+    let k = kernel as f64;
+    let std = if kernel >= 32 {
+        10.0
+    } else {
+        (0.45 * k + 1.0).log10() + 0.25
+    };
+    let odd = if kernel.is_multiple_of(2) {
+        kernel - 1
+    } else {
+        kernel
+    };
+    let centre = (odd / 2) as f64;
+    let mut w: Vec<f32> = (0..odd)
+        .map(|i| {
+            let x = i as f64 - centre;
+            (-(x * x) / (2.0 * std * std)).exp() as f32
+        })
+        .collect();
+    if kernel.is_multiple_of(2) {
+        w.insert(odd / 2, w[odd / 2]);
+    }
+    w
+}
+
+/// Patch scores → a full-resolution map, for detectors that score overlapping windows (GDE): every window spreads
+/// its score over the pixels it covers with the Gaussian weights of [`splat_window`], and each pixel takes the
+/// weighted *mean* of the windows covering it. The references (a transposed convolution with the same kernel)
+/// take the weighted sum instead; the mean keeps the map in the detector's units, so a pixel threshold means the
+/// same thing everywhere, and does not darken the borders, which fewer windows cover. `map` is the grid of window
+/// scores (window `(gx, gy)` has its top-left corner at `(gx·stride, gy·stride)`); the windows must tile the
+/// target exactly: `(grid − 1)·stride + kernel` = `width` and `height` (else [`MapError::Tiling`]).
+pub fn gaussian_splat(
+    map: &ScoreMap,
+    kernel: usize,
+    stride: usize,
+    width: usize,
+    height: usize,
+) -> Result<ScoreMap, MapError> {
+    check_size("target map size", width, height)?;
+    let (gw, gh) = (map.width(), map.height());
+    if kernel == 0
+        || stride == 0
+        || (gw - 1) * stride + kernel != width
+        || (gh - 1) * stride + kernel != height
+    {
+        return Err(MapError::Tiling {
+            grid_w: gw,
+            grid_h: gh,
+            kernel,
+            stride,
+            width,
+            height,
+        });
+    }
+    let win = splat_window(kernel);
+    // Per output index along one axis: the summed weight of the windows covering it (never zero: windows tile).
+    let cover = |n: usize, g: usize| -> Vec<f32> {
+        let mut c = vec![0f32; n];
+        for i in 0..g {
+            for (o, &wv) in c[i * stride..i * stride + kernel].iter_mut().zip(&win) {
+                *o += wv;
+            }
+        }
+        c
+    };
+    let (cx, cy) = (cover(width, gw), cover(height, gh));
+    // Horizontal pass: one row per grid row.
+    let mut rows = vec![0f32; gh * width];
+    for (gy, row) in rows.chunks_exact_mut(width).enumerate() {
+        for (gx, &s) in map.row(gy).iter().enumerate() {
+            for (o, &wv) in row[gx * stride..gx * stride + kernel].iter_mut().zip(&win) {
+                *o += s * wv;
+            }
+        }
+        row.iter_mut().zip(&cx).for_each(|(o, c)| *o /= c);
+    }
+    // Vertical pass.
+    let mut out = vec![0f32; width * height];
+    for gy in 0..gh {
+        let src = &rows[gy * width..(gy + 1) * width];
+        for (k, &wv) in win.iter().enumerate() {
+            let y = gy * stride + k;
+            for (o, &v) in out[y * width..(y + 1) * width].iter_mut().zip(src) {
+                *o += v * wv;
+            }
+        }
+    }
+    for (y, row) in out.chunks_exact_mut(width).enumerate() {
+        row.iter_mut().for_each(|o| *o /= cy[y]);
+    }
+    ScoreMap::new(width, height, out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,5 +358,57 @@ mod tests {
         for (a, b) in plain.data().iter().zip(&aa) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
+    }
+
+    #[test]
+    fn splat_window_follows_the_reference_rule() {
+        let w = splat_window(32);
+        assert_eq!(w.len(), 32);
+        // Odd window of 31 with its centre (index 15) doubled: indices 15 and 16 both peak at 1.
+        assert_eq!((w[15], w[16]), (1.0, 1.0));
+        assert!(
+            (w[0] - (-(15.0f32 * 15.0) / 200.0).exp()).abs() < 1e-6,
+            "σ = 10 px"
+        );
+        assert_eq!(
+            w[..16].iter().rev().collect::<Vec<_>>(),
+            w[16..].iter().collect::<Vec<_>>()
+        );
+        let small = splat_window(9);
+        let std = (0.45f64 * 9.0 + 1.0).log10() + 0.25;
+        assert!((small[0] as f64 - (-16.0 / (2.0 * std * std)).exp()).abs() < 1e-6);
+        assert_eq!(small[4], 1.0);
+    }
+
+    #[test]
+    fn splat_of_a_constant_grid_is_that_constant_and_sizes_must_tile() {
+        let grid = ScoreMap::filled(5, 3, 2.5).unwrap();
+        // (5 − 1)·4 + 8 = 24 wide, (3 − 1)·4 + 8 = 16 high.
+        let m = gaussian_splat(&grid, 8, 4, 24, 16).unwrap();
+        assert!(
+            m.data().iter().all(|v| (v - 2.5).abs() < 1e-5),
+            "weighted mean of equal scores"
+        );
+        let e = gaussian_splat(&grid, 8, 4, 25, 16).unwrap_err();
+        assert!(matches!(e, MapError::Tiling { width: 25, .. }), "{e}");
+        assert!(e.to_string().contains("covers 24×16 px"), "{e}");
+    }
+
+    #[test]
+    fn splat_puts_a_hot_window_where_it_was() {
+        let mut grid = ScoreMap::filled(4, 4, 0.0).unwrap();
+        grid.data_mut()[4 + 2] = 1.0; // window (gx 2, gy 1): pixels x 16..48, y 8..40 at stride 8, kernel 32
+        let m = gaussian_splat(&grid, 32, 8, 56, 56).unwrap();
+        let at = |x: usize, y: usize| m.data()[y * 56 + x];
+        assert!(at(32, 24) > 0.1, "inside the hot window: {}", at(32, 24));
+        assert_eq!(at(5, 50), 0.0, "outside it");
+        assert!(
+            at(32, 24) > at(17, 24),
+            "higher at the window centre than at its edge"
+        );
+        assert!(
+            m.data().iter().all(|v| (0.0..=1.0).contains(v)),
+            "a mean never leaves the scores' range"
+        );
     }
 }

@@ -97,6 +97,11 @@ impl LedoitWolfFit {
         })
     }
 
+    /// Features per row.
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
     /// Samples added so far.
     pub fn samples(&self) -> u64 {
         self.n

@@ -56,11 +56,13 @@ pub fn tiny_model(kind: crate::detector::DetectorKind, threshold: f32) -> crate:
                 coreset_ratio: 0.2,
                 ..Default::default()
             }),
+            DetectorKind::Gde => DetectorConfig::Gde(crate::detector::gde::GdeConfig::default()),
         },
         blur_sigma: 4.0,
         data: DataSpec {
             root: "synthetic".into(),
             category: "tiny".into(),
+            split_seed: None,
         },
     };
     let weights = random_weights(&arch.config(), 1, &dev).expect("random weights");

@@ -8,9 +8,13 @@
 //!
 //! [`DetectorConfig`] is what a user chooses (one variant per detector, so it cannot hold PatchCore settings for a
 //! PaDiM model); [`DetectorSpec`] is that plus what fitting found (grid, image count), as model.toml stores it.
-//! New detectors (GDE, the trained ones) plug in by adding a variant and implementing the two traits.
+//! What a detector reads from the backbone is its [`Features`]: stage maps of the whole input (PaDiM, PatchCore) or
+//! pooled embeddings of the input and of windows cut from it (GDE). [`Features::extract`] is the one place that
+//! runs the backbone for fitting and scoring, so the edge computes exactly what the host fitted.
+//! New detectors (the trained ones) plug in by adding a variant and implementing the two traits.
 //! The algorithms, and where we follow or leave anomalib, are in `docs/detectors.md`.
 
+pub mod gde;
 pub mod padim;
 pub mod patchcore;
 
@@ -19,8 +23,10 @@ use std::sync::Arc;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::backbone::ResNet;
 use crate::map::ScoreMap;
 use crate::postprocess::Upsample;
+use gde::{Gde, GdeConfig, GdeFit};
 use padim::{Padim, PadimConfig, PadimFit};
 use patchcore::{PatchCore, PatchCoreConfig, PatchCoreFit};
 
@@ -37,10 +43,16 @@ pub struct PatchScore {
 pub trait Detector: Send + Sync + std::fmt::Debug {
     /// Which detector (and so which backbone stages it reads).
     fn kind(&self) -> DetectorKind;
+    /// What it reads from the backbone (by default the stage maps up to its last stage).
+    fn features(&self) -> Features {
+        Features::Stages {
+            last: self.kind().last_stage(),
+        }
+    }
     /// How its patch map is upsampled to the input size.
     fn upsample(&self) -> Upsample;
-    /// Score a batch: `stages[i]` is backbone stage `i + 1` (c1, c2, ...), at least up to the last of
-    /// [`DetectorKind::stages`]. One [`PatchScore`] per image, in batch order.
+    /// Score a batch of [`Features::extract`]'s output: for [`Features::Stages`], `stages[i]` is backbone stage
+    /// `i + 1` (c1, c2, ...). One [`PatchScore`] per image, in batch order.
     fn score(&self, stages: &[Tensor]) -> Result<Vec<PatchScore>, DetectorError>;
     /// The tensors that persist its state, by name.
     fn state(&self) -> Result<Vec<(String, Tensor)>, DetectorError>;
@@ -70,6 +82,95 @@ pub enum DetectorConfig {
     Padim(PadimConfig),
     /// PatchCore.
     Patchcore(PatchCoreConfig),
+    /// GDE.
+    Gde(GdeConfig),
+}
+
+/// What a detector reads from the backbone: [`Features::extract`] computes it, for fitting and scoring alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Features {
+    /// The stage maps c1..c`last` of the whole input.
+    Stages {
+        /// Last stage (1..=4).
+        last: usize,
+    },
+    /// Globally average-pooled, L2-normalised embeddings of stage `stage`: of the whole input, `(N, d)`, and of
+    /// every `window × window` px window at `stride` (each through the backbone on its own), `(N, P, d)` with the
+    /// windows in row-major grid order.
+    PooledWindows {
+        /// Stage (1..=4).
+        stage: usize,
+        /// Window side, px.
+        window: usize,
+        /// Window stride, px.
+        stride: usize,
+    },
+}
+
+/// Windows per backbone pass in [`Features::extract`]: bounds the activations' memory (256 windows of 32² are
+/// about four 256² images).
+const WINDOW_CHUNK: usize = 256;
+
+impl Features {
+    /// Run `net` on the pre-processed batch `x` (N×3×S×S) and return what the detector reads.
+    pub fn extract(&self, net: &ResNet, x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        match *self {
+            Features::Stages { last } => net.stages(x, last, false),
+            Features::PooledWindows {
+                stage,
+                window,
+                stride,
+            } => {
+                let (n, c, h, w) = x.dims4()?;
+                if window == 0 || stride == 0 || window > h || window > w {
+                    candle_core::bail!(
+                        "windows of {window} px at stride {stride} do not fit a {h}×{w} input"
+                    );
+                }
+                let pooled = |t: &Tensor| -> candle_core::Result<Tensor> {
+                    let s = net
+                        .stages(t, stage, false)?
+                        .pop()
+                        .expect("at least one stage");
+                    let e = s.mean((2, 3))?;
+                    let norm = e
+                        .sqr()?
+                        .sum_keepdim(1)?
+                        .sqrt()?
+                        .clamp(1e-12, f64::INFINITY)?;
+                    e.broadcast_div(&norm)
+                };
+                let image = pooled(x)?;
+                let (gh, gw) = ((h - window) / stride + 1, (w - window) / stride + 1);
+                let p = gh * gw;
+                let src: Vec<f32> = x
+                    .to_dtype(candle_core::DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?;
+                let mut out = Vec::new();
+                let all = n * p;
+                for start in (0..all).step_by(WINDOW_CHUNK) {
+                    let m = WINDOW_CHUNK.min(all - start);
+                    let mut buf = Vec::with_capacity(m * c * window * window);
+                    for k in start..start + m {
+                        let (i, q) = (k / p, k % p);
+                        let (y0, x0) = ((q / gw) * stride, (q % gw) * stride);
+                        for ch in 0..c {
+                            let plane = &src[(i * c + ch) * h * w..(i * c + ch + 1) * h * w];
+                            for y in y0..y0 + window {
+                                buf.extend_from_slice(&plane[y * w + x0..y * w + x0 + window]);
+                            }
+                        }
+                    }
+                    let t = Tensor::from_vec(buf, (m, c, window, window), x.device())?;
+                    out.push(pooled(&t)?);
+                }
+                let windows = Tensor::cat(&out, 0)?;
+                let d = windows.dims()[1];
+                Ok(vec![image, windows.reshape((n, p, d))?])
+            }
+        }
+    }
 }
 
 /// Backbone facts a detector needs to start fitting.
@@ -87,6 +188,17 @@ impl DetectorConfig {
         match self {
             DetectorConfig::Padim(_) => DetectorKind::Padim,
             DetectorConfig::Patchcore(_) => DetectorKind::Patchcore,
+            DetectorConfig::Gde(_) => DetectorKind::Gde,
+        }
+    }
+
+    /// What the detector reads from the backbone.
+    pub fn features(&self) -> Features {
+        match self {
+            DetectorConfig::Gde(c) => c.features(),
+            _ => Features::Stages {
+                last: self.kind().last_stage(),
+            },
         }
     }
 
@@ -109,6 +221,7 @@ impl DetectorConfig {
                     expected_images,
                 )?)
             }
+            DetectorConfig::Gde(c) => Box::new(GdeFit::new(c.clone(), ch[3], shape.input_size)?),
         })
     }
 }
@@ -152,6 +265,12 @@ impl DetectorSpec {
                 self.train_images,
                 get("bank")?,
             )?),
+            DetectorConfig::Gde(c) => Arc::new(Gde::from_tensors(
+                c.clone(),
+                self.grid,
+                self.train_images,
+                get,
+            )?),
         })
     }
 }
@@ -164,6 +283,8 @@ struct RawDetectorSpec {
     padim: Option<PadimConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     patchcore: Option<PatchCoreConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gde: Option<GdeConfig>,
     grid: [usize; 2],
     train_images: usize,
 }
@@ -172,21 +293,32 @@ impl TryFrom<RawDetectorSpec> for DetectorSpec {
     type Error = String;
 
     fn try_from(r: RawDetectorSpec) -> Result<Self, String> {
-        let config = match (r.kind, r.padim, r.patchcore) {
-            (DetectorKind::Padim, Some(c), None) => DetectorConfig::Padim(c),
-            (DetectorKind::Patchcore, None, Some(c)) => DetectorConfig::Patchcore(c),
-            (kind, padim, patchcore) => {
+        let tables: Vec<&str> = [
+            ("padim", r.padim.is_some()),
+            ("patchcore", r.patchcore.is_some()),
+            ("gde", r.gde.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, present)| present.then_some(name))
+        .collect();
+        let config = match (r.kind, r.padim, r.patchcore, r.gde) {
+            (DetectorKind::Padim, Some(c), None, None) => DetectorConfig::Padim(c),
+            (DetectorKind::Patchcore, None, Some(c), None) => DetectorConfig::Patchcore(c),
+            (DetectorKind::Gde, None, None, Some(c)) => DetectorConfig::Gde(c),
+            (kind, ..) => {
+                let found = match tables.as_slice() {
+                    [] => "neither".to_string(),
+                    t => t
+                        .iter()
+                        .map(|n| format!("[detector.{n}]"))
+                        .collect::<Vec<_>>()
+                        .join(" and "),
+                };
                 return Err(format!(
-                "detector kind `{}` needs exactly its own settings table [detector.{}]; found {}",
-                kind.name(),
-                kind.name(),
-                match (padim.is_some(), patchcore.is_some()) {
-                    (true, true) => "both [detector.padim] and [detector.patchcore]",
-                    (false, false) => "neither",
-                    (true, false) => "[detector.padim]",
-                    (false, true) => "[detector.patchcore]",
-                }
-            ))
+                    "detector kind `{}` needs exactly its own settings table [detector.{}]; found {found}",
+                    kind.name(),
+                    kind.name(),
+                ));
             }
         };
         Ok(Self {
@@ -199,17 +331,18 @@ impl TryFrom<RawDetectorSpec> for DetectorSpec {
 
 impl From<DetectorSpec> for RawDetectorSpec {
     fn from(s: DetectorSpec) -> Self {
-        let (padim, patchcore) = match s.config {
-            DetectorConfig::Padim(c) => (Some(c), None),
-            DetectorConfig::Patchcore(c) => (None, Some(c)),
-        };
+        let kind = s.kind();
+        let (mut padim, mut patchcore, mut gde) = (None, None, None);
+        match s.config {
+            DetectorConfig::Padim(c) => padim = Some(c),
+            DetectorConfig::Patchcore(c) => patchcore = Some(c),
+            DetectorConfig::Gde(c) => gde = Some(c),
+        }
         Self {
-            kind: match (&padim, &patchcore) {
-                (Some(_), _) => DetectorKind::Padim,
-                _ => DetectorKind::Patchcore,
-            },
+            kind,
             padim,
             patchcore,
+            gde,
             grid: [s.grid.0, s.grid.1],
             train_images: s.train_images,
         }
@@ -224,6 +357,8 @@ pub enum DetectorKind {
     Padim,
     /// PatchCore: coreset memory bank, nearest-neighbour distance.
     Patchcore,
+    /// GDE: Gaussians on pooled image and window embeddings, Mahalanobis distance.
+    Gde,
 }
 
 impl DetectorKind {
@@ -232,6 +367,7 @@ impl DetectorKind {
         match self {
             DetectorKind::Padim => &padim::PADIM_STAGES,
             DetectorKind::Patchcore => &patchcore::PATCHCORE_STAGES,
+            DetectorKind::Gde => &gde::GDE_STAGES,
         }
     }
 
@@ -245,6 +381,7 @@ impl DetectorKind {
         match self {
             DetectorKind::Padim => "padim",
             DetectorKind::Patchcore => "patchcore",
+            DetectorKind::Gde => "gde",
         }
     }
 }
