@@ -45,7 +45,7 @@ fn main() {
     ] {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &dev);
-        let net = PretrainNet::new(&arch.config(), 100, 1, vb).expect("network");
+        let net = PretrainNet::new(&arch.config(), 100, 1, &[], vb).expect("network");
         let mut opt = Optimizer::new(&vm, OptimizerConfig::sgd());
         let x = Tensor::randn(0f32, 1.0, (32, 3, 64, 64), &dev).expect("input");
         let labels: Vec<u32> = (0..32).map(|i| (i * 37 % 100) as u32).collect();

@@ -329,7 +329,8 @@ pub struct PretrainArgs {
     /// Fractal tasks: number of classes (IFS codes).
     #[arg(long)]
     pub classes: Option<usize>,
-    /// GMM: folder of good images to blend pseudo-defects into (generated textures when absent).
+    /// GMM: folder of good images to blend pseudo-defects into; CutPaste: the good images to cut from (generated
+    /// textures when absent).
     #[arg(long)]
     pub normal_images: Option<PathBuf>,
     /// GMM: matching of predicted to true components in the direct loss.
@@ -635,7 +636,8 @@ pub struct SynthArgs {
     /// Fractal classes (one random IFS code each). For `fractal`, image i shows class i mod classes.
     #[arg(long, default_value_t = 100, help_heading = "Fractals")]
     pub classes: usize,
-    /// GMM: folder of good images to blend defects into (random crops and flips). Default: generated textures.
+    /// GMM: folder of good images to blend defects into (random crops and flips); CutPaste: the good images to
+    /// cut from. Default: generated textures.
     #[arg(long, help_heading = "GMM")]
     pub normal_images: Option<PathBuf>,
     /// GMM: parameter distribution.

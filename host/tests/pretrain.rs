@@ -81,6 +81,39 @@ fn gmm_regression_loss_falls_and_every_part_is_logged() {
 }
 
 #[test]
+fn cutpaste_on_a_products_good_images_learns_and_exports_without_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    write_mvtec_category(
+        dir.path(),
+        "widget",
+        &SyntheticSpec {
+            size: 96,
+            n_train_good: 12,
+            n_test_good: 0,
+            n_test_defect: 0,
+            seed: 3,
+            ..SyntheticSpec::default()
+        },
+    )
+    .unwrap();
+    let out = dir.path().join("c.safetensors");
+    let mut cfg = small(TaskKind::Cutpaste, 60);
+    cfg.cutpaste.normal_images = Some(dir.path().join("widget/train/good"));
+    cfg.batch_size = 8;
+    cfg.dataset_size = 16;
+    let report = train(&cfg, &opts(&out)).unwrap();
+    let text = std::fs::read_to_string(&report.log).unwrap();
+    assert!(text.starts_with("step,loss,lr,grad_norm,images_per_s,elapsed_s,accuracy"));
+    let losses = csv_losses(&report.log);
+    // Chance is ln 3 = 1.099; 16 samples seen for 30 epochs must be learnt.
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
+    assert!(last < 0.8 * first, "CutPaste loss did not fall: {losses:?}");
+    let w = backbone::read_weights(&out).unwrap();
+    assert!(w.keys().all(|k| !k.starts_with("head")), "head exported");
+    assert_eq!(read_metadata(&out).unwrap()["kestrel.task"], "cutpaste");
+}
+
+#[test]
 fn resume_from_a_checkpoint_reproduces_the_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = small(TaskKind::MultiFractal, 6);

@@ -205,7 +205,7 @@ pub fn run(a: &BenchArgs) -> anyhow::Result<()> {
         let arch = Arch::parse(&a.arch)?;
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &device);
-        let net = PretrainNet::new(&arch.config(), 100, 1, vb)?;
+        let net = PretrainNet::new(&arch.config(), 100, 1, &[], vb)?;
         let mut opt = Optimizer::new(&vm, OptimizerConfig::sgd());
         let (tb, ts) = (a.train_batch, a.train_size);
         let x = Tensor::randn(0f32, 1.0, (tb, 3, ts, ts), &device)?;

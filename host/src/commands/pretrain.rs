@@ -6,7 +6,7 @@ use anyhow::Context;
 use kestrel_vision::backbone::Arch;
 
 use crate::cli::PretrainArgs;
-use crate::pretrain::{engine, PretrainConfig, RunOptions};
+use crate::pretrain::{engine, PretrainConfig, RunOptions, TaskKind};
 
 /// The configuration a command line asks for.
 pub fn resolve(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
@@ -46,7 +46,10 @@ pub fn resolve(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
         cfg.fractal.classes = v;
     }
     if let Some(v) = &a.normal_images {
-        cfg.gmm.normal_images = Some(v.clone());
+        match cfg.task {
+            TaskKind::Cutpaste => cfg.cutpaste.normal_images = Some(v.clone()),
+            _ => cfg.gmm.normal_images = Some(v.clone()),
+        }
     }
     if let Some(v) = a.matching {
         cfg.gmm.matching = v;

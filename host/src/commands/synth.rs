@@ -10,6 +10,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use crate::cli::SynthArgs;
+use crate::synth::cutpaste::{CutPasteConfig, CutPasteGenerator};
 use crate::synth::fractal::{FractalConfig, FractalGenerator, MultiConfig, MultiFractalGenerator};
 use crate::synth::gmm::{GmmConfig, GmmGenerator};
 use crate::synth::texture::{NormalImages, NormalSource};
@@ -19,6 +20,7 @@ enum Generator {
     Fractal(FractalGenerator),
     Multi(MultiFractalGenerator),
     Gmm(GmmGenerator),
+    CutPaste(CutPasteGenerator),
 }
 
 impl Generator {
@@ -45,6 +47,17 @@ impl Generator {
                     ..GmmConfig::new(a.size)
                 };
                 Generator::Gmm(GmmGenerator::new(cfg, normals, a.seed)?)
+            }
+            TaskKind::Cutpaste => {
+                let normals = match &a.normal_images {
+                    Some(dir) => NormalSource::Images(NormalImages::load(dir, 2 * a.size)?),
+                    None => NormalSource::Textures,
+                };
+                Generator::CutPaste(CutPasteGenerator::new(
+                    CutPasteConfig::new(a.size),
+                    normals,
+                    a.seed,
+                )?)
             }
         })
     }
@@ -102,6 +115,22 @@ impl Generator {
                     "colour_units": "network units [-1, 1]; pixel value = (c + 1) / 2",
                 })
             }
+            Generator::CutPaste(g) => {
+                write_each(a, pb, |i, stem| {
+                    let s = g.sample(i);
+                    save_png(&s.normal, stem, "_normal")?;
+                    save_png(&s.cutpaste, stem, "_cutpaste")?;
+                    save_png(&s.scar, stem, "_scar")?;
+                    Ok(json!({
+                        "index": i,
+                        "labels": { "normal": 0, "cutpaste": 1, "scar": 2 },
+                        "cut": s.cut,
+                        "scar": s.scar_paste,
+                        "origin": s.origin,
+                    }))
+                })?;
+                json!({ "cutpaste": g.config(), "normal_images": a.normal_images })
+            }
         })
     }
 }
@@ -125,8 +154,10 @@ pub fn run(a: &SynthArgs) -> anyhow::Result<()> {
         anyhow::bail!("-n/--count must be at least 1");
     }
     check_size(a.size)?;
-    if a.normal_images.is_some() && a.kind != TaskKind::Gmm {
-        anyhow::bail!("--normal-images only applies to `kestrel synth gmm`");
+    if a.normal_images.is_some() && !matches!(a.kind, TaskKind::Gmm | TaskKind::Cutpaste) {
+        anyhow::bail!(
+            "--normal-images only applies to `kestrel synth gmm` and `kestrel synth cutpaste`"
+        );
     }
     // Build (and so validate) the generator before touching the output folder.
     let generator = Generator::new(a)?;

@@ -56,6 +56,29 @@ pub struct GmmTaskConfig {
     pub render_size: usize,
 }
 
+/// CutPaste task settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CutPasteTaskConfig {
+    /// Good images of the product (a folder of images); generated textures when absent.
+    pub normal_images: Option<PathBuf>,
+    /// Each sample is a square crop of this share of a good image's shorter side squared (CutPaste's patch-level
+    /// variant: 64 px crops of 256 px images, 1/16).
+    pub crop_area: [f64; 2],
+    /// Hidden widths of the classification head (CutPaste: 512, 128), each a linear layer and ReLU.
+    pub head_hidden: Vec<usize>,
+}
+
+impl Default for CutPasteTaskConfig {
+    fn default() -> Self {
+        Self {
+            normal_images: None,
+            crop_area: [1.0 / 16.0, 1.0 / 4.0],
+            head_hidden: vec![512, 128],
+        }
+    }
+}
+
 /// Everything that determines a pretraining run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +133,9 @@ pub struct PretrainConfig {
     pub fractal: FractalTaskConfig,
     /// GMM settings.
     pub gmm: GmmTaskConfig,
+    /// CutPaste settings.
+    #[serde(default)]
+    pub cutpaste: CutPasteTaskConfig,
 }
 
 fn one() -> usize {
@@ -121,8 +147,16 @@ impl PretrainConfig {
     pub fn preset(task: TaskKind, preset: Preset) -> Self {
         // Fractal recipes use SGD at lr 0.1 for batches of 256 (FractalDB); tiny's batch of 32 takes the linearly
         // scaled 0.0125–0.025 (at 0.1 the loss stayed above chance for the first hundred steps). GMM: AdamW 1e-3.
+        // CutPaste: SGD lr 0.03, momentum 0.9, weight decay 3e-5, cosine (its paper's recipe, batch 96 × 3).
         let (optimizer, lr) = match (task, preset) {
             (TaskKind::Gmm, _) => (OptimizerConfig::adamw(), 1e-3),
+            (TaskKind::Cutpaste, _) => (
+                OptimizerConfig {
+                    weight_decay: 3e-5,
+                    ..OptimizerConfig::sgd()
+                },
+                0.03,
+            ),
             (_, Preset::Tiny | Preset::Small) => (OptimizerConfig::sgd(), 0.025),
             (_, Preset::Paper) => (OptimizerConfig::sgd(), 0.1),
         };
@@ -160,6 +194,7 @@ impl PretrainConfig {
                     n_iter: 0,
                 },
                 gmm,
+                cutpaste: CutPasteTaskConfig::default(),
             },
             Preset::Small => Self {
                 preset,
@@ -206,7 +241,16 @@ impl PretrainConfig {
                     render_size: 64,
                     ..gmm
                 },
+                cutpaste: CutPasteTaskConfig::default(),
             },
+        }
+    }
+
+    /// Images the network sees per step: CutPaste shows each sample three times (normal, cut-paste, scar).
+    pub fn images_per_step(&self) -> usize {
+        match self.task {
+            TaskKind::Cutpaste => 3 * self.batch_size,
+            _ => self.batch_size,
         }
     }
 
@@ -324,6 +368,18 @@ impl PretrainConfig {
                 return bad("gmm.lambda_indirect", "loss weights must be ≥ 0".into());
             }
         }
+        if self.task == TaskKind::Cutpaste {
+            let a = self.cutpaste.crop_area;
+            if !(a[0] > 0.0 && a[0] <= a[1] && a[1] <= 1.0) {
+                return bad(
+                    "cutpaste.crop_area",
+                    format!("need 0 < low ≤ high ≤ 1, got {a:?}"),
+                );
+            }
+            if self.cutpaste.head_hidden.contains(&0) {
+                return bad("cutpaste.head_hidden", "widths must be at least 1".into());
+            }
+        }
         Ok(())
     }
 }
@@ -347,7 +403,12 @@ mod tests {
 
     #[test]
     fn presets_validate_and_toml_overrides_a_subset() {
-        for task in [TaskKind::Fractal, TaskKind::MultiFractal, TaskKind::Gmm] {
+        for task in [
+            TaskKind::Fractal,
+            TaskKind::MultiFractal,
+            TaskKind::Gmm,
+            TaskKind::Cutpaste,
+        ] {
             for preset in [Preset::Tiny, Preset::Small, Preset::Paper] {
                 PretrainConfig::preset(task, preset).validate().unwrap();
             }

@@ -510,7 +510,11 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self, PretrainError> {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, device);
-        let net = PretrainNet::new(&cfg.arch.config(), outputs, cfg.head_grid, vb)?;
+        let hidden: &[usize] = match cfg.task {
+            crate::synth::TaskKind::Cutpaste => &cfg.cutpaste.head_hidden,
+            _ => &[],
+        };
+        let net = PretrainNet::new(&cfg.arch.config(), outputs, cfg.head_grid, hidden, vb)?;
         let opt = Optimizer::new(&vm, cfg.optimizer.clone());
         Ok(Self {
             cfg,
@@ -706,7 +710,7 @@ pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, Pre
                 step,
                 lr,
                 outcome.grad_norm,
-                cfg.batch_size,
+                cfg.images_per_step(),
                 t0.elapsed().as_secs_f64(),
             );
             writeln!(csv, "{row}").map_err(io_err(&log))?;
@@ -736,6 +740,6 @@ pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, Pre
         first_loss,
         last_loss,
         seconds,
-        images_per_second: (step - start) as f64 * cfg.batch_size as f64 / seconds.max(1e-9),
+        images_per_second: (step - start) as f64 * cfg.images_per_step() as f64 / seconds.max(1e-9),
     })
 }

@@ -11,6 +11,7 @@ use kestrel_vision::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
 use super::config::{PretrainConfig, TaskKind};
 use super::gmm_loss::{self, GmmTensors, Matching};
 use super::PretrainError;
+use crate::synth::cutpaste::{CutPasteConfig, CutPasteGenerator};
 use crate::synth::fractal::{FractalConfig, FractalGenerator, MultiConfig, MultiFractalGenerator};
 use crate::synth::gmm::{GmmConfig, GmmGenerator, GmmParams, GMM_PARAMS};
 use crate::synth::render::resize_bilinear;
@@ -26,6 +27,8 @@ pub enum Sampler {
     Multi(MultiFractalGenerator),
     /// Pseudo-defect on a normal image, mixture target.
     Gmm(GmmGenerator),
+    /// A good crop and its cut-paste and scar versions, 3-way label.
+    CutPaste(CutPasteGenerator),
 }
 
 /// Targets of one batch.
@@ -92,6 +95,22 @@ impl Sampler {
                 };
                 Sampler::Gmm(GmmGenerator::new(gc, normals, cfg.seed)?)
             }
+            TaskKind::Cutpaste => {
+                let c = &cfg.cutpaste;
+                let normals = match &c.normal_images {
+                    // Loaded at twice the working size: 1/16-area crops then keep about half their pixels.
+                    Some(dir) => NormalSource::Images(NormalImages::load(dir, 2 * s)?),
+                    None => NormalSource::Textures,
+                };
+                Sampler::CutPaste(CutPasteGenerator::new(
+                    CutPasteConfig {
+                        crop_area: c.crop_area,
+                        ..CutPasteConfig::new(s)
+                    },
+                    normals,
+                    cfg.seed,
+                )?)
+            }
         })
     }
 
@@ -101,6 +120,7 @@ impl Sampler {
             Sampler::Fractal(g) => g.classes(),
             Sampler::Multi(g) => g.classes(),
             Sampler::Gmm(_) => GMM_PARAMS,
+            Sampler::CutPaste(_) => 3,
         }
     }
 
@@ -156,6 +176,19 @@ impl Sampler {
                     render_size,
                 }
             }
+            Sampler::CutPaste(g) => {
+                let samples = g.batch_of(&indices);
+                for s in &samples {
+                    for img in [&s.normal, &s.cutpaste, &s.scar] {
+                        push_normalised(&mut images, img);
+                    }
+                }
+                return Batch {
+                    images,
+                    len: 3 * len,
+                    target: Target::Classes([0, 1, 2].repeat(len)),
+                };
+            }
         };
         Batch {
             images,
@@ -173,12 +206,13 @@ fn push_normalised(out: &mut Vec<f32>, img: &Image) {
     }
 }
 
-/// Backbone + global-average-pool + linear head. Backbone tensors carry torchvision names; the head lives under
-/// `head.` and is dropped from the exported weights.
+/// Backbone + global-average-pool + head (one linear layer, or an MLP with ReLUs for CutPaste). Backbone tensors
+/// carry torchvision names; the head lives under `head.` and is dropped from the exported weights.
 pub struct PretrainNet {
     /// The feature extractor being trained.
     pub backbone: ResNet,
-    head: Linear,
+    /// Linear layers; a ReLU between consecutive ones.
+    head: Vec<Linear>,
     grid: usize,
 }
 
@@ -187,16 +221,30 @@ pub const HEAD_PREFIX: &str = "head.";
 
 impl PretrainNet {
     /// Build on `vb` (a `VarMap`-backed builder, so everything trains). The head reads the last stage pooled to a
-    /// `grid × grid` grid (1: global average pooling).
+    /// `grid × grid` grid (1: global average pooling); with `hidden` widths it is an MLP (`head.0`, `head.1`, ...),
+    /// else one linear layer (`head`).
     pub fn new(
         config: &ResNetConfig,
         outputs: usize,
         grid: usize,
+        hidden: &[usize],
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
         let backbone = ResNet::new(config, vb.clone())?;
         let c4 = config.stage_channels()[3];
-        let head = candle_nn::linear(c4 * grid * grid, outputs, vb.pp("head"))?;
+        let widths: Vec<usize> = std::iter::once(c4 * grid * grid)
+            .chain(hidden.iter().copied())
+            .chain(std::iter::once(outputs))
+            .collect();
+        let head = if hidden.is_empty() {
+            vec![candle_nn::linear(widths[0], outputs, vb.pp("head"))?]
+        } else {
+            widths
+                .windows(2)
+                .enumerate()
+                .map(|(i, w)| candle_nn::linear(w[0], w[1], vb.pp(format!("head.{i}"))))
+                .collect::<candle_core::Result<_>>()?
+        };
         Ok(Self {
             backbone,
             head,
@@ -211,10 +259,18 @@ impl PretrainNet {
             .stages(x, 4, train)?
             .pop()
             .expect("four stages");
-        if self.grid == 1 {
-            return self.head.forward(&gmm_loss::spatial_mean(&c4)?);
+        let mut y = if self.grid == 1 {
+            gmm_loss::spatial_mean(&c4)?
+        } else {
+            grid_pool(&c4, self.grid)?
+        };
+        for (i, layer) in self.head.iter().enumerate() {
+            if i > 0 {
+                y = y.relu()?;
+            }
+            y = layer.forward(&y)?;
         }
-        self.head.forward(&grid_pool(&c4, self.grid)?)
+        Ok(y)
     }
 }
 
@@ -245,6 +301,7 @@ pub fn part_names(task: TaskKind) -> &'static [&'static str] {
         TaskKind::Fractal => &["accuracy"],
         TaskKind::MultiFractal => &["precision_at_k"],
         TaskKind::Gmm => &["direct", "param", "mass", "strength", "indirect"],
+        TaskKind::Cutpaste => &["accuracy"],
     }
 }
 

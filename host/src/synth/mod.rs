@@ -16,6 +16,7 @@
 //! - [`fractal`]: the single-class fractal generator (class = one IFS code) and the multi-instance composer
 //!   (1–5 fractals pasted, multi-label targets).
 //! - [`gmm`]: the Gaussian-mixture pseudo-defect renderer, its samplers and target cleaning.
+//! - [`cutpaste`]: CutPaste's rectangle and scar pseudo-anomalies cut from good images.
 //!
 //! # Conventions
 //!
@@ -33,6 +34,7 @@
 //! The formulas and parameter ranges the generators implement are written down in docs/pretraining.md.
 
 pub mod colour;
+pub mod cutpaste;
 pub mod fractal;
 pub mod gmm;
 pub mod ifs;
@@ -59,6 +61,9 @@ pub enum TaskKind {
     /// A Gaussian-mixture pseudo-defect blended into a normal image; task: regress the mixture (direct + re-render
     /// losses).
     Gmm,
+    /// A crop of a good image and two versions with a patch of it pasted elsewhere (a rectangle, a thin rotated
+    /// scar); task: which of the three (CutPaste 3-way, cross-entropy).
+    Cutpaste,
 }
 
 impl TaskKind {
@@ -68,6 +73,7 @@ impl TaskKind {
             TaskKind::Fractal => "fractal",
             TaskKind::MultiFractal => "multi-fractal",
             TaskKind::Gmm => "gmm",
+            TaskKind::Cutpaste => "cutpaste",
         }
     }
 }
@@ -234,6 +240,7 @@ pub(crate) mod role {
     pub const FRACTAL: u64 = 2;
     pub const MULTI: u64 = 3;
     pub const GMM: u64 = 4;
+    pub const CUTPASTE: u64 = 5;
 }
 
 /// The random stream of item `index` of `role` under `seed` (kestrel-vision's, so the product textures and these

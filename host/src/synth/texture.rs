@@ -193,13 +193,13 @@ impl NormalImages {
         self.images.is_empty()
     }
 
-    /// A random image, random resized crop (a square of `U(0.5, 1)` of the shorter side's area) to
+    /// A random image, random resized crop (a square of `U(area[0], area[1])` of the shorter side's square) to
     /// `size × size`, random horizontal and vertical flips.
-    fn sample(&self, size: usize, rng: &mut impl Rng) -> (Image, NormalOrigin) {
+    fn sample(&self, size: usize, area: [f64; 2], rng: &mut impl Rng) -> (Image, NormalOrigin) {
         let (path, img) = &self.images[rng.gen_range(0..self.images.len())];
         let short = img.width().min(img.height());
-        let side =
-            ((uniform(rng, 0.5, 1.0).sqrt() * f64::from(short)).round() as u32).clamp(1, short);
+        let side = ((uniform(rng, area[0], area[1]).sqrt() * f64::from(short)).round() as u32)
+            .clamp(1, short);
         let left = rng.gen_range(0..=img.width() - side);
         let top = rng.gen_range(0..=img.height() - side);
         let (flip_h, flip_v) = (rng.gen_bool(0.5), rng.gen_bool(0.5));
@@ -249,10 +249,22 @@ pub enum NormalSource {
 }
 
 impl NormalSource {
-    /// One normal image of `size × size` pixels and where it came from.
+    /// One normal image of `size × size` pixels and where it came from (a user's image: a square crop of half to
+    /// all of the shorter side's square).
     pub fn sample(&self, size: usize, rng: &mut impl Rng) -> (Image, NormalOrigin) {
+        self.sample_crop(size, [0.5, 1.0], rng)
+    }
+
+    /// [`NormalSource::sample`] with the crop's share of the shorter side's square drawn from `area` (a user's
+    /// image; generated textures are drawn whole).
+    pub fn sample_crop(
+        &self,
+        size: usize,
+        area: [f64; 2],
+        rng: &mut impl Rng,
+    ) -> (Image, NormalOrigin) {
         match self {
-            NormalSource::Images(set) => set.sample(size, rng),
+            NormalSource::Images(set) => set.sample(size, area, rng),
             NormalSource::Textures => {
                 if rng.gen_bool(0.5) {
                     let look = rng.gen_range(0..PRODUCT_LOOKS);
