@@ -329,8 +329,9 @@ pub struct PretrainArgs {
     /// Fractal tasks: number of classes (IFS codes).
     #[arg(long)]
     pub classes: Option<usize>,
-    /// GMM: folder of good images to blend pseudo-defects into; CutPaste: the good images to cut from (generated
-    /// textures when absent).
+    /// GMM: folder of good images to blend pseudo-defects into; CutPaste: the good images to cut from; DS2: the
+    /// good images to take views of (several products' images in one folder are fine). Generated textures when
+    /// absent.
     #[arg(long)]
     pub normal_images: Option<PathBuf>,
     /// GMM: matching of predicted to true components in the direct loss.

@@ -114,6 +114,63 @@ fn cutpaste_on_a_products_good_images_learns_and_exports_without_its_head() {
 }
 
 #[test]
+fn ds2_loss_falls_and_only_the_online_backbone_is_exported() {
+    let dir = tempfile::tempdir().unwrap();
+    write_mvtec_category(
+        dir.path(),
+        "widget",
+        &SyntheticSpec {
+            size: 128,
+            n_train_good: 6,
+            n_test_good: 0,
+            n_test_defect: 0,
+            seed: 4,
+            ..SyntheticSpec::default()
+        },
+    )
+    .unwrap();
+    let out = dir.path().join("d.safetensors");
+    let mut cfg = PretrainConfig::preset(TaskKind::Ds2, Preset::Tiny);
+    cfg.ds2.normal_images = Some(dir.path().join("widget/train/good"));
+    cfg.ds2.inner_dim = 64;
+    cfg.image_size = 96;
+    cfg.batch_size = 6;
+    cfg.steps = 16;
+    cfg.warmup_steps = 2;
+    cfg.log_every = 4;
+    cfg.checkpoint_every = 0;
+    let report = train(&cfg, &opts(&out)).unwrap();
+    let text = std::fs::read_to_string(&report.log).unwrap();
+    assert!(text.starts_with("step,loss,lr,grad_norm,images_per_s,elapsed_s,c4,c5,positives"));
+    let losses = csv_losses(&report.log);
+    // Each scale's loss is −2 × the mean cosine of positive pairs: in [−4, 4] summed; it must fall.
+    assert!(
+        losses.iter().all(|l| (-4.0..=4.0).contains(l)),
+        "{losses:?}"
+    );
+    assert!(
+        losses[losses.len() - 1] < losses[0],
+        "DS2 loss did not fall: {losses:?}"
+    );
+    let w = backbone::read_weights(&out).unwrap();
+    assert!(
+        w.keys().all(|k| !k.starts_with("head")),
+        "head or momentum network exported"
+    );
+    let init = backbone::random_weights(&cfg.arch.config(), cfg.seed, &Device::Cpu).unwrap();
+    assert_eq!(w.len(), init.len(), "exactly the backbone's tensors");
+    let moved = (&w["layer4.1.conv2.weight"] - &init["layer4.1.conv2.weight"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(moved > 0.0, "the online backbone trained");
+}
+
+#[test]
 fn resume_from_a_checkpoint_reproduces_the_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = small(TaskKind::MultiFractal, 6);

@@ -48,6 +48,7 @@ pub fn resolve(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
     if let Some(v) = &a.normal_images {
         match cfg.task {
             TaskKind::Cutpaste => cfg.cutpaste.normal_images = Some(v.clone()),
+            TaskKind::Ds2 => cfg.ds2.normal_images = Some(v.clone()),
             _ => cfg.gmm.normal_images = Some(v.clone()),
         }
     }

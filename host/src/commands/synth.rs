@@ -13,7 +13,8 @@ use crate::cli::SynthArgs;
 use crate::synth::cutpaste::{CutPasteConfig, CutPasteGenerator};
 use crate::synth::fractal::{FractalConfig, FractalGenerator, MultiConfig, MultiFractalGenerator};
 use crate::synth::gmm::{GmmConfig, GmmGenerator};
-use crate::synth::texture::{NormalImages, NormalSource};
+use crate::synth::texture::NormalSource;
+use crate::synth::views::{ViewConfig, ViewGenerator};
 use crate::synth::{check_size, Image, TaskKind};
 
 enum Generator {
@@ -21,6 +22,7 @@ enum Generator {
     Multi(MultiFractalGenerator),
     Gmm(GmmGenerator),
     CutPaste(CutPasteGenerator),
+    Views(ViewGenerator),
 }
 
 impl Generator {
@@ -38,10 +40,7 @@ impl Generator {
                 a.seed,
             )?),
             TaskKind::Gmm => {
-                let normals = match &a.normal_images {
-                    Some(dir) => NormalSource::Images(NormalImages::load(dir, a.size)?),
-                    None => NormalSource::Textures,
-                };
+                let normals = NormalSource::from_dir(a.normal_images.as_deref(), a.size)?;
                 let cfg = GmmConfig {
                     preset: a.preset,
                     ..GmmConfig::new(a.size)
@@ -49,12 +48,17 @@ impl Generator {
                 Generator::Gmm(GmmGenerator::new(cfg, normals, a.seed)?)
             }
             TaskKind::Cutpaste => {
-                let normals = match &a.normal_images {
-                    Some(dir) => NormalSource::Images(NormalImages::load(dir, 2 * a.size)?),
-                    None => NormalSource::Textures,
-                };
+                let normals = NormalSource::from_dir(a.normal_images.as_deref(), 2 * a.size)?;
                 Generator::CutPaste(CutPasteGenerator::new(
                     CutPasteConfig::new(a.size),
+                    normals,
+                    a.seed,
+                )?)
+            }
+            TaskKind::Ds2 => {
+                let normals = NormalSource::from_dir(a.normal_images.as_deref(), a.size)?;
+                Generator::Views(ViewGenerator::new(
+                    ViewConfig::new(a.size),
                     normals,
                     a.seed,
                 )?)
@@ -130,6 +134,19 @@ impl Generator {
                     }))
                 })?;
                 json!({ "cutpaste": g.config(), "normal_images": a.normal_images })
+            }
+            Generator::Views(g) => {
+                write_each(a, pb, |i, stem| {
+                    let p = g.sample(i);
+                    save_png(&p.views[0], stem, "_view1")?;
+                    save_png(&p.views[1], stem, "_view2")?;
+                    Ok(json!({
+                        "index": i,
+                        "boxes": p.boxes,
+                        "box_convention": "(x0, y0, x1, y1) in [0, 1] of the original; x0 > x1 when mirrored",
+                    }))
+                })?;
+                json!({ "views": g.config(), "normal_images": a.normal_images })
             }
         })
     }

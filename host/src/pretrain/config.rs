@@ -79,6 +79,40 @@ impl Default for CutPasteTaskConfig {
     }
 }
 
+/// DS2 task settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Ds2TaskConfig {
+    /// Good images of the product(s) (a folder of images); generated textures when absent.
+    pub normal_images: Option<PathBuf>,
+    /// RandomResizedCrop area range of each view (DS2: 0.08–1 at 224 px; 0.2–1 for small images).
+    pub crop_scale: [f64; 2],
+    /// Projector inner width (DS2: 4096; narrower for small batches, whose BatchNorm statistics are noisy).
+    pub inner_dim: usize,
+    /// Projection width (256).
+    pub out_dim: usize,
+    /// Sharpness γ of the propagation similarity (2).
+    pub gamma: f64,
+    /// Positive-pair radius in bin diagonals (DS2: 0.1; PixPro: 0.7).
+    pub radius: f32,
+    /// Starting momentum of the moving-average networks (0.99, to 1 on a cosine).
+    pub momentum: f64,
+}
+
+impl Default for Ds2TaskConfig {
+    fn default() -> Self {
+        Self {
+            normal_images: None,
+            crop_scale: [0.2, 1.0],
+            inner_dim: 512,
+            out_dim: 256,
+            gamma: 2.0,
+            radius: 0.1,
+            momentum: 0.99,
+        }
+    }
+}
+
 /// Everything that determines a pretraining run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -136,6 +170,9 @@ pub struct PretrainConfig {
     /// CutPaste settings.
     #[serde(default)]
     pub cutpaste: CutPasteTaskConfig,
+    /// DS2 settings.
+    #[serde(default)]
+    pub ds2: Ds2TaskConfig,
 }
 
 fn one() -> usize {
@@ -157,6 +194,15 @@ impl PretrainConfig {
                 },
                 0.03,
             ),
+            // DS2 trains with LARS at 2.0 for batches of 256; plain SGD with momentum needs far less (0.5 diverged
+            // in a tiny run): 0.05 with weight decay 1e-5.
+            (TaskKind::Ds2, _) => (
+                OptimizerConfig {
+                    weight_decay: 1e-5,
+                    ..OptimizerConfig::sgd()
+                },
+                0.05,
+            ),
             (_, Preset::Tiny | Preset::Small) => (OptimizerConfig::sgd(), 0.025),
             (_, Preset::Paper) => (OptimizerConfig::sgd(), 0.1),
         };
@@ -168,7 +214,7 @@ impl PretrainConfig {
             lambda_alpha: 1.0,
             render_size: 32,
         };
-        match preset {
+        let mut c = match preset {
             Preset::Tiny => Self {
                 task,
                 preset,
@@ -195,6 +241,7 @@ impl PretrainConfig {
                 },
                 gmm,
                 cutpaste: CutPasteTaskConfig::default(),
+                ds2: Ds2TaskConfig::default(),
             },
             Preset::Small => Self {
                 preset,
@@ -242,14 +289,29 @@ impl PretrainConfig {
                     ..gmm
                 },
                 cutpaste: CutPasteTaskConfig::default(),
+                ds2: Ds2TaskConfig {
+                    crop_scale: [0.08, 1.0],
+                    inner_dim: 4096,
+                    ..Ds2TaskConfig::default()
+                },
             },
+        };
+        if task == TaskKind::Ds2 && preset == Preset::Tiny {
+            // At 64 px c5 is 2×2 and the propagation has nothing to propagate: DS2 tiny runs at 128 px (c4 8×8,
+            // c5 4×4), for 400 steps of 32 pairs.
+            c.image_size = 128;
+            c.steps = 400;
+            c.warmup_steps = 20;
+            c.checkpoint_every = 100;
         }
+        c
     }
 
     /// Images the network sees per step: CutPaste shows each sample three times (normal, cut-paste, scar).
     pub fn images_per_step(&self) -> usize {
         match self.task {
             TaskKind::Cutpaste => 3 * self.batch_size,
+            TaskKind::Ds2 => 2 * self.batch_size,
             _ => self.batch_size,
         }
     }
@@ -380,6 +442,43 @@ impl PretrainConfig {
                 return bad("cutpaste.head_hidden", "widths must be at least 1".into());
             }
         }
+        if self.task == TaskKind::Ds2 {
+            let d = &self.ds2;
+            if self.image_size < 96 {
+                return bad(
+                    "image_size",
+                    format!(
+                        "DS2 needs at least 96 px (its c5 map is image_size / 32 positions a side), got {}",
+                        self.image_size
+                    ),
+                );
+            }
+            if d.inner_dim == 0
+                || d.out_dim == 0
+                || d.gamma.is_nan()
+                || d.gamma <= 0.0
+                || d.radius.is_nan()
+                || d.radius <= 0.0
+            {
+                return bad(
+                    "ds2",
+                    "inner_dim, out_dim, gamma and radius must be positive".into(),
+                );
+            }
+            if !(0.0..1.0).contains(&d.momentum) {
+                return bad(
+                    "ds2.momentum",
+                    format!("must be in [0, 1), got {}", d.momentum),
+                );
+            }
+            let c = d.crop_scale;
+            if !(c[0] > 0.0 && c[0] <= c[1] && c[1] <= 1.0) {
+                return bad(
+                    "ds2.crop_scale",
+                    format!("need 0 < low ≤ high ≤ 1, got {c:?}"),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -408,6 +507,7 @@ mod tests {
             TaskKind::MultiFractal,
             TaskKind::Gmm,
             TaskKind::Cutpaste,
+            TaskKind::Ds2,
         ] {
             for preset in [Preset::Tiny, Preset::Small, Preset::Paper] {
                 PretrainConfig::preset(task, preset).validate().unwrap();

@@ -24,9 +24,10 @@ use kestrel_vision::backbone;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use super::config::PretrainConfig;
+use super::config::{PretrainConfig, TaskKind};
+use super::ds2::{self, Ds2Net, Ds2Settings};
 use super::optim::{Optimizer, Schedule};
-use super::task::{self, Batch, LossSettings, PretrainNet, Sampler, HEAD_PREFIX};
+use super::task::{self, Batch, LossSettings, PretrainNet, Sampler, Target, HEAD_PREFIX};
 use super::PretrainError;
 
 /// What a checkpoint's `state.json` holds.
@@ -135,7 +136,8 @@ pub fn read_state(dir: &Path) -> Result<CheckpointState, PretrainError> {
 }
 
 /// Deterministic initial weights: torchvision's scheme for the backbone (the same generator `kestrel fit` uses for
-/// random backbones), PyTorch's `nn.Linear` uniform bounds for the head.
+/// random backbones), PyTorch's `nn.Linear` uniform bounds for head layers, 1 and 0 for head BatchNorms. (DS2's
+/// momentum copies are then overwritten with the online networks by the trainer.)
 fn initialise(vm: &VarMap, cfg: &PretrainConfig) -> candle_core::Result<()> {
     let weights = backbone::random_weights(&cfg.arch.config(), cfg.seed, &Device::Cpu)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x4845_4144); // "HEAD"
@@ -146,18 +148,32 @@ fn initialise(vm: &VarMap, cfg: &PretrainConfig) -> candle_core::Result<()> {
         let var = &data[&name];
         let value = if let Some(w) = weights.get(&name) {
             w.to_device(var.device())?
-        } else if let Some(rest) = name.strip_prefix(HEAD_PREFIX) {
+        } else if name.starts_with(HEAD_PREFIX) {
             let dims = var.dims().to_vec();
-            let fan_in = if rest == "weight" {
-                dims[1]
+            let fill = |v: f32| Tensor::full(v, dims.clone(), var.device());
+            let batch_norm = name.contains(".bn.");
+            if name.ends_with("running_var") || (batch_norm && name.ends_with("weight")) {
+                fill(1.0)?
+            } else if name.ends_with("running_mean") || batch_norm {
+                fill(0.0)?
             } else {
-                var.dim(0)?
-            };
-            let bound = 1.0 / (fan_in as f32).sqrt();
-            let v: Vec<f32> = (0..var.elem_count())
-                .map(|_| rng.gen_range(-bound..bound))
-                .collect();
-            Tensor::from_vec(v, dims, var.device())?
+                // PyTorch's nn.Linear / nn.Conv2d defaults: U(±1/√fan_in) for the weight and for its bias, with
+                // fan_in from the weight (inputs × kernel area).
+                let fan_in = |d: &[usize]| d[1..].iter().product::<usize>().max(1);
+                let fan_in = if dims.len() >= 2 {
+                    fan_in(&dims)
+                } else {
+                    let weight = format!("{}weight", name.trim_end_matches("bias"));
+                    data.get(&weight)
+                        .map(|w| fan_in(w.dims()))
+                        .unwrap_or(dims[0])
+                };
+                let bound = 1.0 / (fan_in as f32).sqrt();
+                let v: Vec<f32> = (0..var.elem_count())
+                    .map(|_| rng.gen_range(-bound..bound))
+                    .collect();
+                Tensor::from_vec(v, dims, var.device())?
+            }
         } else {
             candle_core::bail!("no initialiser for {name}");
         };
@@ -491,11 +507,20 @@ struct StepOutcome {
 }
 
 /// The network, its variables and optimiser, and what every step needs.
+/// The networks a task trains.
+#[allow(clippy::large_enum_variant)] // one per run
+enum Net {
+    /// Backbone + pooled head (fractal, multi-fractal, GMM, CutPaste).
+    Head(PretrainNet),
+    /// DS2's online and momentum networks.
+    Ds2(Ds2Net),
+}
+
 struct Trainer<'a> {
     cfg: &'a PretrainConfig,
     device: &'a Device,
     vm: VarMap,
-    net: PretrainNet,
+    net: Net,
     opt: Optimizer,
     schedule: Schedule,
     settings: LossSettings,
@@ -511,10 +536,28 @@ impl<'a> Trainer<'a> {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, device);
         let hidden: &[usize] = match cfg.task {
-            crate::synth::TaskKind::Cutpaste => &cfg.cutpaste.head_hidden,
+            TaskKind::Cutpaste => &cfg.cutpaste.head_hidden,
             _ => &[],
         };
-        let net = PretrainNet::new(&cfg.arch.config(), outputs, cfg.head_grid, hidden, vb)?;
+        let net = match cfg.task {
+            TaskKind::Ds2 => Net::Ds2(Ds2Net::new(
+                &cfg.arch.config(),
+                Ds2Settings {
+                    inner_dim: cfg.ds2.inner_dim,
+                    out_dim: cfg.ds2.out_dim,
+                    gamma: cfg.ds2.gamma,
+                    radius: cfg.ds2.radius,
+                },
+                vb,
+            )?),
+            _ => Net::Head(PretrainNet::new(
+                &cfg.arch.config(),
+                outputs,
+                cfg.head_grid,
+                hidden,
+                vb,
+            )?),
+        };
         let opt = Optimizer::new(&vm, cfg.optimizer.clone());
         Ok(Self {
             cfg,
@@ -549,6 +592,10 @@ impl<'a> Trainer<'a> {
                 initialise(&self.vm, self.cfg)?;
                 if let Some(path) = &self.cfg.init_weights {
                     load_init_weights(&self.vm, self.cfg, path)?;
+                }
+                if matches!(self.net, Net::Ds2(_)) {
+                    // The momentum networks start as exact copies of the online ones.
+                    Ds2Net::update_momentum(&self.vm, 0.0)?;
                 }
                 Ok((0, f64::NAN))
             }
@@ -599,8 +646,28 @@ impl<'a> Trainer<'a> {
     /// Forward, loss, backward and update on the batch of `step` at learning rate `lr`.
     fn step(&mut self, step: u64, batch: &Batch, lr: f64) -> Result<StepOutcome, PretrainError> {
         let x = task::images_tensor(batch, self.cfg.image_size, self.device)?;
-        let logits = self.net.forward(&x, true)?;
-        let l = task::loss(&logits, &batch.target, &self.settings)?;
+        let l = match (&self.net, &batch.target) {
+            (Net::Head(net), target) => {
+                task::loss(&net.forward(&x, true)?, target, &self.settings)?
+            }
+            (Net::Ds2(net), Target::Views(boxes)) => {
+                // The momentum networks move before this step's targets are computed (PixPro's order).
+                let m = ds2::momentum_at(self.cfg.ds2.momentum, step, self.cfg.steps);
+                Ds2Net::update_momentum(&self.vm, m)?;
+                let (x1, x2) = ds2::split_views(&x)?;
+                let l = net.loss(&x1, &x2, boxes)?;
+                task::StepLoss {
+                    total: l.total,
+                    parts: vec![("c4", l.c4), ("c5", l.c5), ("positives", l.positives)],
+                }
+            }
+            (Net::Ds2(_), _) => {
+                return Err(PretrainError::Invalid {
+                    key: "task".into(),
+                    detail: "DS2 needs two-view batches".into(),
+                })
+            }
+        };
         let value = l.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !value.is_finite() {
             return Err(PretrainError::Diverged { step, loss: value });

@@ -2,6 +2,7 @@
 //!
 //! * [`config`]: tasks, presets (`tiny` for a 2-core CPU, `paper` for a GPU) and TOML/flag layering;
 //! * [`task`]: per-task batch generation (from [`crate::synth`]), the classification/regression head and losses;
+//! * [`ds2`]: DS2 dense contrastive pretraining (online and momentum networks, projectors, propagation, loss);
 //! * [`gmm_loss`]: the GMM head activations, a differentiable renderer, component matching, direct/indirect losses;
 //! * [`optim`]: SGD with momentum and AdamW with parameter groups, the warm-up + cosine schedule;
 //! * [`engine`]: the loop (background loader, BN in train mode, clipping, CSV log, progress bar, checkpoints and
@@ -9,6 +10,7 @@
 //!   reads, with the preset, task and step in the file's metadata.
 
 pub mod config;
+pub mod ds2;
 pub mod engine;
 pub mod gmm_loss;
 pub mod optim;

@@ -378,10 +378,14 @@ pub fn is_running_stat(name: &str) -> bool {
 }
 
 impl Optimizer {
-    /// All variables of `vm` except BatchNorm running statistics; weight decay on tensors of rank ≥ 2 only.
+    /// All variables of `vm` except BatchNorm running statistics and DS2's momentum networks (a moving average
+    /// updates those); weight decay on tensors of rank ≥ 2 only.
     pub fn new(vm: &VarMap, cfg: OptimizerConfig) -> Self {
         let data = vm.data().lock().expect("VarMap lock poisoned");
-        let mut names: Vec<&String> = data.keys().filter(|n| !is_running_stat(n)).collect();
+        let mut names: Vec<&String> = data
+            .keys()
+            .filter(|n| !is_running_stat(n) && !n.starts_with(super::ds2::MOMENTUM_PREFIX))
+            .collect();
         names.sort();
         let params = names
             .into_iter()

@@ -15,7 +15,8 @@ use crate::synth::cutpaste::{CutPasteConfig, CutPasteGenerator};
 use crate::synth::fractal::{FractalConfig, FractalGenerator, MultiConfig, MultiFractalGenerator};
 use crate::synth::gmm::{GmmConfig, GmmGenerator, GmmParams, GMM_PARAMS};
 use crate::synth::render::resize_bilinear;
-use crate::synth::texture::{NormalImages, NormalSource};
+use crate::synth::texture::NormalSource;
+use crate::synth::views::{CropBox, ViewConfig, ViewGenerator};
 use crate::synth::Image;
 
 /// Where samples come from.
@@ -29,6 +30,8 @@ pub enum Sampler {
     Gmm(GmmGenerator),
     /// A good crop and its cut-paste and scar versions, 3-way label.
     CutPaste(CutPasteGenerator),
+    /// Two views of a good image and their crop boxes (DS2).
+    Views(ViewGenerator),
 }
 
 /// Targets of one batch.
@@ -51,6 +54,8 @@ pub enum Target {
         /// R.
         render_size: usize,
     },
+    /// DS2: the crop boxes of each sample's two views (the images are all first views, then all second views).
+    Views(Vec<[CropBox; 2]>),
 }
 
 /// One generated batch, ready to become tensors.
@@ -89,23 +94,29 @@ impl Sampler {
             TaskKind::Gmm => {
                 let mut gc = GmmConfig::new(s);
                 gc.preset = cfg.gmm.preset;
-                let normals = match &cfg.gmm.normal_images {
-                    Some(dir) => NormalSource::Images(NormalImages::load(dir, s)?),
-                    None => NormalSource::Textures,
-                };
+                let normals = NormalSource::from_dir(cfg.gmm.normal_images.as_deref(), s)?;
                 Sampler::Gmm(GmmGenerator::new(gc, normals, cfg.seed)?)
             }
             TaskKind::Cutpaste => {
                 let c = &cfg.cutpaste;
-                let normals = match &c.normal_images {
-                    // Loaded at twice the working size: 1/16-area crops then keep about half their pixels.
-                    Some(dir) => NormalSource::Images(NormalImages::load(dir, 2 * s)?),
-                    None => NormalSource::Textures,
-                };
+                // Loaded at twice the working size: 1/16-area crops then keep about half their pixels.
+                let normals = NormalSource::from_dir(c.normal_images.as_deref(), 2 * s)?;
                 Sampler::CutPaste(CutPasteGenerator::new(
                     CutPasteConfig {
                         crop_area: c.crop_area,
                         ..CutPasteConfig::new(s)
+                    },
+                    normals,
+                    cfg.seed,
+                )?)
+            }
+            TaskKind::Ds2 => {
+                let d = &cfg.ds2;
+                let normals = NormalSource::from_dir(d.normal_images.as_deref(), s)?;
+                Sampler::Views(ViewGenerator::new(
+                    ViewConfig {
+                        crop_scale: d.crop_scale,
+                        ..ViewConfig::new(s)
                     },
                     normals,
                     cfg.seed,
@@ -121,6 +132,7 @@ impl Sampler {
             Sampler::Multi(g) => g.classes(),
             Sampler::Gmm(_) => GMM_PARAMS,
             Sampler::CutPaste(_) => 3,
+            Sampler::Views(_) => 0,
         }
     }
 
@@ -187,6 +199,19 @@ impl Sampler {
                     images,
                     len: 3 * len,
                     target: Target::Classes([0, 1, 2].repeat(len)),
+                };
+            }
+            Sampler::Views(g) => {
+                let pairs = g.batch_of(&indices);
+                for k in 0..2 {
+                    pairs
+                        .iter()
+                        .for_each(|p| push_normalised(&mut images, &p.views[k]));
+                }
+                return Batch {
+                    images,
+                    len: 2 * len,
+                    target: Target::Views(pairs.iter().map(|p| p.boxes).collect()),
                 };
             }
         };
@@ -302,6 +327,7 @@ pub fn part_names(task: TaskKind) -> &'static [&'static str] {
         TaskKind::MultiFractal => &["precision_at_k"],
         TaskKind::Gmm => &["direct", "param", "mass", "strength", "indirect"],
         TaskKind::Cutpaste => &["accuracy"],
+        TaskKind::Ds2 => &["c4", "c5", "positives"],
     }
 }
 
@@ -329,6 +355,9 @@ pub fn loss(logits: &Tensor, target: &Target, s: &LossSettings) -> candle_core::
             normals,
             render_size,
         } => gmm_regression_loss(logits, params, normals, *render_size, s),
+        Target::Views(_) => {
+            candle_core::bail!("DS2 batches are scored by ds2::Ds2Net::loss, not a head")
+        }
     }
 }
 

@@ -143,6 +143,62 @@ pub fn composite(fg: &Image, bg: &mut Image) {
     }
 }
 
+/// Colour jitter of RGB pixels in `[0, 1]`, torchvision's `ColorJitter(brightness, contrast, saturation, hue)` with
+/// `amounts` in that order: brightness scales by `U[1 − b, 1 + b]`, contrast blends with the mean grey level by
+/// `U[1 − c, 1 + c]`, saturation blends with each pixel's grey by `U[1 − s, 1 + s]`, hue rotates by `U[−h, h]` of
+/// a turn; in that fixed order (torchvision draws the order at random), clamped to `[0, 1]` after each step.
+pub fn jitter(px: &mut [[f32; 3]], amounts: [f64; 4], rng: &mut impl Rng) {
+    if px.is_empty() || amounts.iter().all(|&a| a <= 0.0) {
+        return;
+    }
+    let [ab, ac, as_, ah] = amounts;
+    let b = uniform(rng, 1.0 - ab, 1.0 + ab) as f32;
+    let c = uniform(rng, 1.0 - ac, 1.0 + ac) as f32;
+    let s = uniform(rng, 1.0 - as_, 1.0 + as_) as f32;
+    let hue = uniform(rng, -ah, ah) as f32;
+    let grey = |p: &[f32; 3]| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+    let clamp = |v: f32| v.clamp(0.0, 1.0);
+    px.iter_mut().for_each(|p| *p = p.map(|v| clamp(v * b)));
+    let mean = px.iter().map(grey).sum::<f32>() / px.len() as f32;
+    px.iter_mut()
+        .for_each(|p| *p = p.map(|v| clamp(c * v + (1.0 - c) * mean)));
+    for p in px.iter_mut() {
+        let g = grey(p);
+        *p = p.map(|v| clamp(s * v + (1.0 - s) * g));
+        if hue != 0.0 {
+            let (h, sat, val) = rgb_to_hsv(*p);
+            *p = hsv_to_rgb((h + hue).rem_euclid(1.0) * 360.0, sat, val);
+        }
+    }
+}
+
+/// [`jitter`] of a whole image.
+pub fn jitter_image(img: &mut Image, amounts: [f64; 4], rng: &mut impl Rng) {
+    let mut px: Vec<[f32; 3]> = (0..img.area()).map(|i| img.pixel(i)).collect();
+    jitter(&mut px, amounts, rng);
+    for (i, p) in px.into_iter().enumerate() {
+        img.set_pixel(i, p);
+    }
+}
+
+/// RGB in `[0, 1]` → (hue in turns `[0, 1)`, saturation, value).
+pub fn rgb_to_hsv([r, g, b]: [f32; 3]) -> (f32, f32, f32) {
+    let max = r.max(g).max(b);
+    let min = r.min(g).min(b);
+    let d = max - min;
+    let h = if d <= 0.0 {
+        0.0
+    } else if max == r {
+        ((g - b) / d).rem_euclid(6.0) / 6.0
+    } else if max == g {
+        ((b - r) / d + 2.0) / 6.0
+    } else {
+        ((r - g) / d + 4.0) / 6.0
+    };
+    let s = if max > 0.0 { d / max } else { 0.0 };
+    (h, s, max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::stream;
@@ -190,5 +246,30 @@ mod tests {
         composite(&fg, &mut bg);
         assert_eq!(bg.pixel(0), [0.5; 3]);
         assert_eq!(bg.pixel(1), [0.0, 0.2, 0.0]);
+    }
+
+    #[test]
+    fn hsv_round_trips_and_zero_jitter_is_identity() {
+        for p in [
+            [0.2f32, 0.4, 0.9],
+            [1.0, 0.0, 0.0],
+            [0.5, 0.5, 0.5],
+            [0.1, 0.8, 0.3],
+        ] {
+            let (h, s, v) = rgb_to_hsv(p);
+            let q = hsv_to_rgb(h * 360.0, s, v);
+            for k in 0..3 {
+                assert!((p[k] - q[k]).abs() < 1e-5, "{p:?} → {q:?}");
+            }
+        }
+        let mut px = vec![[0.2f32, 0.4, 0.9]; 4];
+        jitter(&mut px, [0.0; 4], &mut crate::synth::stream(0, 0, 0));
+        assert_eq!(px[0], [0.2, 0.4, 0.9]);
+        jitter(
+            &mut px,
+            [0.4, 0.4, 0.2, 0.1],
+            &mut crate::synth::stream(0, 0, 0),
+        );
+        assert!(px.iter().flatten().all(|v| (0.0..=1.0).contains(v)));
     }
 }

@@ -17,6 +17,7 @@
 //!   (1–5 fractals pasted, multi-label targets).
 //! - [`gmm`]: the Gaussian-mixture pseudo-defect renderer, its samplers and target cleaning.
 //! - [`cutpaste`]: CutPaste's rectangle and scar pseudo-anomalies cut from good images.
+//! - [`views`]: two augmented views of a good image with their crop boxes, for dense contrastive pretraining.
 //!
 //! # Conventions
 //!
@@ -40,6 +41,7 @@ pub mod gmm;
 pub mod ifs;
 pub mod render;
 pub mod texture;
+pub mod views;
 
 use std::path::PathBuf;
 
@@ -64,6 +66,9 @@ pub enum TaskKind {
     /// A crop of a good image and two versions with a patch of it pasted elsewhere (a rectangle, a thin rotated
     /// scar); task: which of the three (CutPaste 3-way, cross-entropy).
     Cutpaste,
+    /// Two augmented views of a good image; task: matching positions of the views agree (DS2 dense contrastive
+    /// learning with a momentum network).
+    Ds2,
 }
 
 impl TaskKind {
@@ -74,6 +79,7 @@ impl TaskKind {
             TaskKind::MultiFractal => "multi-fractal",
             TaskKind::Gmm => "gmm",
             TaskKind::Cutpaste => "cutpaste",
+            TaskKind::Ds2 => "ds2",
         }
     }
 }
@@ -241,6 +247,7 @@ pub(crate) mod role {
     pub const MULTI: u64 = 3;
     pub const GMM: u64 = 4;
     pub const CUTPASTE: u64 = 5;
+    pub const VIEWS: u64 = 6;
 }
 
 /// The random stream of item `index` of `role` under `seed` (kestrel-vision's, so the product textures and these

@@ -183,6 +183,12 @@ impl NormalImages {
         Ok(Self { images })
     }
 
+    /// A random one of the images, whole (at its loaded resolution), and its path.
+    pub fn pick(&self, rng: &mut impl Rng) -> (&Path, &RgbImage) {
+        let (path, img) = &self.images[rng.gen_range(0..self.images.len())];
+        (path, img)
+    }
+
     /// Number of images.
     pub fn len(&self) -> usize {
         self.images.len()
@@ -249,6 +255,15 @@ pub enum NormalSource {
 }
 
 impl NormalSource {
+    /// The good images in `dir` (loaded with their shorter side at most `2·size`), or generated textures when
+    /// there is no folder.
+    pub fn from_dir(dir: Option<&Path>, size: usize) -> Result<Self, SynthError> {
+        Ok(match dir {
+            Some(dir) => NormalSource::Images(NormalImages::load(dir, size)?),
+            None => NormalSource::Textures,
+        })
+    }
+
     /// One normal image of `size × size` pixels and where it came from (a user's image: a square crop of half to
     /// all of the shorter side's square).
     pub fn sample(&self, size: usize, rng: &mut impl Rng) -> (Image, NormalOrigin) {
