@@ -341,6 +341,13 @@ pub struct PretrainArgs {
     /// `reference`: the public sampler's large colour clouds).
     #[arg(long, value_enum)]
     pub defects: Option<crate::synth::gmm::GmmPreset>,
+    /// multi-task: the tasks trained together on one backbone, each with its own head (comma-separated:
+    /// fractal, multi-fractal, gmm, cutpaste, ds2). Default fractal,gmm,ds2.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub tasks: Option<Vec<crate::synth::TaskKind>>,
+    /// multi-task: the weight of each task's loss, in `--tasks` order (default 1,1,0.5).
+    #[arg(long, value_delimiter = ',')]
+    pub task_weights: Option<Vec<f64>>,
     /// Start the backbone from these weights instead of random ones (the head starts fresh), e.g. a fractal
     /// run's output to continue with `gmm`. Same architecture required.
     #[arg(long)]

@@ -28,6 +28,24 @@ fn small(task: TaskKind, steps: u64) -> PretrainConfig {
     c
 }
 
+/// `n` good images of a synthetic product (`size` px) under `dir`; returns their folder.
+fn good_images(dir: &Path, size: u32, n: usize, seed: u64) -> std::path::PathBuf {
+    write_mvtec_category(
+        dir,
+        "widget",
+        &SyntheticSpec {
+            size,
+            n_train_good: n,
+            n_test_good: 0,
+            n_test_defect: 0,
+            seed,
+            ..SyntheticSpec::default()
+        },
+    )
+    .unwrap();
+    dir.join("widget/train/good")
+}
+
 fn opts(output: &Path) -> RunOptions {
     RunOptions {
         output: output.to_path_buf(),
@@ -83,22 +101,10 @@ fn gmm_regression_loss_falls_and_every_part_is_logged() {
 #[test]
 fn cutpaste_on_a_products_good_images_learns_and_exports_without_its_head() {
     let dir = tempfile::tempdir().unwrap();
-    write_mvtec_category(
-        dir.path(),
-        "widget",
-        &SyntheticSpec {
-            size: 96,
-            n_train_good: 12,
-            n_test_good: 0,
-            n_test_defect: 0,
-            seed: 3,
-            ..SyntheticSpec::default()
-        },
-    )
-    .unwrap();
+    let good = good_images(dir.path(), 96, 12, 3);
     let out = dir.path().join("c.safetensors");
     let mut cfg = small(TaskKind::Cutpaste, 60);
-    cfg.cutpaste.normal_images = Some(dir.path().join("widget/train/good"));
+    cfg.cutpaste.normal_images = Some(good);
     cfg.batch_size = 8;
     cfg.dataset_size = 16;
     let report = train(&cfg, &opts(&out)).unwrap();
@@ -116,22 +122,10 @@ fn cutpaste_on_a_products_good_images_learns_and_exports_without_its_head() {
 #[test]
 fn ds2_loss_falls_and_only_the_online_backbone_is_exported() {
     let dir = tempfile::tempdir().unwrap();
-    write_mvtec_category(
-        dir.path(),
-        "widget",
-        &SyntheticSpec {
-            size: 128,
-            n_train_good: 6,
-            n_test_good: 0,
-            n_test_defect: 0,
-            seed: 4,
-            ..SyntheticSpec::default()
-        },
-    )
-    .unwrap();
+    let good = good_images(dir.path(), 128, 6, 4);
     let out = dir.path().join("d.safetensors");
     let mut cfg = PretrainConfig::preset(TaskKind::Ds2, Preset::Tiny);
-    cfg.ds2.normal_images = Some(dir.path().join("widget/train/good"));
+    cfg.ds2.normal_images = Some(good);
     cfg.ds2.inner_dim = 64;
     cfg.image_size = 96;
     cfg.batch_size = 6;
@@ -168,6 +162,67 @@ fn ds2_loss_falls_and_only_the_online_backbone_is_exported() {
         .to_scalar::<f32>()
         .unwrap();
     assert!(moved > 0.0, "the online backbone trained");
+}
+
+#[test]
+fn multi_task_trains_one_backbone_with_a_head_per_task_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = good_images(dir.path(), 128, 6, 4);
+    let out = dir.path().join("m.safetensors");
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        "image_size = 32\nbatch_size = 4\nlog_every = 2\ncheckpoint_every = 0\n[fractal]\nclasses = 4\nn_iter = 2000\n\
+         [gmm]\nrender_size = 16\n[ds2]\ninner_dim = 32\n[multi]\nds2_image_size = 96\n",
+    )
+    .unwrap();
+    let run = kestrel(&[
+        "pretrain",
+        "multi-task",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--tasks",
+        "fractal,gmm,ds2",
+        "--task-weights",
+        "1,1,0.5",
+        "--normal-images",
+        good.to_str().unwrap(),
+        "--steps",
+        "4",
+        "-o",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_success(&run);
+    let log = std::fs::read_to_string(dir.path().join("m.csv")).unwrap();
+    assert!(
+        log.starts_with("step,loss,lr,grad_norm,images_per_s,elapsed_s,fractal,gmm,ds2"),
+        "{log}"
+    );
+    // total = fractal + gmm + 0.5·ds2 on every row.
+    for row in log.lines().skip(1) {
+        let v: Vec<f64> = row.split(',').map(|x| x.parse().unwrap()).collect();
+        assert!(
+            (v[1] - (v[6] + v[7] + 0.5 * v[8])).abs() < 1e-3 * v[1].abs().max(1.0),
+            "{row}"
+        );
+    }
+    let w = backbone::read_weights(&out).unwrap();
+    assert!(w.keys().all(|k| !k.starts_with("head")));
+    let toml = std::fs::read_to_string(&cfg).unwrap();
+    assert!(toml.contains("ds2_image_size"));
+    let bad = kestrel(&[
+        "pretrain",
+        "multi-task",
+        "--tasks",
+        "fractal,gmm",
+        "--task-weights",
+        "1",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("one weight per task"));
 }
 
 #[test]

@@ -49,8 +49,25 @@ pub fn resolve(a: &PretrainArgs) -> anyhow::Result<PretrainConfig> {
         match cfg.task {
             TaskKind::Cutpaste => cfg.cutpaste.normal_images = Some(v.clone()),
             TaskKind::Ds2 => cfg.ds2.normal_images = Some(v.clone()),
+            TaskKind::MultiTask => {
+                cfg.gmm.normal_images = Some(v.clone());
+                cfg.cutpaste.normal_images = Some(v.clone());
+                cfg.ds2.normal_images = Some(v.clone());
+            }
             _ => cfg.gmm.normal_images = Some(v.clone()),
         }
+    }
+    if let Some(t) = &a.tasks {
+        cfg.multi.tasks = t.clone();
+        if a.task_weights.is_none() {
+            cfg.multi.weights = vec![1.0; t.len()];
+        }
+    }
+    if let Some(w) = &a.task_weights {
+        cfg.multi.weights = w.clone();
+    }
+    if (a.tasks.is_some() || a.task_weights.is_some()) && cfg.task != TaskKind::MultiTask {
+        anyhow::bail!("--tasks and --task-weights apply to `kestrel pretrain multi-task` only");
     }
     if let Some(v) = a.matching {
         cfg.gmm.matching = v;

@@ -63,6 +63,9 @@ impl Generator {
                     a.seed,
                 )?)
             }
+            TaskKind::MultiTask => anyhow::bail!(
+                "multi-task trains on the other tasks' images: synthesise each of them (fractal, gmm, cutpaste, ds2)"
+            ),
         })
     }
 

@@ -113,6 +113,29 @@ impl Default for Ds2TaskConfig {
     }
 }
 
+/// Multi-task settings: one backbone, one head per task, the weighted sum of the task losses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MultiTaskConfig {
+    /// The tasks (any but `multi-task`, each once).
+    pub tasks: Vec<TaskKind>,
+    /// Loss weight per task, in the same order.
+    pub weights: Vec<f64>,
+    /// Input side of the DS2 task's views (its c5 map needs at least 96 px while the others train at
+    /// `image_size`).
+    pub ds2_image_size: usize,
+}
+
+impl Default for MultiTaskConfig {
+    fn default() -> Self {
+        Self {
+            tasks: vec![TaskKind::Fractal, TaskKind::Gmm, TaskKind::Ds2],
+            weights: vec![1.0, 1.0, 0.5],
+            ds2_image_size: 128,
+        }
+    }
+}
+
 /// Everything that determines a pretraining run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -173,6 +196,9 @@ pub struct PretrainConfig {
     /// DS2 settings.
     #[serde(default)]
     pub ds2: Ds2TaskConfig,
+    /// Multi-task settings.
+    #[serde(default)]
+    pub multi: MultiTaskConfig,
 }
 
 fn one() -> usize {
@@ -242,6 +268,7 @@ impl PretrainConfig {
                 gmm,
                 cutpaste: CutPasteTaskConfig::default(),
                 ds2: Ds2TaskConfig::default(),
+                multi: MultiTaskConfig::default(),
             },
             Preset::Small => Self {
                 preset,
@@ -294,8 +321,18 @@ impl PretrainConfig {
                     inner_dim: 4096,
                     ..Ds2TaskConfig::default()
                 },
+                multi: MultiTaskConfig {
+                    ds2_image_size: 256,
+                    ..MultiTaskConfig::default()
+                },
             },
         };
+        if task == TaskKind::MultiTask {
+            // Three forward/backward passes per step, DS2's at 128 px: the length of a DS2 run.
+            c.steps = c.steps.min(400);
+            c.warmup_steps = c.warmup_steps.min(20);
+            c.checkpoint_every = c.checkpoint_every.min(100);
+        }
         if task == TaskKind::Ds2 && preset == Preset::Tiny {
             // At 64 px c5 is 2×2 and the propagation has nothing to propagate: DS2 tiny runs at 128 px (c4 8×8,
             // c5 4×4), for 400 steps of 32 pairs.
@@ -307,13 +344,34 @@ impl PretrainConfig {
         c
     }
 
-    /// Images the network sees per step: CutPaste shows each sample three times (normal, cut-paste, scar).
+    /// Images the network sees per step: CutPaste shows each sample three times (normal, cut-paste, scar), DS2
+    /// twice (two views), multi-task the sum over its tasks.
     pub fn images_per_step(&self) -> usize {
         match self.task {
             TaskKind::Cutpaste => 3 * self.batch_size,
             TaskKind::Ds2 => 2 * self.batch_size,
+            TaskKind::MultiTask => self
+                .multi
+                .tasks
+                .iter()
+                .map(|&t| self.subtask(t).images_per_step())
+                .sum(),
             _ => self.batch_size,
         }
+    }
+
+    /// The configuration of one task of a multi-task run: this one with `task` set (and DS2's view size).
+    pub fn subtask(&self, task: TaskKind) -> PretrainConfig {
+        let mut c = self.clone();
+        c.task = task;
+        if task == TaskKind::Ds2 && self.task == TaskKind::MultiTask {
+            c.image_size = self.multi.ds2_image_size;
+        }
+        if task != TaskKind::Gmm {
+            // The pooling grid is the GMM head's (where a stain is); the other heads pool globally.
+            c.head_grid = 1;
+        }
+        c
     }
 
     /// Layer a TOML document over this configuration: any subset of fields, nested tables merged key by key.
@@ -442,6 +500,38 @@ impl PretrainConfig {
                 return bad("cutpaste.head_hidden", "widths must be at least 1".into());
             }
         }
+        if self.task == TaskKind::MultiTask {
+            let m = &self.multi;
+            if m.tasks.is_empty() || m.tasks.len() != m.weights.len() {
+                return bad(
+                    "multi.tasks",
+                    format!(
+                        "need one or more tasks and one weight per task, got {} tasks and {} weights",
+                        m.tasks.len(),
+                        m.weights.len()
+                    ),
+                );
+            }
+            for (i, t) in m.tasks.iter().enumerate() {
+                if *t == TaskKind::MultiTask || m.tasks[..i].contains(t) {
+                    return bad(
+                        "multi.tasks",
+                        format!("`{}` cannot be a task here (nested, or twice)", t.name()),
+                    );
+                }
+            }
+            if m.weights.iter().any(|w| !(w.is_finite() && *w >= 0.0))
+                || m.weights.iter().sum::<f64>() <= 0.0
+            {
+                return bad(
+                    "multi.weights",
+                    format!("need weights ≥ 0 that are not all 0, got {:?}", m.weights),
+                );
+            }
+            for &t in &m.tasks {
+                self.subtask(t).validate()?;
+            }
+        }
         if self.task == TaskKind::Ds2 {
             let d = &self.ds2;
             if self.image_size < 96 {
@@ -508,6 +598,7 @@ mod tests {
             TaskKind::Gmm,
             TaskKind::Cutpaste,
             TaskKind::Ds2,
+            TaskKind::MultiTask,
         ] {
             for preset in [Preset::Tiny, Preset::Small, Preset::Paper] {
                 PretrainConfig::preset(task, preset).validate().unwrap();

@@ -514,6 +514,66 @@ enum Net {
     Head(PretrainNet),
     /// DS2's online and momentum networks.
     Ds2(Ds2Net),
+    /// One network per task of a multi-task run (all on the same backbone variables), with its loss weight.
+    Tasks(Vec<(TaskKind, f64, Net)>),
+}
+
+/// The network of `cfg`'s task on `vb`; `outputs` head outputs per task ([`Sampler::task_outputs`]).
+fn build_net(
+    cfg: &PretrainConfig,
+    outputs: &[usize],
+    vb: VarBuilder,
+    head_name: &str,
+) -> candle_core::Result<Net> {
+    Ok(match cfg.task {
+        TaskKind::MultiTask => Net::Tasks(
+            cfg.multi
+                .tasks
+                .iter()
+                .zip(&cfg.multi.weights)
+                .zip(outputs)
+                .map(|((&t, &w), &o)| {
+                    let name = format!("head.{}", t.name().replace('-', "_"));
+                    Ok((t, w, build_net(&cfg.subtask(t), &[o], vb.clone(), &name)?))
+                })
+                .collect::<candle_core::Result<_>>()?,
+        ),
+        TaskKind::Ds2 => Net::Ds2(Ds2Net::new(
+            &cfg.arch.config(),
+            Ds2Settings {
+                inner_dim: cfg.ds2.inner_dim,
+                out_dim: cfg.ds2.out_dim,
+                gamma: cfg.ds2.gamma,
+                radius: cfg.ds2.radius,
+            },
+            vb,
+        )?),
+        task => {
+            let hidden: &[usize] = match task {
+                TaskKind::Cutpaste => &cfg.cutpaste.head_hidden,
+                _ => &[],
+            };
+            Net::Head(PretrainNet::with_head_name(
+                &cfg.arch.config(),
+                outputs[0],
+                cfg.head_grid,
+                hidden,
+                vb,
+                head_name,
+            )?)
+        }
+    })
+}
+
+impl Net {
+    /// Whether DS2's momentum networks are part of it.
+    fn has_momentum(&self) -> bool {
+        match self {
+            Net::Ds2(_) => true,
+            Net::Head(_) => false,
+            Net::Tasks(nets) => nets.iter().any(|(_, _, n)| n.has_momentum()),
+        }
+    }
 }
 
 struct Trainer<'a> {
@@ -527,37 +587,16 @@ struct Trainer<'a> {
 }
 
 impl<'a> Trainer<'a> {
-    /// A freshly built network for `cfg`'s task, with `outputs` head outputs (variables not yet initialised).
+    /// A freshly built network for `cfg`'s task, with `outputs` head outputs per task (variables not yet
+    /// initialised).
     fn new(
         cfg: &'a PretrainConfig,
-        outputs: usize,
+        outputs: &[usize],
         device: &'a Device,
     ) -> Result<Self, PretrainError> {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, device);
-        let hidden: &[usize] = match cfg.task {
-            TaskKind::Cutpaste => &cfg.cutpaste.head_hidden,
-            _ => &[],
-        };
-        let net = match cfg.task {
-            TaskKind::Ds2 => Net::Ds2(Ds2Net::new(
-                &cfg.arch.config(),
-                Ds2Settings {
-                    inner_dim: cfg.ds2.inner_dim,
-                    out_dim: cfg.ds2.out_dim,
-                    gamma: cfg.ds2.gamma,
-                    radius: cfg.ds2.radius,
-                },
-                vb,
-            )?),
-            _ => Net::Head(PretrainNet::new(
-                &cfg.arch.config(),
-                outputs,
-                cfg.head_grid,
-                hidden,
-                vb,
-            )?),
-        };
+        let net = build_net(cfg, outputs, vb, "head")?;
         let opt = Optimizer::new(&vm, cfg.optimizer.clone());
         Ok(Self {
             cfg,
@@ -593,7 +632,7 @@ impl<'a> Trainer<'a> {
                 if let Some(path) = &self.cfg.init_weights {
                     load_init_weights(&self.vm, self.cfg, path)?;
                 }
-                if matches!(self.net, Net::Ds2(_)) {
+                if self.net.has_momentum() {
                     // The momentum networks start as exact copies of the online ones.
                     Ds2Net::update_momentum(&self.vm, 0.0)?;
                 }
@@ -645,29 +684,7 @@ impl<'a> Trainer<'a> {
 
     /// Forward, loss, backward and update on the batch of `step` at learning rate `lr`.
     fn step(&mut self, step: u64, batch: &Batch, lr: f64) -> Result<StepOutcome, PretrainError> {
-        let x = task::images_tensor(batch, self.cfg.image_size, self.device)?;
-        let l = match (&self.net, &batch.target) {
-            (Net::Head(net), target) => {
-                task::loss(&net.forward(&x, true)?, target, &self.settings)?
-            }
-            (Net::Ds2(net), Target::Views(boxes)) => {
-                // The momentum networks move before this step's targets are computed (PixPro's order).
-                let m = ds2::momentum_at(self.cfg.ds2.momentum, step, self.cfg.steps);
-                Ds2Net::update_momentum(&self.vm, m)?;
-                let (x1, x2) = ds2::split_views(&x)?;
-                let l = net.loss(&x1, &x2, boxes)?;
-                task::StepLoss {
-                    total: l.total,
-                    parts: vec![("c4", l.c4), ("c5", l.c5), ("positives", l.positives)],
-                }
-            }
-            (Net::Ds2(_), _) => {
-                return Err(PretrainError::Invalid {
-                    key: "task".into(),
-                    detail: "DS2 needs two-view batches".into(),
-                })
-            }
-        };
+        let l = self.loss(&self.net, step, batch, self.cfg.image_size)?;
         let value = l.total.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         if !value.is_finite() {
             return Err(PretrainError::Diverged { step, loss: value });
@@ -679,6 +696,60 @@ impl<'a> Trainer<'a> {
             loss: value,
             parts: l.parts,
             grad_norm,
+        })
+    }
+
+    /// The loss of `net` on `batch` (images `size` px) at `step`.
+    fn loss(
+        &self,
+        net: &Net,
+        step: u64,
+        batch: &Batch,
+        size: usize,
+    ) -> Result<task::StepLoss, PretrainError> {
+        Ok(match (net, &batch.target) {
+            (Net::Tasks(nets), Target::Tasks(batches)) => {
+                let mut total: Option<Tensor> = None;
+                let mut parts = Vec::with_capacity(nets.len());
+                for ((task, weight, sub), (size, b)) in nets.iter().zip(batches) {
+                    let l = self.loss(sub, step, b, *size)?;
+                    parts.push((
+                        task.name(),
+                        l.total.to_dtype(DType::F64)?.to_scalar::<f64>()?,
+                    ));
+                    let w = (l.total * *weight)?;
+                    total = Some(match total {
+                        Some(t) => (t + w)?,
+                        None => w,
+                    });
+                }
+                task::StepLoss {
+                    total: total.expect("a multi-task run has at least one task"),
+                    parts,
+                }
+            }
+            (Net::Head(net), target) => {
+                let x = task::images_tensor(batch, size, self.device)?;
+                task::loss(&net.forward(&x, true)?, target, &self.settings)?
+            }
+            (Net::Ds2(net), Target::Views(boxes)) => {
+                // The momentum networks move before this step's targets are computed (PixPro's order).
+                let m = ds2::momentum_at(self.cfg.ds2.momentum, step, self.cfg.steps);
+                Ds2Net::update_momentum(&self.vm, m)?;
+                let x = task::images_tensor(batch, size, self.device)?;
+                let (x1, x2) = ds2::split_views(&x)?;
+                let l = net.loss(&x1, &x2, boxes)?;
+                task::StepLoss {
+                    total: l.total,
+                    parts: vec![("c4", l.c4), ("c5", l.c5), ("positives", l.positives)],
+                }
+            }
+            _ => return Err(PretrainError::Invalid {
+                key: "task".into(),
+                detail:
+                    "the batch does not fit the network (internal: sampler and trainer disagree)"
+                        .into(),
+            }),
         })
     }
 
@@ -743,15 +814,15 @@ fn open_log(log: &Path, append: bool, parts: &[&str]) -> Result<fs::File, Pretra
 pub fn train(cfg: &PretrainConfig, opts: &RunOptions) -> Result<TrainReport, PretrainError> {
     cfg.validate()?;
     let sampler = Sampler::new(cfg)?;
-    let mut trainer = Trainer::new(cfg, sampler.outputs(), &opts.device)?;
+    let mut trainer = Trainer::new(cfg, &sampler.task_outputs(), &opts.device)?;
     let (start, resumed_loss) = trainer.start(opts.resume.as_deref())?;
     if let Some(parent) = opts.output.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(io_err(parent))?;
     }
     let root = checkpoint_root(&opts.output);
     let log = log_path(&opts.output);
-    let names = task::part_names(cfg.task);
-    let mut csv = open_log(&log, start > 0, names)?;
+    let names = task::part_names(cfg);
+    let mut csv = open_log(&log, start > 0, &names)?;
     let pb = crate::progress::bar(
         cfg.steps,
         &format!("pretrain {}", cfg.task.name()),

@@ -32,6 +32,8 @@ pub enum Sampler {
     CutPaste(CutPasteGenerator),
     /// Two views of a good image and their crop boxes (DS2).
     Views(ViewGenerator),
+    /// One sampler per task of a multi-task run, with its image size.
+    Tasks(Vec<(usize, Sampler)>),
 }
 
 /// Targets of one batch.
@@ -56,6 +58,8 @@ pub enum Target {
     },
     /// DS2: the crop boxes of each sample's two views (the images are all first views, then all second views).
     Views(Vec<[CropBox; 2]>),
+    /// Multi-task: one batch per task, with its image size (the outer batch holds no images).
+    Tasks(Vec<(usize, Batch)>),
 }
 
 /// One generated batch, ready to become tensors.
@@ -73,6 +77,16 @@ impl Sampler {
     pub fn new(cfg: &PretrainConfig) -> Result<Self, PretrainError> {
         let s = cfg.image_size;
         Ok(match cfg.task {
+            TaskKind::MultiTask => Sampler::Tasks(
+                cfg.multi
+                    .tasks
+                    .iter()
+                    .map(|&t| {
+                        let sub = cfg.subtask(t);
+                        Ok((sub.image_size, Sampler::new(&sub)?))
+                    })
+                    .collect::<Result<_, PretrainError>>()?,
+            ),
             TaskKind::Fractal => {
                 let mut fc = FractalConfig::new(s);
                 if cfg.fractal.n_iter > 0 {
@@ -132,7 +146,15 @@ impl Sampler {
             Sampler::Multi(g) => g.classes(),
             Sampler::Gmm(_) => GMM_PARAMS,
             Sampler::CutPaste(_) => 3,
-            Sampler::Views(_) => 0,
+            Sampler::Views(_) | Sampler::Tasks(_) => 0,
+        }
+    }
+
+    /// Head outputs per task of a multi-task sampler (the sampler's own for any other).
+    pub fn task_outputs(&self) -> Vec<usize> {
+        match self {
+            Sampler::Tasks(subs) => subs.iter().map(|(_, s)| s.outputs()).collect(),
+            s => vec![s.outputs()],
         }
     }
 
@@ -151,6 +173,22 @@ impl Sampler {
             .collect();
         let mut images = Vec::new();
         let target = match self {
+            Sampler::Tasks(subs) => {
+                let batches = subs
+                    .iter()
+                    .map(|(size, s)| {
+                        (
+                            *size,
+                            s.batch(step, len, dataset_size, render_size.min(*size)),
+                        )
+                    })
+                    .collect();
+                return Batch {
+                    images,
+                    len: 0,
+                    target: Target::Tasks(batches),
+                };
+            }
             Sampler::Fractal(g) => {
                 let samples = g.batch_of(&indices);
                 samples
@@ -255,6 +293,19 @@ impl PretrainNet {
         hidden: &[usize],
         vb: VarBuilder,
     ) -> candle_core::Result<Self> {
+        Self::with_head_name(config, outputs, grid, hidden, vb, "head")
+    }
+
+    /// [`PretrainNet::new`] with the head under `head_name` (multi-task runs have one head per task, all sharing
+    /// the backbone's variables).
+    pub fn with_head_name(
+        config: &ResNetConfig,
+        outputs: usize,
+        grid: usize,
+        hidden: &[usize],
+        vb: VarBuilder,
+        head_name: &str,
+    ) -> candle_core::Result<Self> {
         let backbone = ResNet::new(config, vb.clone())?;
         let c4 = config.stage_channels()[3];
         let widths: Vec<usize> = std::iter::once(c4 * grid * grid)
@@ -262,12 +313,12 @@ impl PretrainNet {
             .chain(std::iter::once(outputs))
             .collect();
         let head = if hidden.is_empty() {
-            vec![candle_nn::linear(widths[0], outputs, vb.pp("head"))?]
+            vec![candle_nn::linear(widths[0], outputs, vb.pp(head_name))?]
         } else {
             widths
                 .windows(2)
                 .enumerate()
-                .map(|(i, w)| candle_nn::linear(w[0], w[1], vb.pp(format!("head.{i}"))))
+                .map(|(i, w)| candle_nn::linear(w[0], w[1], vb.pp(format!("{head_name}.{i}"))))
                 .collect::<candle_core::Result<_>>()?
         };
         Ok(Self {
@@ -320,9 +371,18 @@ pub struct StepLoss {
     pub parts: Vec<(&'static str, f64)>,
 }
 
-/// Names of the extra figures of `task`, for the CSV header.
-pub fn part_names(task: TaskKind) -> &'static [&'static str] {
+/// Names of the extra figures of a run, for the CSV header: the task's own, or for multi-task each task's loss
+/// (unweighted) in order.
+pub fn part_names(cfg: &PretrainConfig) -> Vec<&'static str> {
+    match cfg.task {
+        TaskKind::MultiTask => cfg.multi.tasks.iter().map(|t| t.name()).collect(),
+        t => single_part_names(t).to_vec(),
+    }
+}
+
+fn single_part_names(task: TaskKind) -> &'static [&'static str] {
     match task {
+        TaskKind::MultiTask => &[],
         TaskKind::Fractal => &["accuracy"],
         TaskKind::MultiFractal => &["precision_at_k"],
         TaskKind::Gmm => &["direct", "param", "mass", "strength", "indirect"],
@@ -355,8 +415,10 @@ pub fn loss(logits: &Tensor, target: &Target, s: &LossSettings) -> candle_core::
             normals,
             render_size,
         } => gmm_regression_loss(logits, params, normals, *render_size, s),
-        Target::Views(_) => {
-            candle_core::bail!("DS2 batches are scored by ds2::Ds2Net::loss, not a head")
+        Target::Views(_) | Target::Tasks(_) => {
+            candle_core::bail!(
+                "DS2 and multi-task batches are scored by the trainer, not by a head"
+            )
         }
     }
 }

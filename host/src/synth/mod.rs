@@ -69,6 +69,8 @@ pub enum TaskKind {
     /// Two augmented views of a good image; task: matching positions of the views agree (DS2 dense contrastive
     /// learning with a momentum network).
     Ds2,
+    /// Several of the tasks above on one backbone, each with its own head, the losses weighted and summed.
+    MultiTask,
 }
 
 impl TaskKind {
@@ -80,6 +82,7 @@ impl TaskKind {
             TaskKind::Gmm => "gmm",
             TaskKind::Cutpaste => "cutpaste",
             TaskKind::Ds2 => "ds2",
+            TaskKind::MultiTask => "multi-task",
         }
     }
 }
