@@ -493,6 +493,11 @@ pub struct FitArgs {
     /// PaDiM: number of random embedding channels (default 100 for resnet18, 550 for wide_resnet50_2).
     #[arg(long, help_heading = "PaDiM")]
     pub n_features: Option<usize>,
+    /// PaDiM and PatchCore: the backbone stages embedded, comma-separated (defaults: PaDiM 1,2,3; PatchCore 2,3).
+    /// The map has the first stage's grid (stage 1: a quarter of the image size, each later stage half of that):
+    /// earlier stages localise more finely, later ones see more context.
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<usize>>,
     /// GDE: side in pixels of the windows scored for the map (DS2: 32). With `--window-stride` it must tile the
     /// image: (image_size − window) divisible by the stride.
     #[arg(long, default_value_t = 32, help_heading = "GDE")]
@@ -729,7 +734,7 @@ fn layer_fit_config(
     let known: Vec<String> = merged
         .keys()
         .cloned()
-        .chain(["weights", "category", "n_features", "arch"].map(String::from))
+        .chain(["weights", "category", "n_features", "arch", "layers"].map(String::from))
         .collect();
     for (key, value) in file {
         let key = key.replace('-', "_");

@@ -52,6 +52,7 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             },
             kind,
             n_features: None,
+            padim_layers: None,
             patchcore: PatchCoreConfig {
                 seed: a.seed,
                 ..PatchCoreConfig::default()

@@ -6,7 +6,7 @@ use anyhow::Context;
 use kestrel_vision::backbone::{self, Arch, WeightSource};
 use kestrel_vision::dataset::{self, ConversionCounts, Dataset, OpenOptions};
 use kestrel_vision::detector::gde::{GdeConfig, GdeImageScore};
-use kestrel_vision::detector::padim::PadimConfig;
+use kestrel_vision::detector::padim::{PadimConfig, PADIM_STAGES};
 use kestrel_vision::detector::patchcore::{CoresetMethod, PatchCoreConfig};
 use kestrel_vision::detector::{DetectorConfig, DetectorKind};
 use kestrel_vision::device::parse_device;
@@ -40,6 +40,8 @@ pub struct FitPlan {
     pub kind: DetectorKind,
     /// PaDiM channel count override.
     pub n_features: Option<usize>,
+    /// PaDiM's backbone stages (PatchCore's are in `patchcore`); `None`: the detector's default.
+    pub padim_layers: Option<Vec<usize>>,
     /// PatchCore settings.
     pub patchcore: PatchCoreConfig,
     /// GDE settings.
@@ -117,14 +119,21 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
         weights_source: source,
         preprocess: plan.preprocess.clone(),
         detector: match plan.kind {
-            DetectorKind::Padim => DetectorConfig::Padim(match plan.n_features {
-                Some(n) => PadimConfig {
-                    n_features: n,
-                    seed: plan.seed,
-                    ridge: 0.01,
-                },
-                None => PadimConfig::for_backbone(cfg.stage_channels()),
-            }),
+            DetectorKind::Padim => {
+                let layers = plan
+                    .padim_layers
+                    .clone()
+                    .unwrap_or_else(|| PADIM_STAGES.to_vec());
+                let defaults = PadimConfig::for_layers(cfg.stage_channels(), &layers);
+                DetectorConfig::Padim(match plan.n_features {
+                    Some(n) => PadimConfig {
+                        n_features: n,
+                        seed: plan.seed,
+                        ..defaults
+                    },
+                    None => defaults,
+                })
+            }
             DetectorKind::Patchcore => DetectorConfig::Patchcore(plan.patchcore.clone()),
             DetectorKind::Gde => DetectorConfig::Gde(plan.gde.clone()),
         },
@@ -226,6 +235,12 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
     if a.ram_budget_gib.is_nan() || a.ram_budget_gib <= 0.0 {
         anyhow::bail!("--ram-budget-gib must be positive");
     }
+    if a.layers.is_some() && a.detector == DetectorArg::Gde {
+        anyhow::bail!("--layers applies to padim and patchcore; GDE reads the last stage");
+    }
+    if let Some(l) = &a.layers {
+        kestrel_vision::detector::check_layers(l)?;
+    }
     if !(a.blur_sigma.is_finite() && a.blur_sigma >= 0.0) {
         anyhow::bail!(
             "--blur-sigma must be 0 (no blur) or a positive number of pixels, got {}",
@@ -252,6 +267,7 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
             DetectorArg::Gde => DetectorKind::Gde,
         },
         n_features: a.n_features,
+        padim_layers: a.layers.clone(),
         patchcore: PatchCoreConfig {
             coreset_ratio: a.coreset_ratio,
             num_neighbors: a.num_neighbors,
@@ -261,6 +277,10 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
                 crate::cli::CoresetArg::Batched => CoresetMethod::Batched,
                 crate::cli::CoresetArg::Greedy => CoresetMethod::Greedy,
             },
+            layers: a
+                .layers
+                .clone()
+                .unwrap_or_else(|| PatchCoreConfig::default().layers),
             ..PatchCoreConfig::default()
         },
         gde: GdeConfig {

@@ -523,8 +523,7 @@ fn bench_detector_scoring(b: &mut Bench) {
     let padim = Padim::from_tensors(
         PadimConfig {
             n_features: d,
-            seed: 0,
-            ridge: 0.01,
+            ..PadimConfig::default_for(448)
         },
         (64, 64),
         1,

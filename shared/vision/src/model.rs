@@ -645,6 +645,56 @@ mod tests {
         }
     }
 
+    /// Other stage taps: the map takes the first tapped stage's grid, save → load keeps them, bad taps are refused.
+    #[test]
+    fn layer_taps_set_the_grid_and_survive_a_round_trip() {
+        let dev = Device::Cpu;
+        let ch = Arch::Resnet18Narrow.config().stage_channels();
+        let cases = [
+            (
+                DetectorConfig::Padim(PadimConfig::for_layers(ch, &[2, 3])),
+                8,
+            ),
+            (
+                DetectorConfig::Patchcore(PatchCoreConfig {
+                    coreset_ratio: 0.5,
+                    layers: vec![1, 2, 3],
+                    ..Default::default()
+                }),
+                16,
+            ),
+        ];
+        for (config, grid) in cases {
+            let mut s = settings(DetectorKind::Padim);
+            s.detector = config;
+            let w = backbone::random_weights(&Arch::Resnet18Narrow.config(), 1, &dev).unwrap();
+            let mut f = Fitter::new(s, w, 4, &dev).unwrap();
+            f.add_batch(&Tensor::randn(0f32, 1.0, (4, 3, 64, 64), &dev).unwrap())
+                .unwrap();
+            let m = f.finish(&|_, _| {}).unwrap();
+            assert_eq!(m.spec().detector.grid, (grid, grid));
+            let test = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &dev).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            m.save(dir.path()).unwrap();
+            let back = Model::load(dir.path(), &dev).unwrap();
+            assert_eq!(
+                m.score_batch(&test).unwrap(),
+                back.score_batch(&test).unwrap()
+            );
+        }
+        let mut s = settings(DetectorKind::Padim);
+        s.detector = DetectorConfig::Padim(PadimConfig {
+            layers: vec![3, 2],
+            ..PadimConfig::for_backbone(ch)
+        });
+        let w = backbone::random_weights(&Arch::Resnet18Narrow.config(), 1, &dev).unwrap();
+        let Err(e) = Fitter::new(s, w, 4, &dev) else {
+            panic!("decreasing layers accepted");
+        };
+        let e = e.to_string();
+        assert!(e.contains("increasing order"), "{e}");
+    }
+
     #[test]
     fn wrong_input_size_is_a_clear_error() {
         let dev = Device::Cpu;

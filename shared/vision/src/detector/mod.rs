@@ -173,6 +173,25 @@ impl Features {
     }
 }
 
+/// Channels of the embedding of stages `layers` (1-based).
+pub fn layer_channels(stage_channels: [usize; 4], layers: &[usize]) -> usize {
+    layers.iter().map(|&l| stage_channels[l - 1]).sum()
+}
+
+/// Stage taps must be 1..=4, increasing, and at least one.
+pub fn check_layers(layers: &[usize]) -> Result<(), DetectorError> {
+    let ok = !layers.is_empty()
+        && layers.iter().all(|l| (1..=4).contains(l))
+        && layers.windows(2).all(|w| w[0] < w[1]);
+    if ok {
+        Ok(())
+    } else {
+        Err(DetectorError::Config(format!(
+            "layers {layers:?}: need one or more backbone stages from 1 to 4, in increasing order (e.g. 1,2,3)"
+        )))
+    }
+}
+
 /// Backbone facts a detector needs to start fitting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeatureShape {
@@ -194,11 +213,13 @@ impl DetectorConfig {
 
     /// What the detector reads from the backbone.
     pub fn features(&self) -> Features {
+        let last = |layers: &[usize]| Features::Stages {
+            last: layers.iter().copied().max().unwrap_or(1),
+        };
         match self {
             DetectorConfig::Gde(c) => c.features(),
-            _ => Features::Stages {
-                last: self.kind().last_stage(),
-            },
+            DetectorConfig::Padim(c) => last(&c.layers),
+            DetectorConfig::Patchcore(c) => last(&c.layers),
         }
     }
 
@@ -210,13 +231,18 @@ impl DetectorConfig {
     ) -> Result<Box<dyn DetectorFit>, DetectorError> {
         let ch = shape.stage_channels;
         Ok(match self {
-            DetectorConfig::Padim(c) => Box::new(PadimFit::new(c.clone(), ch[0] + ch[1] + ch[2])?),
+            DetectorConfig::Padim(c) => {
+                check_layers(&c.layers)?;
+                Box::new(PadimFit::new(c.clone(), layer_channels(ch, &c.layers))?)
+            }
             DetectorConfig::Patchcore(c) => {
-                // c2's grid: the input downsampled 8× (stem stride 4, layer2 stride 2), rounding up like the convs.
-                let g = shape.input_size.div_ceil(8);
+                check_layers(&c.layers)?;
+                // The first stage's grid: the input downsampled 4× by the stem, then 2× per later stage, rounding
+                // up like the convolutions (c2: 8×).
+                let g = shape.input_size.div_ceil(4 << (c.layers[0] - 1));
                 Box::new(PatchCoreFit::new(
                     c.clone(),
-                    ch[1] + ch[2],
+                    layer_channels(ch, &c.layers),
                     (g, g),
                     expected_images,
                 )?)

@@ -1,7 +1,8 @@
 //! PaDiM (Defard et al. 2020) as anomalib implements it, with one deliberate difference in how the inverse is stored.
 //!
-//! * Embedding: stages c1, c2, c3; c2 and c3 nearest-upsampled to the c1 grid and concatenated; a fixed random subset
-//!   of `n_features` channels (`randperm(n)[:d]`, seeded) is kept.
+//! * Embedding: stages c1, c2, c3 (configurable: [`PadimConfig::layers`]); the later ones nearest-upsampled to the
+//!   first one's grid and concatenated; a fixed random subset of `n_features` channels (`randperm(n)[:d]`, seeded)
+//!   is kept.
 //! * Fit: per grid position, the mean and the unbiased covariance over the training images, `+ 0.01·I`.
 //!   Accumulated in one streaming pass (sums of shifted values and outer products, shifted by the first batch's mean so
 //!   f32 sums do not cancel catastrophically), so memory is O(positions·d²) whatever the number of images.
@@ -21,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 use super::{
-    Detector, DetectorConfig, DetectorError, DetectorFit, DetectorKind, DetectorSpec, PatchScore,
+    Detector, DetectorConfig, DetectorError, DetectorFit, DetectorKind, DetectorSpec, Features,
+    PatchScore,
 };
 use crate::map::ScoreMap;
 use crate::postprocess::Upsample;
@@ -35,6 +37,13 @@ pub struct PadimConfig {
     pub seed: u64,
     /// Ridge added to every covariance (anomalib: 0.01).
     pub ridge: f64,
+    /// Backbone stages embedded (1-based, increasing; anomalib: 1, 2, 3). The map has the first one's grid.
+    #[serde(default = "default_layers")]
+    pub layers: Vec<usize>,
+}
+
+fn default_layers() -> Vec<usize> {
+    PADIM_STAGES.to_vec()
 }
 
 impl PadimConfig {
@@ -51,6 +60,7 @@ impl PadimConfig {
             n_features,
             seed: 0,
             ridge: 0.01,
+            layers: default_layers(),
         }
     }
 }
@@ -58,20 +68,33 @@ impl PadimConfig {
 impl PadimConfig {
     /// [`PadimConfig::default_for`] the embedding of a backbone with these stage channels (c1 + c2 + c3).
     pub fn for_backbone(stage_channels: [usize; 4]) -> Self {
-        Self::default_for(stage_channels[0] + stage_channels[1] + stage_channels[2])
+        Self::for_layers(stage_channels, &PADIM_STAGES)
+    }
+
+    /// [`PadimConfig::default_for`] an embedding of the given stages.
+    pub fn for_layers(stage_channels: [usize; 4], layers: &[usize]) -> Self {
+        Self {
+            layers: layers.to_vec(),
+            ..Self::default_for(super::layer_channels(stage_channels, layers))
+        }
     }
 }
 
 /// The stages PaDiM reads (1-based).
 pub const PADIM_STAGES: [usize; 3] = [1, 2, 3];
 
-/// Build the (N, d, H, W) embedding from c1..c3.
-pub fn embed(stages: &[Tensor], channel_idx: &Tensor) -> candle_core::Result<Tensor> {
-    let c1 = &stages[0];
-    let (_, _, h, w) = c1.dims4()?;
-    let mut parts = vec![c1.clone()];
-    for s in &stages[1..3] {
-        parts.push(s.upsample_nearest2d(h, w)?);
+/// Build the (N, d, H, W) embedding from the stages `layers` (1-based; `stages[i]` is stage `i + 1`): the later
+/// ones nearest-upsampled to the first one's grid, concatenated, then the selected channels.
+pub fn embed(
+    stages: &[Tensor],
+    layers: &[usize],
+    channel_idx: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let first = &stages[layers[0] - 1];
+    let (_, _, h, w) = first.dims4()?;
+    let mut parts = vec![first.clone()];
+    for &l in &layers[1..] {
+        parts.push(stages[l - 1].upsample_nearest2d(h, w)?);
     }
     Tensor::cat(&parts, 1)?.index_select(channel_idx, 1)
 }
@@ -88,8 +111,9 @@ pub struct PadimFit {
 }
 
 impl PadimFit {
-    /// Start fitting for a backbone whose c1..c3 have `total_channels` channels in total.
+    /// Start fitting for a backbone whose stages `config.layers` have `total_channels` channels in total.
     pub fn new(config: PadimConfig, total_channels: usize) -> Result<Self, DetectorError> {
+        super::check_layers(&config.layers)?;
         if config.n_features == 0 || config.n_features > total_channels {
             return Err(DetectorError::Config(format!(
                 "PaDiM n_features must be in 1..={total_channels} for this backbone, got {}",
@@ -119,7 +143,7 @@ impl PadimFit {
     /// Add a batch of backbone stages (c1..c3) of good images.
     pub fn add(&mut self, stages: &[Tensor]) -> candle_core::Result<()> {
         let dev = stages[0].device().clone();
-        let e = embed(stages, &self.channel_idx(&dev)?)?;
+        let e = embed(stages, &self.config.layers, &self.channel_idx(&dev)?)?;
         let (n, d, h, w) = e.dims4()?;
         self.grid = (h, w);
         // (P, N, d): positions first, so per-position statistics are batched matmuls.
@@ -256,7 +280,7 @@ impl Padim {
     pub fn score(&self, stages: &[Tensor]) -> Result<Vec<ScoreMap>, DetectorError> {
         let dev = stages[0].device();
         let idx = Tensor::new(self.channel_idx.as_slice(), dev)?;
-        let e = embed(stages, &idx)?;
+        let e = embed(stages, &self.config.layers, &idx)?;
         let (n, d, h, w) = e.dims4()?;
         if (h, w) != self.grid {
             return Err(DetectorError::Config(format!(
@@ -316,6 +340,12 @@ impl Padim {
 impl Detector for Padim {
     fn kind(&self) -> DetectorKind {
         DetectorKind::Padim
+    }
+
+    fn features(&self) -> Features {
+        Features::Stages {
+            last: *self.config.layers.iter().max().expect("checked non-empty"),
+        }
     }
 
     /// anomalib upsamples PaDiM's map bilinearly.
@@ -379,6 +409,7 @@ mod tests {
             n_features: 6,
             seed: 3,
             ridge: 0.01,
+            layers: PADIM_STAGES.to_vec(),
         };
         let mut fit = PadimFit::new(cfg, 6).unwrap();
         // Two batches to exercise accumulation.
@@ -392,6 +423,7 @@ mod tests {
         // Direct: per position, mean/cov in f64, solve with the same ridge.
         let e = embed(
             &stages,
+            &PADIM_STAGES,
             &Tensor::new(model.channel_idx.as_slice(), &dev).unwrap(),
         )
         .unwrap();

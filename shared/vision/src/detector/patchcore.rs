@@ -45,6 +45,13 @@ pub struct PatchCoreConfig {
     /// How the coreset is selected (models saved before this setting existed used [`CoresetMethod::Greedy`]).
     #[serde(default = "CoresetMethod::legacy")]
     pub coreset_method: CoresetMethod,
+    /// Backbone stages embedded (1-based, increasing; anomalib: 2, 3). The map has the first one's grid.
+    #[serde(default = "default_layers")]
+    pub layers: Vec<usize>,
+}
+
+fn default_layers() -> Vec<usize> {
+    PATCHCORE_STAGES.to_vec()
 }
 
 fn default_ram_budget() -> u64 {
@@ -85,6 +92,7 @@ impl Default for PatchCoreConfig {
             seed: 0,
             ram_budget_bytes: default_ram_budget(),
             coreset_method: CoresetMethod::default(),
+            layers: default_layers(),
         }
     }
 }
@@ -92,17 +100,21 @@ impl Default for PatchCoreConfig {
 /// The stages PatchCore reads (1-based).
 pub const PATCHCORE_STAGES: [usize; 2] = [2, 3];
 
-/// Locally aware patch features (N, C, h, w) from c2 and c3 (`stages[1]`, `stages[2]`).
-pub fn embed(stages: &[Tensor]) -> candle_core::Result<Tensor> {
+/// Locally aware patch features (N, C, h, w) from the stages `layers` (1-based; anomalib: c2 and c3, `stages[1]`
+/// and `stages[2]`): each 3×3 average-pooled, the later ones bilinearly upsampled to the first one's grid.
+pub fn embed(stages: &[Tensor], layers: &[usize]) -> candle_core::Result<Tensor> {
     let pool = |t: &Tensor| -> candle_core::Result<Tensor> {
         t.pad_with_zeros(D::Minus1, 1, 1)?
             .pad_with_zeros(D::Minus2, 1, 1)?
             .avg_pool2d_with_stride(3, 1)
     };
-    let c2 = pool(&stages[1])?;
-    let (_, _, h, w) = c2.dims4()?;
-    let c3 = pool(&stages[2])?.upsample_bilinear2d(h, w, false)?;
-    Tensor::cat(&[c2, c3], 1)
+    let first = pool(&stages[layers[0] - 1])?;
+    let (_, _, h, w) = first.dims4()?;
+    let mut parts = vec![first];
+    for &l in &layers[1..] {
+        parts.push(pool(&stages[l - 1])?.upsample_bilinear2d(h, w, false)?);
+    }
+    Tensor::cat(&parts, 1)
 }
 
 /// (N, C, h, w) → (N·h·w, C) rows ordered image, row, column.
@@ -207,7 +219,7 @@ impl PatchCoreFit {
 
     /// Add a batch of stages (c1..c3) of good images.
     pub fn add(&mut self, stages: &[Tensor]) -> Result<(), DetectorError> {
-        let e = embed(stages)?;
+        let e = embed(stages, &self.config.layers)?;
         let (_, c, h, w) = e.dims4()?;
         if c != self.dim || (h, w) != self.grid {
             return Err(DetectorError::Config(format!(
@@ -627,7 +639,7 @@ impl PatchCore {
 
     /// Patch maps and re-weighted image scores for a batch of stages (c1..c3).
     pub fn score(&self, stages: &[Tensor]) -> Result<Vec<(ScoreMap, f32)>, DetectorError> {
-        let e = embed(stages)?;
+        let e = embed(stages, &self.config.layers)?;
         let (n, c, h, w) = e.dims4()?;
         if (h, w) != self.grid {
             return Err(DetectorError::Config(format!(
@@ -700,6 +712,12 @@ impl PatchCore {
 impl Detector for PatchCore {
     fn kind(&self) -> DetectorKind {
         DetectorKind::Patchcore
+    }
+
+    fn features(&self) -> super::Features {
+        super::Features::Stages {
+            last: *self.config.layers.iter().max().expect("checked non-empty"),
+        }
     }
 
     /// anomalib upsamples PatchCore's map with `F.interpolate`'s default, nearest.
