@@ -370,6 +370,31 @@ mod tests {
     }
 
     #[test]
+    fn the_most_similar_feature_pair_is_always_a_positive() {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let net = Ds2Net::new(&Arch::Resnet18Narrow.config(), settings(), vb).unwrap();
+        // Disjoint crops: no geometric pair, so each image's positives are its top-1 pair alone, and that pair is
+        // where the features agree most: query position 5 and key position 2 share a strong channel.
+        let mut q = vec![0f32; 2 * 4 * 9];
+        let mut k = vec![0f32; 2 * 4 * 9];
+        for b in 0..2 {
+            q[b * 36 + 3 * 9 + 5] = 10.0;
+            k[b * 36 + 3 * 9 + 2] = 10.0;
+        }
+        let fq = Tensor::from_vec(q, (2, 4, 3, 3), &Device::Cpu).unwrap();
+        let fk = Tensor::from_vec(k, (2, 4, 3, 3), &Device::Cpu).unwrap();
+        let boxes = [[[0.0, 0.0, 0.4, 1.0], [0.6, 0.0, 1.0, 1.0]]; 2];
+        let (mask, count) = net.mask(&fq, &fk, &boxes, 0, 1).unwrap();
+        assert_eq!(count, 1.0);
+        let m: Vec<f32> = mask.flatten_all().unwrap().to_vec1().unwrap();
+        for b in 0..2 {
+            let ones: Vec<usize> = (0..81).filter(|&i| m[b * 81 + i] == 1.0).collect();
+            assert_eq!(ones, vec![5 * 9 + 2], "image {b}");
+        }
+    }
+
+    #[test]
     fn momentum_schedule_runs_from_base_to_one() {
         assert!((momentum_at(0.99, 0, 100) - 0.99).abs() < 1e-12);
         assert!((momentum_at(0.99, 100, 100) - 1.0).abs() < 1e-12);
