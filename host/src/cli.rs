@@ -472,6 +472,26 @@ pub struct FitArgs {
     /// Seed for random initialisation, channel subsets, projections and splits.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Choose the backbone for this product instead of taking `--weights`: `synthetic` pretrains candidate
+    /// backbones (random, fractal, fractal → GMM and CutPaste on these good images, at the tiny preset), fits the
+    /// detector with each on most good images, scores the rest with procedural scratches planted in them, and
+    /// fits with the best. Minutes per candidate on a CPU; model.toml records the candidates' scores and the choice.
+    #[arg(long, value_enum, help_heading = "Backbone recipe")]
+    #[serde(skip)]
+    pub pretrain: Option<crate::commands::recipe::PretrainRecipe>,
+    /// With --pretrain: the candidates, comma-separated (random, fractal, fractal-gmm, cutpaste, ds2, fractal-ds2).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        help_heading = "Backbone recipe"
+    )]
+    #[serde(skip)]
+    pub pretrain_candidates: Option<Vec<crate::commands::recipe::Candidate>>,
+    /// With --pretrain: pretraining steps of each candidate (default: the tiny preset's).
+    #[arg(long, help_heading = "Backbone recipe")]
+    #[serde(skip)]
+    pub pretrain_steps: Option<u64>,
     /// Side of the square images are resized to.
     #[arg(long, default_value_t = 256)]
     pub image_size: u32,

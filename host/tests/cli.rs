@@ -127,6 +127,64 @@ fn gde_windows_that_do_not_tile_the_image_are_refused_with_sizes_that_work() {
     );
 }
 
+/// `fit --pretrain synthetic` (short pretraining runs): every candidate is scored on planted scratches, the best
+/// is chosen and recorded, and the product-independent fractal candidate comes from the cache the second time.
+#[test]
+fn fit_pretrain_synthetic_chooses_and_records_a_backbone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = product(tmp.path());
+    let cache = tmp.path().join("cache");
+    let fit = |out: &str| {
+        let model = tmp.path().join(out);
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_kestrel"))
+            .args([
+                "fit",
+                "--data",
+                data.to_str().unwrap(),
+                "--image-size",
+                "64",
+                "--pretrain",
+                "synthetic",
+                "--pretrain-candidates",
+                "random,fractal,cutpaste",
+                "--pretrain-steps",
+                "3",
+                "-o",
+                model.to_str().unwrap(),
+                "--json",
+            ])
+            .env("RAYON_NUM_THREADS", "2")
+            .env("KESTREL_CACHE_DIR", &cache)
+            .output()
+            .unwrap();
+        assert_success(&run);
+        let spec: toml::Table =
+            toml::from_str(&std::fs::read_to_string(model.join("model.toml")).unwrap()).unwrap();
+        spec["recipe"].as_table().unwrap().clone()
+    };
+    let recipe = fit("m1");
+    let cands = recipe["candidates"].as_array().unwrap();
+    let names: Vec<&str> = cands.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["random", "fractal", "cutpaste"]);
+    let proxy: Vec<f64> = cands
+        .iter()
+        .map(|c| c["proxy"].as_float().unwrap())
+        .collect();
+    assert!(proxy.iter().all(|p| (0.0..=1.0).contains(p)), "{proxy:?}");
+    let best = proxy.iter().cloned().fold(f64::MIN, f64::max);
+    let chosen = recipe["chosen"].as_str().unwrap();
+    let chosen_proxy = proxy[names.iter().position(|n| *n == chosen).unwrap()];
+    assert_eq!(chosen_proxy, best, "the best proxy wins");
+    assert!(recipe["proxy_images"].as_integer().unwrap() >= 4);
+    let cached: Vec<_> = std::fs::read_dir(&cache).unwrap().collect();
+    assert_eq!(cached.len(), 1, "one cached fractal backbone");
+    // Second fit: the fractal candidate is read from the cache (same settings, same file).
+    let again = fit("m2");
+    let fractal = |r: &toml::Table| r["candidates"].as_array().unwrap()[1].clone();
+    assert_eq!(fractal(&again)["weights"], fractal(&recipe)["weights"]);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 1);
+}
+
 #[test]
 fn predict_writes_overlays_and_verdicts() {
     let tmp = tempfile::tempdir().unwrap();

@@ -53,6 +53,8 @@ pub fn run(a: &DemoArgs) -> anyhow::Result<()> {
             kind,
             n_features: None,
             padim_layers: None,
+            pretrain: None,
+            recipe: Default::default(),
             patchcore: PatchCoreConfig {
                 seed: a.seed,
                 ..PatchCoreConfig::default()

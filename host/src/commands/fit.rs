@@ -17,6 +17,7 @@ use kestrel_vision::threshold::ThresholdSpec;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::recipe::{self, PretrainRecipe, RecipeOptions};
 use crate::cli::{DetectorArg, FitArgs};
 use crate::images;
 use crate::progress;
@@ -56,6 +57,10 @@ pub struct FitPlan {
     pub device: String,
     /// Hide progress bars.
     pub quiet: bool,
+    /// Choose the backbone with a pretraining recipe instead of `weights`.
+    pub pretrain: Option<PretrainRecipe>,
+    /// The recipe's candidates and pretraining length.
+    pub recipe: RecipeOptions,
 }
 
 /// What a fit produced, for printing.
@@ -84,7 +89,7 @@ pub struct FitSummary {
 /// Fit one category and save it to `out`.
 pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
     let t0 = std::time::Instant::now();
-    let device = parse_device(&plan.device)?;
+    parse_device(&plan.device)?;
     plan.preprocess.validate()?;
     let mut ds: Dataset = dataset::open_with(&plan.data, &plan.open)?;
     for w in &ds.warnings {
@@ -100,13 +105,60 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
     if ds.train.len() >= 10 && plan.validation_fraction > 0.0 {
         ds.hold_out_validation(plan.validation_fraction, plan.seed)?;
     }
+    let recipe = match plan.pretrain {
+        Some(PretrainRecipe::Synthetic) => Some(recipe::choose(plan, &ds, out)?),
+        None => None,
+    };
+    let weights = match &recipe {
+        Some(r) => r.weights.clone(),
+        None => plan.weights.clone(),
+    };
+    let mut counts = ConversionCounts::default();
+    let paths: Vec<&Path> = ds.train.iter().map(|s| s.path.as_path()).collect();
+    let mut model = fit_model(plan, weights.as_deref(), &paths, &ds.category, &mut counts)?;
+    model.set_recipe(recipe.map(|r| r.spec));
+
+    // Threshold on the validation split only (anomalib's F1-adaptive rule; max good score without defects).
+    let threshold = choose_threshold(&model, &ds, plan, &mut counts)?;
+    model.set_threshold(threshold.clone());
+    if !plan.quiet {
+        images::report_conversions(&counts);
+    }
+    model
+        .save(out)
+        .with_context(|| format!("saving model to {}", out.display()))?;
+    Ok(FitSummary {
+        category: ds.category.clone(),
+        model: out.to_path_buf(),
+        detector: plan.kind.name().into(),
+        arch: plan.arch.name().into(),
+        train_images: ds.train.len(),
+        validation_good: threshold.as_ref().map(|t| t.validation_good).unwrap_or(0),
+        validation_defect: threshold.as_ref().map(|t| t.validation_defect).unwrap_or(0),
+        threshold: threshold.map(|t| t.image),
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Fit `plan`'s detector on the good images `paths` with the backbone `weights` (random from `plan.seed` when
+/// `None`), with progress bars; colour conversions are tallied into `counts`.
+pub fn fit_model(
+    plan: &FitPlan,
+    weights: Option<&Path>,
+    paths: &[&Path],
+    category: &str,
+    counts: &mut ConversionCounts,
+) -> anyhow::Result<Model> {
+    let device = parse_device(&plan.device)?;
     let cfg = plan.arch.config();
-    let (weights, source) = match &plan.weights {
+    let (weights, source) = match weights {
         Some(p) => {
             check_pretrained_arch(p, plan.arch)?;
             (
                 backbone::read_weights(p)?,
-                WeightSource::File { path: p.clone() },
+                WeightSource::File {
+                    path: p.to_path_buf(),
+                },
             )
         }
         None => (
@@ -140,17 +192,15 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
         blur_sigma: plan.blur_sigma,
         data: DataSpec {
             root: plan.data.clone(),
-            category: ds.category.clone(),
+            category: category.to_string(),
             split_seed: Some(plan.seed),
         },
     };
-    let mut fitter = Fitter::new(settings, weights, ds.train.len(), &device)?;
+    let mut fitter = Fitter::new(settings, weights, paths.len(), &device)?;
     if fitter.spills_to_disk() {
         eprintln!("note: training patch features exceed the RAM budget; spilling them to a temporary file");
     }
-    let mut counts = ConversionCounts::default();
-    let pb = progress::bar(ds.train.len() as u64, "features", plan.quiet);
-    let paths: Vec<&Path> = ds.train.iter().map(|s| s.path.as_path()).collect();
+    let pb = progress::bar(paths.len() as u64, "features", plan.quiet);
     for chunk in paths.chunks(plan.batch_size.max(1)) {
         let loaded = chunk
             .par_iter()
@@ -167,32 +217,12 @@ pub fn fit_category(plan: &FitPlan, out: &Path) -> anyhow::Result<FitSummary> {
         "coreset",
         plan.quiet || plan.kind != DetectorKind::Patchcore,
     );
-    let mut model = fitter.finish(&|done, total| {
+    let model = fitter.finish(&|done, total| {
         cpb.set_length(total as u64);
         cpb.set_position(done as u64);
     })?;
     cpb.finish_and_clear();
-
-    // Threshold on the validation split only (anomalib's F1-adaptive rule; max good score without defects).
-    let threshold = choose_threshold(&model, &ds, plan, &mut counts)?;
-    model.set_threshold(threshold.clone());
-    if !plan.quiet {
-        images::report_conversions(&counts);
-    }
-    model
-        .save(out)
-        .with_context(|| format!("saving model to {}", out.display()))?;
-    Ok(FitSummary {
-        category: ds.category.clone(),
-        model: out.to_path_buf(),
-        detector: plan.kind.name().into(),
-        arch: plan.arch.name().into(),
-        train_images: ds.train.len(),
-        validation_good: threshold.as_ref().map(|t| t.validation_good).unwrap_or(0),
-        validation_defect: threshold.as_ref().map(|t| t.validation_defect).unwrap_or(0),
-        threshold: threshold.map(|t| t.image),
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    Ok(model)
 }
 
 fn choose_threshold(
@@ -225,7 +255,24 @@ fn choose_threshold(
 
 /// `kestrel fit`.
 pub fn run(a: &FitArgs) -> anyhow::Result<()> {
-    let arch = resolve_arch(a.arch.as_deref(), a.weights.as_deref())?;
+    if a.pretrain.is_some() && a.weights.is_some() {
+        anyhow::bail!(
+            "--pretrain chooses the backbone's weights itself; drop --weights (or --pretrain)"
+        );
+    }
+    if a.pretrain.is_none() && (a.pretrain_candidates.is_some() || a.pretrain_steps.is_some()) {
+        anyhow::bail!("--pretrain-candidates and --pretrain-steps apply with --pretrain synthetic");
+    }
+    if a.pretrain_steps == Some(0) || a.pretrain_candidates.as_ref().is_some_and(|c| c.is_empty()) {
+        anyhow::bail!(
+            "--pretrain-steps must be at least 1 and --pretrain-candidates must name one or more"
+        );
+    }
+    let arch = match (&a.pretrain, &a.arch) {
+        // The recipe pretrains at the tiny preset: its architecture unless told otherwise.
+        (Some(_), None) => kestrel_vision::backbone::Arch::Resnet18Narrow,
+        _ => resolve_arch(a.arch.as_deref(), a.weights.as_deref())?,
+    };
     if !(0.0..1.0).contains(&a.validation_fraction) {
         anyhow::bail!(
             "--validation-fraction must be in [0, 1), got {}",
@@ -297,6 +344,14 @@ pub fn run(a: &FitArgs) -> anyhow::Result<()> {
         batch_size: a.compute.batch_size,
         device: a.compute.device.clone(),
         quiet: a.json,
+        pretrain: a.pretrain,
+        recipe: RecipeOptions {
+            candidates: a
+                .pretrain_candidates
+                .clone()
+                .unwrap_or_else(|| recipe::Candidate::DEFAULT.to_vec()),
+            steps: a.pretrain_steps,
+        },
     };
     let cats: Vec<(Option<String>, PathBuf)> = if a.category.as_deref() == Some("all") {
         dataset::categories(&a.data)?

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod predict;
 pub mod pretrain;
+pub mod recipe;
 pub mod synth;
 
 use std::io::Read;

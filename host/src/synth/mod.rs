@@ -17,6 +17,7 @@
 //!   (1–5 fractals pasted, multi-label targets).
 //! - [`gmm`]: the Gaussian-mixture pseudo-defect renderer, its samplers and target cleaning.
 //! - [`cutpaste`]: CutPaste's rectangle and scar pseudo-anomalies cut from good images.
+//! - [`scratch`]: procedural scratches planted into good images (the defects the recipe chooser scores with).
 //! - [`views`]: two augmented views of a good image with their crop boxes, for dense contrastive pretraining.
 //!
 //! # Conventions
@@ -40,6 +41,7 @@ pub mod fractal;
 pub mod gmm;
 pub mod ifs;
 pub mod render;
+pub mod scratch;
 pub mod texture;
 pub mod views;
 
@@ -251,6 +253,7 @@ pub(crate) mod role {
     pub const GMM: u64 = 4;
     pub const CUTPASTE: u64 = 5;
     pub const VIEWS: u64 = 6;
+    pub const SCRATCH: u64 = 7;
 }
 
 /// The random stream of item `index` of `role` under `seed` (kestrel-vision's, so the product textures and these

@@ -175,6 +175,43 @@ pub struct ModelSpec {
     /// Threshold, when one was chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<ThresholdSpec>,
+    /// How the backbone was chosen, when `kestrel fit --pretrain synthetic` chose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<RecipeSpec>,
+}
+
+/// What `kestrel fit --pretrain synthetic` tried and chose: each candidate backbone's detector was fitted on most of
+/// the good training images and scored on the rest, as they are and with a synthetic defect planted in each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecipeSpec {
+    /// The recipe (`synthetic`).
+    pub recipe: String,
+    /// The planted defect family.
+    pub proxy_defects: String,
+    /// Good training images held out for the comparison (each scored as is and with a planted defect).
+    pub proxy_images: usize,
+    /// The candidates, in the order tried.
+    pub candidates: Vec<CandidateScore>,
+    /// The chosen candidate's name.
+    pub chosen: String,
+}
+
+/// One candidate backbone of a [`RecipeSpec`] and how its detector did on the planted defects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CandidateScore {
+    /// Name (`random`, `fractal`, `fractal-gmm`, `cutpaste`, ...).
+    pub name: String,
+    /// Its weights file (none for random initialisation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<PathBuf>,
+    /// Seconds spent pretraining it (0 when cached or random).
+    pub pretrain_seconds: f64,
+    /// Image AUROC: held-out good images against the same images with a planted defect.
+    pub image_auroc: f64,
+    /// Pixel AUROC over the same images, the planted defects' masks as ground truth.
+    pub pixel_auroc: f64,
+    /// What was compared: the mean of the two.
+    pub proxy: f64,
 }
 
 /// Scoring output for one image, at model input resolution.
@@ -315,6 +352,7 @@ impl Fitter {
                 blur_sigma: s.blur_sigma,
             },
             threshold: None,
+            recipe: None,
         };
         Ok(Model {
             spec,
@@ -358,6 +396,11 @@ impl Model {
     /// Set the decision threshold.
     pub fn set_threshold(&mut self, t: Option<ThresholdSpec>) {
         self.spec.threshold = t;
+    }
+
+    /// Record how the backbone was chosen.
+    pub fn set_recipe(&mut self, r: Option<RecipeSpec>) {
+        self.spec.recipe = r;
     }
 
     /// Score a batch of pre-processed images (N×3×S×S): backbone → detector → heatmap ([`postprocess::heatmap`],
