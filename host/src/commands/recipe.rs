@@ -271,17 +271,18 @@ fn fractal_weights(plan: &FitPlan, memo: &mut Option<PathBuf>) -> anyhow::Result
         return Ok(p.clone());
     }
     let cfg = tiny(plan, TaskKind::Fractal);
+    // A stable digest of the settings and the kestrel version (std's hasher may change between Rust releases).
     let key = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        toml::to_string(&cfg).unwrap_or_default().hash(&mut h);
-        env!("CARGO_PKG_VERSION").hash(&mut h);
-        h.finish()
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(toml::to_string(&cfg).unwrap_or_default().as_bytes());
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        hex::encode(&h.finalize()[..8])
     };
     // One directory per settings: the weights with their log, settings and stem filters. Trained in a partial
     // directory and renamed when complete, so an interrupted run is never taken for a cached one.
     let root = cache_dir()?;
-    let name = format!("fractal-tiny-{}-{key:016x}", plan.arch.name());
+    let name = format!("fractal-tiny-{}-{key}", plan.arch.name());
     let dir = root.join(&name);
     let path = dir.join("weights.safetensors");
     if !path.is_file() {

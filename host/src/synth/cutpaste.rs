@@ -10,7 +10,7 @@ use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::colour::jitter_image;
+use super::colour::{jitter, jitter_image};
 use super::texture::{NormalOrigin, NormalSource};
 use super::{check_size, invalid, log_uniform, role, stream, uniform, Image, SynthError};
 
@@ -133,7 +133,7 @@ impl CutPasteGenerator {
         let mut rng = stream(self.seed, role::CUTPASTE, index);
         let (mut normal, origin) = self.normals.sample_crop(cfg.size, cfg.crop_area, &mut rng);
         if rng.gen_bool(0.5) {
-            colour_jitter(&mut normal, cfg.jitter, &mut rng);
+            jitter_image(&mut normal, [cfg.jitter; 4], &mut rng);
         }
         let mut cutpaste = normal.clone();
         let cut = paste_rectangle(&mut cutpaste, cfg, &mut rng);
@@ -177,7 +177,7 @@ fn paste_rectangle(img: &mut Image, cfg: &CutPasteConfig, rng: &mut impl Rng) ->
     let (fx, fy) = (rng.gen_range(0..=s - w), rng.gen_range(0..=s - h));
     let (tx, ty) = (rng.gen_range(0..=s - w), rng.gen_range(0..=s - h));
     let mut patch = crop(img, fx, fy, w, h);
-    jitter_pixels(&mut patch, cfg.jitter, rng);
+    jitter(&mut patch, [cfg.jitter; 4], rng);
     for r in 0..h {
         for c in 0..w {
             img.set_pixel((ty + r) * s + tx + c, patch[r * w + c]);
@@ -201,7 +201,7 @@ fn paste_scar(img: &mut Image, cfg: &CutPasteConfig, rng: &mut impl Rng) -> Past
     let angle = uniform(rng, -cfg.scar_angle, cfg.scar_angle);
     let (fx, fy) = (rng.gen_range(0..=s - w), rng.gen_range(0..=s - h));
     let mut patch = crop(img, fx, fy, w, h);
-    jitter_pixels(&mut patch, cfg.jitter, rng);
+    jitter(&mut patch, [cfg.jitter; 4], rng);
     let (sin, cos) = angle.to_radians().sin_cos();
     // The rotated rectangle's bounding box ("canvas expansion").
     let bw = ((w as f64 * cos.abs() + h as f64 * sin.abs()).ceil() as usize).clamp(1, s);
@@ -225,16 +225,6 @@ fn paste_scar(img: &mut Image, cfg: &CutPasteConfig, rng: &mut impl Rng) -> Past
         to: [tx, ty, bw, bh],
         angle,
     }
-}
-
-/// torchvision-style colour jitter of a whole image, every amount `a`.
-fn colour_jitter(img: &mut Image, a: f64, rng: &mut impl Rng) {
-    jitter_image(img, [a; 4], rng);
-}
-
-/// Colour jitter of pixels, every amount `a`.
-fn jitter_pixels(px: &mut [[f32; 3]], a: f64, rng: &mut impl Rng) {
-    super::colour::jitter(px, [a; 4], rng);
 }
 
 #[cfg(test)]
